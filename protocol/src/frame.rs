@@ -61,7 +61,8 @@ pub fn decode_frame(
     }
     let total = 4 + len as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Not reserving `total` here on purpose: a peer that announces 4 MiB and sends nothing
+        // must not cost 4 MiB per connection. The reader grows the buffer as bytes arrive.
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();

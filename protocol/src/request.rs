@@ -84,7 +84,9 @@ impl PutRequest {
 
     /// Splits the entries, given the view's row length. A row of the wrong length is a BAD_ROW
     /// error naming the entity and both lengths; the frame's own bounds keep the stream in sync, so
-    /// the connection stays usable. Keys and rows are slices of the frame.
+    /// the connection stays usable. Every failure here is BAD_ROW: rows carry no length of their
+    /// own, so a row of the wrong length in the middle of a PUT surfaces as a bad key or a short
+    /// body further on. Keys and rows are slices of the frame.
     pub fn entries(&self, view: &str, row_bytes: usize) -> Result<PutEntries, ProtocolError> {
         let min_entry = 2 + 1 + 8 + row_bytes;
         let remaining = self.encoded_entries.len();
@@ -98,11 +100,20 @@ impl PutRequest {
                 ),
             ));
         }
+        let bad_entry = |e: ProtocolError| {
+            ProtocolError::new(
+                ErrorCode::BadRow,
+                format!(
+                    "PUT to view {view}: {} (rows of this view are {row_bytes} bytes; a row of another length shifts every entry after it); nothing was written",
+                    e.message
+                ),
+            )
+        };
         let mut r = Reader::new(self.encoded_entries.clone(), "PUT body");
         let mut out = Vec::with_capacity(self.n as usize);
         for i in 0..self.n {
-            let key = r.key(i)?;
-            let computed_at_ms = r.u64("computed_at_ms")?;
+            let key = r.key(i).map_err(bad_entry)?;
+            let computed_at_ms = r.u64("computed_at_ms").map_err(bad_entry)?;
             let last = i + 1 == self.n;
             if r.remaining() < row_bytes || (last && r.remaining() != row_bytes) {
                 let got = if last {

@@ -1,0 +1,174 @@
+//! Coalesced, single-flight Redis reads for one shard.
+//!
+//! Requests hand their keys to the coalescer and wait. Keys collect in the shard's next batch
+//! until the shard has no more ready work (the flusher yields once to let every runnable task add
+//! its keys) or the batch reaches its size cap; then the whole batch goes out as one MGET. There
+//! is no timer that waits to collect more: at low load a key leaves on the next turn of the event
+//! loop, and batches grow only when load does. A key already on its way to Redis is not asked for
+//! twice: a later request joins the read in flight (single-flight).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::backend::BackendError;
+use crate::guarded::GuardedRedis;
+use crate::stats::ShardStats;
+
+/// The outcome of one MGET: a value (or None) per key, or why there is none.
+pub type BatchResult = Result<Vec<Option<Bytes>>, BackendError>;
+
+/// One MGET on its way: the keys it carries and, once it lands, its result.
+pub struct Batch {
+    keys: RefCell<Vec<Bytes>>,
+    result: RefCell<Option<Rc<BatchResult>>>,
+    done: Notify,
+}
+
+impl Batch {
+    fn new() -> Rc<Batch> {
+        Rc::new(Batch {
+            keys: RefCell::new(Vec::new()),
+            result: RefCell::new(None),
+            done: Notify::new(),
+        })
+    }
+
+    /// Waits for the batch to land.
+    pub async fn wait(&self) -> Rc<BatchResult> {
+        loop {
+            // Created before the check, so a completion between check and await is not missed.
+            let notified = self.done.notified();
+            if let Some(r) = self.result.borrow().as_ref() {
+                return r.clone();
+            }
+            notified.await;
+        }
+    }
+
+    /// The result if the batch has landed.
+    pub fn result(&self) -> Option<Rc<BatchResult>> {
+        self.result.borrow().clone()
+    }
+
+    fn complete(&self, result: BatchResult) {
+        *self.result.borrow_mut() = Some(Rc::new(result));
+        self.done.notify_waiters();
+    }
+}
+
+/// Where one requested key's value will be found: slot `index` of `batch`.
+#[derive(Clone)]
+pub struct Pending {
+    pub batch: Rc<Batch>,
+    pub index: usize,
+}
+
+struct State {
+    /// The batch collecting keys now.
+    open: Rc<Batch>,
+    /// Batches full or closed, waiting for the flusher.
+    sealed: Vec<Rc<Batch>>,
+    /// Keys on their way to Redis, so a second request joins instead of asking again.
+    in_flight: HashMap<Bytes, Pending>,
+}
+
+pub struct Coalescer {
+    redis: Rc<GuardedRedis>,
+    stats: Arc<ShardStats>,
+    batch_cap: usize,
+    state: RefCell<State>,
+    wake: Notify,
+}
+
+impl Coalescer {
+    pub fn new(redis: Rc<GuardedRedis>, stats: Arc<ShardStats>, batch_cap: usize) -> Rc<Coalescer> {
+        Rc::new(Coalescer {
+            redis,
+            stats,
+            batch_cap: batch_cap.max(1),
+            state: RefCell::new(State {
+                open: Batch::new(),
+                sealed: Vec::new(),
+                in_flight: HashMap::new(),
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Queues a read of `key` (or joins one in flight) and says where its value will land.
+    pub fn enqueue(&self, key: Bytes) -> Pending {
+        let mut st = self.state.borrow_mut();
+        if let Some(p) = st.in_flight.get(&key) {
+            self.stats.singleflight_joins.inc();
+            return p.clone();
+        }
+        if st.open.keys.borrow().len() >= self.batch_cap {
+            let full = std::mem::replace(&mut st.open, Batch::new());
+            st.sealed.push(full);
+        }
+        let batch = st.open.clone();
+        let index = {
+            let mut keys = batch.keys.borrow_mut();
+            keys.push(key.clone());
+            keys.len() - 1
+        };
+        let pending = Pending { batch, index };
+        st.in_flight.insert(key, pending.clone());
+        drop(st);
+        self.wake.notify_one();
+        pending
+    }
+
+    /// Forgets reads in flight for these keys, so a request that starts after a write does not
+    /// join a read that may have been answered before the write landed.
+    pub fn forget(&self, keys: &[Bytes]) {
+        let mut st = self.state.borrow_mut();
+        for k in keys {
+            st.in_flight.remove(k);
+        }
+    }
+
+    /// The shard's flusher: runs until the shard stops. Each wake-up yields once so that every
+    /// task already runnable adds its keys, then sends every batch collected so far.
+    pub async fn run_flusher(self: Rc<Self>) {
+        loop {
+            self.wake.notified().await;
+            tokio::task::yield_now().await;
+            let batches = {
+                let mut st = self.state.borrow_mut();
+                let mut out = std::mem::take(&mut st.sealed);
+                if !st.open.keys.borrow().is_empty() {
+                    out.push(std::mem::replace(&mut st.open, Batch::new()));
+                }
+                out
+            };
+            for batch in batches {
+                let me = self.clone();
+                tokio::task::spawn_local(async move { me.execute(batch).await });
+            }
+        }
+    }
+
+    async fn execute(&self, batch: Rc<Batch>) {
+        let keys = std::mem::take(&mut *batch.keys.borrow_mut());
+        let result = self.redis.read(keys.clone()).await;
+        {
+            let mut st = self.state.borrow_mut();
+            for k in &keys {
+                if st
+                    .in_flight
+                    .get(k)
+                    .is_some_and(|p| Rc::ptr_eq(&p.batch, &batch))
+                {
+                    st.in_flight.remove(k);
+                }
+            }
+        }
+        batch.complete(result);
+    }
+}

@@ -1,0 +1,150 @@
+//! Starting and stopping the whole proxy: registry, shards, stats endpoint, signals.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::redis_child::RedisChild;
+use crate::registry::Registry;
+use crate::shard::{self, ShardSpec};
+use crate::stats::ShardStats;
+use crate::stats_http;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("invalid setting {0}")]
+    Settings(#[from] crate::config::SettingsError),
+    #[error(transparent)]
+    Redis(#[from] crate::redis_child::RedisChildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
+    settings.validate()?;
+    // Signal handlers go in first: a SIGTERM during start-up must drain, not kill.
+    let signals = Signals::install()?;
+    let mut redis_child = None;
+    let redis_url = match &settings.redis {
+        Some(url) => url.clone(),
+        None => {
+            let child = RedisChild::start()?;
+            info!(
+                port = child.port,
+                "no --redis given: started a private redis-server (stopped on exit)"
+            );
+            let url = child.url();
+            redis_child = Some(child);
+            url
+        }
+    };
+    let settings = Arc::new(settings);
+    let registry = Arc::new(registry);
+    info!(views = %registry.names(), "registry loaded");
+
+    // The first socket settles the port (so --listen with port 0 works); the others join it.
+    let first =
+        shard::reuseport_listener(settings.listen).map_err(|source| StartError::Listen {
+            addr: settings.listen.to_string(),
+            source,
+        })?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..settings.shards {
+        listeners.push(
+            shard::reuseport_listener(addr).map_err(|source| StartError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?,
+        );
+    }
+    let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
+        .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
+        .collect();
+    let stats_addr = stats_http::start(settings.stats_listen, stats.clone(), registry.clone())
+        .map_err(|source| StartError::Listen {
+            addr: settings.stats_listen.to_string(),
+            source,
+        })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let spec = ShardSpec {
+            shard: i as u16,
+            listener,
+            settings: settings.clone(),
+            registry: registry.clone(),
+            stats: stats[i].clone(),
+            redis_url: redis_url.clone(),
+            shutdown: stop_rx.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                if let Err(e) = shard::run(spec) {
+                    error!(shard = i, error = %e, "shard stopped with an error");
+                }
+            })?;
+        threads.push(t);
+    }
+    info!(
+        listen = %addr,
+        stats = %stats_addr,
+        shards = settings.shards,
+        redis = %redis_url,
+        "featureproxy serving"
+    );
+
+    signals.wait();
+    info!(drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(redis_child);
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, caught on the main thread.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Signals { rt, term, int })
+    }
+
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => {},
+                _ = self.int.recv() => {},
+            }
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-shard counters. Each shard writes only its own (relaxed atomics, no locks shared with
+//! another shard); the stats endpoint reads all shards and adds them up.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use featureproxy_protocol::{ErrorCode, Op, Status};
+
+/// A monotonically increasing count, or a gauge, written by one shard.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+pub const OPS: [Op; 5] = [Op::Hello, Op::Ping, Op::Schema, Op::Get, Op::Put];
+
+fn op_index(op: Op) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(0)
+}
+
+/// Counters of one view on one shard.
+#[derive(Debug, Default)]
+pub struct ViewStats {
+    /// Entities served, by [`Status`] (index = status byte).
+    pub entities: [Counter; 6],
+    /// Entities served from the hot cache.
+    pub cached: Counter,
+}
+
+impl ViewStats {
+    pub fn served(&self, status: Status, cached: bool) {
+        self.entities[status as usize].inc();
+        if cached {
+            self.cached.inc();
+        }
+    }
+}
+
+/// Everything one shard counts.
+#[derive(Debug)]
+pub struct ShardStats {
+    pub shard: u16,
+    /// Requests answered successfully, by op.
+    pub requests_ok: [Counter; 5],
+    /// Requests answered with an ERROR frame, by error code (index = code - 1).
+    pub requests_err: [Counter; 13],
+    pub views: Vec<ViewStats>,
+    pub entities_requested: Counter,
+    pub redis_commands: Counter,
+    pub redis_keys: Counter,
+    pub redis_timeouts: Counter,
+    pub redis_unavailable: Counter,
+    pub singleflight_joins: Counter,
+    pub breaker_state: AtomicU8,
+    pub breaker_transitions: Counter,
+    pub redis_connected: AtomicBool,
+    pub connections_open: Counter,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    pub inflight_requests: Counter,
+}
+
+impl ShardStats {
+    pub fn new(shard: u16, n_views: usize) -> ShardStats {
+        ShardStats {
+            shard,
+            requests_ok: Default::default(),
+            requests_err: Default::default(),
+            views: (0..n_views).map(|_| ViewStats::default()).collect(),
+            entities_requested: Counter::default(),
+            redis_commands: Counter::default(),
+            redis_keys: Counter::default(),
+            redis_timeouts: Counter::default(),
+            redis_unavailable: Counter::default(),
+            singleflight_joins: Counter::default(),
+            breaker_state: AtomicU8::new(0),
+            breaker_transitions: Counter::default(),
+            redis_connected: AtomicBool::new(false),
+            connections_open: Counter::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Counter::default(),
+            inflight_requests: Counter::default(),
+        }
+    }
+
+    pub fn request_ok(&self, op: Op) {
+        self.requests_ok[op_index(op)].inc();
+    }
+
+    pub fn request_err(&self, code: ErrorCode) {
+        self.requests_err[code as usize - 1].inc();
+    }
+
+    /// The counters of the view with this id (ids are 1-based); None for an unknown id.
+    pub fn view(&self, view_id: u16) -> Option<&ViewStats> {
+        self.views.get((view_id as usize).checked_sub(1)?)
+    }
+}
