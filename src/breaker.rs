@@ -287,6 +287,6 @@ mod tests {
         let again = later + Duration::from_millis(150);
         b.try_acquire(again).unwrap();
         assert_eq!(b.record(again, false).unwrap().to, BreakerState::Open);
-        assert_eq!(b.transitions(), 5);
+        assert_eq!(b.transitions(), 6);
     }
 }

@@ -1,1 +1,67 @@
-//! placeholder
+//! Thin async Rust client for featureproxy (wire protocol v1).
+//!
+//! featureproxy serves ML feature vectors: a view name and a batch of entity keys in, an
+//! `n x row_bytes` matrix out, with a status and an age per entity. This crate speaks the binary
+//! protocol of [`featureproxy_protocol`] over TCP on tokio (current-thread or multi-thread
+//! runtime).
+//!
+//! * [`Client`] keeps a small pool of connections ([`ClientOptions::pool_size`]). Each one is
+//!   multiplexed: many requests are in flight at once and replies are matched to callers by
+//!   request id, so one connection carries any number of concurrent tasks. A broken connection
+//!   fails its in-flight calls with [`Error::ConnectionClosed`] and is reopened by the next call.
+//! * Every call is bounded by [`ClientOptions::timeout`] and fails with [`Error::Timeout`] rather
+//!   than hanging.
+//! * Schemas are fetched once per view and cached ([`Client::schema`]); a view redefined on the
+//!   server is noticed (`SCHEMA_MISMATCH`), refetched and the call retried once.
+//! * [`Batch`] reads statuses, ages and rows in place from the received frame. Rows form one
+//!   contiguous, 8-byte-aligned block, so an all-`f32` view is a `&[f32]` matrix without a copy
+//!   ([`Batch::as_f32_matrix`]).
+//! * Mistakes are caught before sending where possible (bad keys, rows of the wrong type, batches
+//!   above the server's `max_batch` or `max_frame`), so they cost neither a round trip nor the
+//!   connection.
+//!
+//! ```no_run
+//! use featureproxy_client::{Client, ClientOptions, Value};
+//!
+//! # async fn run() -> Result<(), featureproxy_client::Error> {
+//! let client = Client::connect("127.0.0.1:7000", ClientOptions::default()).await?;
+//!
+//! // Write a row: key, computed_at, one value per feature in schema order.
+//! let now = std::time::SystemTime::now();
+//! client.put("user", &[("u1", now, [Value::F32(0.25), Value::F32(3.0)])]).await?;
+//!
+//! // Read a batch.
+//! let batch = client.get("user", &["u1", "u2"]).await?;
+//! for i in 0..batch.len() {
+//!     println!("{:?} {:?} {:?}", batch.status(i), batch.age(i), batch.row(i));
+//! }
+//! if let Some(m) = batch.as_f32_matrix() {
+//!     // m is batch.len() x k, row-major, borrowed from the received frame.
+//!     let k = batch.schema().len();
+//!     assert_eq!(m.len(), batch.len() * k);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod client;
+mod conn;
+mod error;
+mod schema;
+mod value;
+
+#[cfg(test)]
+mod mock_tests;
+
+pub use batch::Batch;
+pub use client::{Client, ClientOptions, GetOptions, UnixMillis};
+pub use error::Error;
+pub use schema::{Feature, Schema};
+pub use value::Value;
+
+/// The protocol crate, for types beyond those re-exported here.
+pub use featureproxy_protocol as protocol;
+pub use featureproxy_protocol::{
+    Dtype, EntityStatus, ErrorCode, FeatureSpec, HelloReply, ProtocolError, PutEntry, SchemaReply,
+    Status,
+};
