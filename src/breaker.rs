@@ -123,6 +123,10 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
+/// The breaker refused a call: it is open, or half-open with all its probes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected;
+
 pub struct Breaker {
     config: BreakerConfig,
     inner: RefCell<Inner>,
@@ -158,8 +162,8 @@ impl Breaker {
     }
 
     /// Asks to call Redis now. `Ok` carries a transition if asking moved the breaker from open to
-    /// half-open; `Err(())` means don't call: serve defaults.
-    pub fn try_acquire(&self, now: Instant) -> Result<Option<Transition>, ()> {
+    /// half-open; `Err(Rejected)` means don't call: serve defaults.
+    pub fn try_acquire(&self, now: Instant) -> Result<Option<Transition>, Rejected> {
         let mut inner = self.inner.borrow_mut();
         match &mut *inner {
             Inner::Closed(_) => Ok(None),
@@ -172,12 +176,12 @@ impl Breaker {
                     self.changed(BreakerState::Open, BreakerState::HalfOpen),
                 ))
             }
-            Inner::Open { .. } => Err(()),
+            Inner::Open { .. } => Err(Rejected),
             Inner::HalfOpen { admitted, .. } if *admitted < self.config.probes => {
                 *admitted += 1;
                 Ok(None)
             }
-            Inner::HalfOpen { .. } => Err(()),
+            Inner::HalfOpen { .. } => Err(Rejected),
         }
     }
 

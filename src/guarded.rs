@@ -78,7 +78,7 @@ impl GuardedRedis {
                 self.note(t);
                 Ok(())
             }
-            Err(()) => Err(breaker_open()),
+            Err(_rejected) => Err(breaker_open()),
         }
     }
 

@@ -160,53 +160,54 @@ fn metrics(shards: &[Arc<ShardStats>], registry: &Registry) -> String {
             );
         }
     }
-    let counters: [(&str, &str, &dyn Fn(&ShardStats) -> u64); 8] = [
+    type Read = fn(&ShardStats) -> u64;
+    let counters: [(&str, &str, Read); 8] = [
         (
             "featureproxy_entities_requested_total",
             "Entities asked for in GETs.",
-            &|s| s.entities_requested.get(),
+            |s| s.entities_requested.get(),
         ),
         (
             "featureproxy_redis_commands_total",
             "Commands sent to Redis (one MGET per coalesced batch, one SET per written row).",
-            &|s| s.redis_commands.get(),
+            |s| s.redis_commands.get(),
         ),
         (
             "featureproxy_redis_keys_total",
             "Keys carried by Redis commands.",
-            &|s| s.redis_keys.get(),
+            |s| s.redis_keys.get(),
         ),
         (
             "featureproxy_redis_timeouts_total",
             "Redis commands that timed out.",
-            &|s| s.redis_timeouts.get(),
+            |s| s.redis_timeouts.get(),
         ),
         (
             "featureproxy_redis_unavailable_total",
             "Redis commands that failed: connection down or breaker open.",
-            &|s| s.redis_unavailable.get(),
+            |s| s.redis_unavailable.get(),
         ),
         (
             "featureproxy_singleflight_joins_total",
             "Entity reads that joined a Redis read already in flight.",
-            &|s| s.singleflight_joins.get(),
+            |s| s.singleflight_joins.get(),
         ),
         (
             "featureproxy_breaker_transitions_total",
             "Circuit breaker state changes.",
-            &|s| s.breaker_transitions.get(),
+            |s| s.breaker_transitions.get(),
         ),
         (
             "featureproxy_connections_accepted_total",
             "Client connections accepted.",
-            &|s| s.connections_accepted.get(),
+            |s| s.connections_accepted.get(),
         ),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            sum(f)
+            sum(&f)
         );
     }
     let _ = writeln!(out, "# HELP featureproxy_connections_open Client connections open now.\n# TYPE featureproxy_connections_open gauge\nfeatureproxy_connections_open {}", sum(&|s| s.connections_open.get()));

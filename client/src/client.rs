@@ -1,0 +1,626 @@
+//! The client: a pool of multiplexed connections, a schema cache and the typed calls.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use featureproxy_protocol::{
+    get_response_len, ErrorCode, Frame, HelloReply, Limits, PutEntry, PutRequest, Request,
+    Response, GET_FLAG_BYPASS_CACHE, HEADER_LEN, MAX_KEY_LEN,
+};
+
+use crate::batch::unexpected;
+use crate::conn::{CallError, Conn};
+use crate::{Batch, Error, Schema, Value};
+
+/// How a [`Client`] connects and how long it waits.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Sent in HELLO; required when the server is configured with a token.
+    pub token: Option<String>,
+    /// Sent in HELLO so the server's logs and metrics can tell clients apart.
+    pub client_name: String,
+    /// Upper bound on each call (`get`, `put`, `schema`, `ping`, ...), everything included:
+    /// reconnecting, fetching a schema, the request itself and a schema-mismatch retry.
+    /// Default 1 s. Set a GET's server-side deadline ([`GetOptions::deadline`]) below it, so the
+    /// server answers with defaults before the client gives up.
+    pub timeout: Duration,
+    /// Connections kept open. Each carries many requests at once, so a few are plenty; more
+    /// spread the load over more of the server's shards (cores). Default 2; 0 counts as 1.
+    pub pool_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            client_name: concat!("featureproxy-client/", env!("CARGO_PKG_VERSION")).to_string(),
+            timeout: Duration::from_secs(1),
+            pool_size: 2,
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token.
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("client_name", &self.client_name)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Per-GET options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// Read from Redis even when the proxy's hot cache holds the entity (for callers that must
+    /// see a write they just made).
+    pub bypass_cache: bool,
+    /// How long the server may spend before answering with defaults (status `Degraded`) for the
+    /// entities it could not read in time. `None` uses the server's default. Sent in
+    /// microseconds, clamped to 1 µs ..= `u32::MAX` µs.
+    pub deadline: Option<Duration>,
+}
+
+/// A point in time as Unix milliseconds: what a PUT row's `computed_at` is. Implemented for
+/// `u64` (already milliseconds), [`SystemTime`] and [`Duration`] (since the Unix epoch).
+pub trait UnixMillis {
+    /// Milliseconds since the Unix epoch (0 for times before it, `u64::MAX` past the far end).
+    fn unix_millis(&self) -> u64;
+}
+
+impl UnixMillis for u64 {
+    fn unix_millis(&self) -> u64 {
+        *self
+    }
+}
+
+impl UnixMillis for Duration {
+    fn unix_millis(&self) -> u64 {
+        u64::try_from(self.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl UnixMillis for SystemTime {
+    fn unix_millis(&self) -> u64 {
+        self.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.unix_millis())
+    }
+}
+
+impl<T: UnixMillis + ?Sized> UnixMillis for &T {
+    fn unix_millis(&self) -> u64 {
+        (**self).unix_millis()
+    }
+}
+
+/// A featureproxy client: a small pool of connections, each carrying many requests at once.
+///
+/// Cheap to clone (clones share the pool and the schema cache), and safe to use from many tasks
+/// at once, on a current-thread or multi-thread tokio runtime. Calls are spread over the pooled
+/// connections round-robin. A connection that breaks fails the calls in flight on it with
+/// [`Error::ConnectionClosed`] and is reopened (with a new HELLO) by the next call that lands on
+/// it. Connections close when the last clone of the client is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: Arc<str>,
+    opts: ClientOptions,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    schemas: Mutex<HashMap<String, Arc<Schema>>>,
+}
+
+/// One pooled connection and the lock that makes one caller at a time reopen it.
+struct Slot {
+    current: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<Conn>> {
+        let cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        cur.as_ref().filter(|c| c.is_open()).cloned()
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("options", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the proxy at `addr` (`"host:port"` or a [`std::net::SocketAddr`]), opening
+    /// `pool_size` connections, each introduced with HELLO.
+    ///
+    /// Fails if any connection cannot be opened: [`Error::Connect`] (naming the address and the
+    /// OS error), [`Error::Timeout`], or [`Error::Server`] when HELLO is refused (e.g.
+    /// `UNAUTHORIZED` for a wrong token, `UNSUPPORTED_VERSION`).
+    pub async fn connect(addr: impl ToString, opts: ClientOptions) -> Result<Client, Error> {
+        let pool = opts.pool_size.max(1);
+        let slots = (0..pool)
+            .map(|_| Slot {
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        let client = Client {
+            inner: Arc::new(Inner {
+                addr: Arc::from(addr.to_string()),
+                opts,
+                slots,
+                next: AtomicUsize::new(0),
+                schemas: Mutex::new(HashMap::new()),
+            }),
+        };
+        for i in 0..pool {
+            client.timed(client.conn(i)).await?;
+        }
+        Ok(client)
+    }
+
+    /// The address the client connects to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The options the client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// The number of pooled connections.
+    pub fn pool_size(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// Round trip to the server; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        self.timed(async {
+            let start = Instant::now();
+            self.request(
+                self.pick(),
+                |_| Ok(()),
+                |out, id| Request::Ping.encode(out, id),
+                |frame, limits| match Response::decode(&frame, limits)? {
+                    Response::Pong => Ok(start.elapsed()),
+                    Response::Error(e) => Err(Error::from_server(e)),
+                    other => Err(unexpected("PING", &other)),
+                },
+            )
+            .await
+        })
+        .await
+    }
+
+    /// The HELLO reply of the next pooled connection (round-robin): the server's version, the
+    /// shard (core) serving that connection, and its `max_frame` and `max_batch` limits.
+    pub async fn hello_info(&self) -> Result<HelloReply, Error> {
+        self.timed(async {
+            let conn = self.conn(self.pick()).await?;
+            Ok(conn.hello().clone())
+        })
+        .await
+    }
+
+    /// The schema of `view`: from the client's cache, or fetched with SCHEMA and cached.
+    ///
+    /// The cache is dropped for a view when the server answers `SCHEMA_MISMATCH` or
+    /// `UNKNOWN_VIEW`, so a redefined view is picked up by itself.
+    pub async fn schema(&self, view: &str) -> Result<Arc<Schema>, Error> {
+        self.timed(self.schema_on(self.pick(), view)).await
+    }
+
+    /// The cached schema of `view`, if any, without asking the server.
+    pub fn cached_schema(&self, view: &str) -> Option<Arc<Schema>> {
+        self.schemas().get(view).cloned()
+    }
+
+    /// Drops the cached schema of `view`; the next call that needs it fetches it again.
+    pub fn forget_schema(&self, view: &str) {
+        self.schemas().remove(view);
+    }
+
+    /// Reads the features of `keys` from `view`: one row per key, in order (see [`Batch`]).
+    ///
+    /// Keys are 1 to [`MAX_KEY_LEN`] bytes. The batch is checked against the server's
+    /// `max_batch` and `max_frame` before anything is sent. If the view changed since its schema
+    /// was cached, the schema is fetched again and the GET retried once.
+    pub async fn get<K: AsRef<[u8]>>(&self, view: &str, keys: &[K]) -> Result<Batch, Error> {
+        self.get_with(view, keys, GetOptions::default()).await
+    }
+
+    /// [`Client::get`] with options: bypass the proxy's hot cache, or set the server's deadline.
+    pub async fn get_with<K: AsRef<[u8]>>(
+        &self,
+        view: &str,
+        keys: &[K],
+        opts: GetOptions,
+    ) -> Result<Batch, Error> {
+        self.timed(async {
+            check_keys(keys.iter().map(|k| k.as_ref().len()))?;
+            let slot = self.pick();
+            let mut schema = self.schema_on(slot, view).await?;
+            let mut retried = false;
+            loop {
+                match self.get_once(slot, &schema, keys, opts).await {
+                    Err(e) if is_schema_mismatch(&e) && !retried => {
+                        retried = true;
+                        self.forget_if(view, schema.schema_id());
+                        schema = self.fetch_schema(slot, view).await?;
+                    }
+                    Err(e) => {
+                        if is_schema_mismatch(&e) || e.code() == Some(ErrorCode::UnknownView) {
+                            self.forget_if(view, schema.schema_id());
+                        }
+                        return Err(e);
+                    }
+                    ok => return ok,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes rows to `view`; returns how many the server wrote.
+    ///
+    /// Each row is `(key, computed_at, values)`: the entity key (1 to [`MAX_KEY_LEN`] bytes),
+    /// when the features were computed (Unix ms as `u64`, or a [`SystemTime`]; ages are measured
+    /// from it) and one [`Value`] per feature in schema order, each of its feature's exact dtype.
+    /// Rows are encoded against the cached schema; if the server says the view changed, the schema
+    /// is fetched again and the rows re-encoded and sent once more, so values that no longer fit
+    /// fail with [`Error::BadRow`] rather than being written wrongly.
+    ///
+    /// ```no_run
+    /// # async fn f(client: featureproxy_client::Client) -> Result<(), featureproxy_client::Error> {
+    /// use featureproxy_client::Value;
+    /// let now = std::time::SystemTime::now();
+    /// client
+    ///     .put("user", &[("u1", now, [Value::F32(0.5), Value::I64(3)])])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put<K, T, V>(&self, view: &str, rows: &[(K, T, V)]) -> Result<u32, Error>
+    where
+        K: AsRef<[u8]>,
+        T: UnixMillis,
+        V: AsRef<[Value]>,
+    {
+        self.timed(async {
+            check_keys(rows.iter().map(|(k, _, _)| k.as_ref().len()))?;
+            let slot = self.pick();
+            let mut schema = self.schema_on(slot, view).await?;
+            let mut retried = false;
+            loop {
+                let entries = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, at, values))| {
+                        let key = key.as_ref();
+                        let row = schema.encode_row(values.as_ref()).map_err(|e| match e {
+                            Error::BadRow(m) => Error::BadRow(format!(
+                                "row {i} (key {:?}): {m}",
+                                String::from_utf8_lossy(key)
+                            )),
+                            other => other,
+                        })?;
+                        Ok(PutEntry {
+                            key: Bytes::copy_from_slice(key),
+                            computed_at_ms: at.unix_millis(),
+                            row,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                match self.put_once(slot, &schema, &entries).await {
+                    Err(e) if is_schema_mismatch(&e) && !retried => {
+                        retried = true;
+                        self.forget_if(view, schema.schema_id());
+                        schema = self.fetch_schema(slot, view).await?;
+                    }
+                    Err(e) => {
+                        if is_schema_mismatch(&e) || e.code() == Some(ErrorCode::UnknownView) {
+                            self.forget_if(view, schema.schema_id());
+                        }
+                        return Err(e);
+                    }
+                    ok => return ok,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes already-encoded rows to `view` (each `row` must be the view's `row_bytes` long,
+    /// e.g. from [`Schema::encode_row`]); returns how many the server wrote.
+    ///
+    /// Unlike [`Client::put`] there is no retry on `SCHEMA_MISMATCH`: rows encoded for the old
+    /// schema cannot be re-encoded here. The cached schema is dropped and the error returned, so
+    /// the caller can fetch the new schema ([`Client::schema`]) and encode again.
+    pub async fn put_raw(&self, view: &str, entries: &[PutEntry]) -> Result<u32, Error> {
+        self.timed(async {
+            check_keys(entries.iter().map(|e| e.key.len()))?;
+            let slot = self.pick();
+            let schema = self.schema_on(slot, view).await?;
+            if let Some((i, e)) = entries
+                .iter()
+                .enumerate()
+                .find(|(_, e)| e.row.len() != schema.row_bytes())
+            {
+                return Err(Error::BadRow(format!(
+                    "row {i} (key {:?}) is {} bytes, but rows of view {view} are {} bytes",
+                    String::from_utf8_lossy(&e.key),
+                    e.row.len(),
+                    schema.row_bytes()
+                )));
+            }
+            let r = self.put_once(slot, &schema, entries).await;
+            if let Err(e) = &r {
+                if is_schema_mismatch(e) || e.code() == Some(ErrorCode::UnknownView) {
+                    self.forget_if(view, schema.schema_id());
+                }
+            }
+            r
+        })
+        .await
+    }
+
+    // ---- internals ----
+
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let after = self.inner.opts.timeout;
+        match tokio::time::timeout(after, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                addr: self.inner.addr.to_string(),
+                after,
+            }),
+        }
+    }
+
+    fn schemas(&self) -> MutexGuard<'_, HashMap<String, Arc<Schema>>> {
+        self.inner
+            .schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops the cached schema of `view` if it is still the one with `schema_id` (another call
+    /// may already have cached a newer one).
+    fn forget_if(&self, view: &str, schema_id: u32) {
+        let mut cache = self.schemas();
+        if cache.get(view).is_some_and(|s| s.schema_id() == schema_id) {
+            cache.remove(view);
+        }
+    }
+
+    fn pick(&self) -> usize {
+        self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len()
+    }
+
+    /// The live connection of slot `i`, reopened if it broke.
+    async fn conn(&self, i: usize) -> Result<Arc<Conn>, Error> {
+        let slot = &self.inner.slots[i % self.inner.slots.len()];
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        // One caller reconnects; the others wait for it rather than opening connections of their
+        // own.
+        let _reconnecting = slot.connecting.lock().await;
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let opts = &self.inner.opts;
+        let conn = Arc::new(
+            Conn::open(
+                &self.inner.addr,
+                opts.token.as_deref().unwrap_or(""),
+                &opts.client_name,
+            )
+            .await?,
+        );
+        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request on slot `slot` and decodes its reply with `decode`. `check` vets the
+    /// request against the connection's limits before it is sent.
+    ///
+    /// A request that provably never left (the connection broke first) is sent once more on a
+    /// reopened connection; one that may have reached the server is not. A reply that does not
+    /// decode closes the connection (protocol spec 6.4: the stream can no longer be trusted), so
+    /// the next call starts afresh.
+    async fn request<T>(
+        &self,
+        slot: usize,
+        check: impl Fn(&Limits) -> Result<(), Error>,
+        encode: impl Fn(&mut BytesMut, u32),
+        decode: impl FnOnce(Frame, &Limits) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut attempt = 0;
+        let (frame, conn) = loop {
+            attempt += 1;
+            let conn = self.conn(slot).await?;
+            check(conn.limits())?;
+            match conn.call(&encode).await {
+                Ok(frame) => break (frame, conn),
+                Err(CallError::NotSent) if attempt < 2 => continue,
+                Err(CallError::NotSent) => {
+                    return Err(Error::ConnectionClosed {
+                        addr: self.inner.addr.to_string(),
+                        reason: "the connection broke before the request could be sent".into(),
+                    })
+                }
+                Err(CallError::Failed(e)) => return Err(e),
+            }
+        };
+        let result = decode(frame, conn.limits());
+        if let Err(Error::Protocol(e)) = &result {
+            // A reply for another schema version is well formed (the caller refetches the
+            // schema); anything else undecodable means the stream is not to be trusted.
+            if e.code != ErrorCode::SchemaMismatch {
+                conn.close(&format!("undecodable reply: {e}"));
+            }
+        }
+        result
+    }
+
+    async fn schema_on(&self, slot: usize, view: &str) -> Result<Arc<Schema>, Error> {
+        if let Some(s) = self.cached_schema(view) {
+            return Ok(s);
+        }
+        self.fetch_schema(slot, view).await
+    }
+
+    async fn fetch_schema(&self, slot: usize, view: &str) -> Result<Arc<Schema>, Error> {
+        let req = Request::Schema {
+            view: view.to_string(),
+        };
+        let reply = self
+            .request(
+                slot,
+                |_| Ok(()),
+                |out, id| req.encode(out, id),
+                |frame, limits| match Response::decode(&frame, limits)? {
+                    Response::Schema(s) => Ok(s),
+                    Response::Error(e) => Err(Error::from_server(e)),
+                    other => Err(unexpected("SCHEMA", &other)),
+                },
+            )
+            .await?;
+        let schema = Arc::new(Schema::new(view, reply)?);
+        self.schemas().insert(view.to_string(), schema.clone());
+        Ok(schema)
+    }
+
+    async fn get_once<K: AsRef<[u8]>>(
+        &self,
+        slot: usize,
+        schema: &Arc<Schema>,
+        keys: &[K],
+        opts: GetOptions,
+    ) -> Result<Batch, Error> {
+        let n = keys.len();
+        // `len` fields: everything after the 4-byte length.
+        let req_len =
+            HEADER_LEN - 4 + 16 + keys.iter().map(|k| 2 + k.as_ref().len()).sum::<usize>();
+        let reply_len = get_response_len(n, schema.row_bytes()).saturating_sub(4);
+        let check = |l: &Limits| {
+            check_batch(n, l)?;
+            check_frame("request", req_len, l)?;
+            check_frame("reply", reply_len, l)
+        };
+        let flags = if opts.bypass_cache {
+            GET_FLAG_BYPASS_CACHE
+        } else {
+            0
+        };
+        let deadline_us = opts.deadline.map_or(0, |d| {
+            u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+        });
+        let (view_id, schema_id) = (schema.view_id(), schema.schema_id());
+        self.request(
+            slot,
+            check,
+            |out, id| Request::encode_get(out, id, view_id, flags, schema_id, deadline_us, keys),
+            |frame, limits| Batch::from_frame(schema.clone(), frame, n, limits),
+        )
+        .await
+    }
+
+    async fn put_once(
+        &self,
+        slot: usize,
+        schema: &Schema,
+        entries: &[PutEntry],
+    ) -> Result<u32, Error> {
+        let n = entries.len();
+        let req_len = HEADER_LEN - 4
+            + 12
+            + entries
+                .iter()
+                .map(|e| 2 + e.key.len() + 8 + e.row.len())
+                .sum::<usize>();
+        let check = |l: &Limits| {
+            check_batch(n, l)?;
+            check_frame("request", req_len, l)
+        };
+        let req = Request::Put(PutRequest::new(
+            schema.view_id(),
+            schema.schema_id(),
+            entries,
+        ));
+        self.request(
+            slot,
+            check,
+            |out, id| req.encode(out, id),
+            |frame, limits| match Response::decode(&frame, limits)? {
+                Response::Put { written } => Ok(written),
+                Response::Error(e) => Err(Error::from_server(e)),
+                other => Err(unexpected("PUT", &other)),
+            },
+        )
+        .await
+    }
+
+    /// The live connection of every slot, for tests.
+    #[cfg(test)]
+    pub(crate) async fn conns(&self) -> Result<Vec<Arc<Conn>>, Error> {
+        let mut out = Vec::new();
+        for i in 0..self.inner.slots.len() {
+            out.push(self.conn(i).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn is_schema_mismatch(e: &Error) -> bool {
+    match e {
+        Error::Server { code, .. } => *code == ErrorCode::SchemaMismatch,
+        Error::Protocol(p) => p.code == ErrorCode::SchemaMismatch,
+        _ => false,
+    }
+}
+
+fn check_keys(lens: impl Iterator<Item = usize>) -> Result<(), Error> {
+    for (index, len) in lens.enumerate() {
+        if len == 0 || len > MAX_KEY_LEN {
+            return Err(Error::BadKey { index, len });
+        }
+    }
+    Ok(())
+}
+
+fn check_batch(n: usize, limits: &Limits) -> Result<(), Error> {
+    if n > limits.max_batch as usize {
+        return Err(Error::BatchTooLarge {
+            n,
+            max_batch: limits.max_batch,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_frame(what: &'static str, len: usize, limits: &Limits) -> Result<(), Error> {
+    if len > limits.max_frame as usize {
+        return Err(Error::FrameTooLarge {
+            what,
+            len,
+            max_frame: limits.max_frame,
+        });
+    }
+    Ok(())
+}

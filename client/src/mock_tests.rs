@@ -1,0 +1,612 @@
+//! Tests of the connection machinery against a small in-process mock server (no Redis, no proxy
+//! binary): multiplexing with out-of-order replies, timeouts, reconnects, schema refresh, limits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use featureproxy_protocol::{
+    decode_frame, encode_get_response, Dtype, EntityStatus, ErrorCode, HelloReply, Limits,
+    ProtocolError, PutEntry, Request, Response, SchemaReply, Status,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinSet;
+
+use crate::schema::tests::spec;
+use crate::{Client, ClientOptions, Error, GetOptions, Value};
+
+const MAX_BATCH: u32 = 8;
+
+#[derive(Default)]
+struct MockState {
+    token: Option<String>,
+    hellos: AtomicUsize,
+    schema_requests: AtomicUsize,
+    gets: AtomicUsize,
+    schema_id: AtomicU32,
+    last_flags: AtomicU32,
+    last_deadline: AtomicU32,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+}
+
+impl Mock {
+    async fn start(token: Option<&str>) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState {
+            token: token.map(str::to_string),
+            schema_id: AtomicU32::new(100),
+            ..Default::default()
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve(sock, st.clone()));
+            }
+        });
+        Mock { addr, state }
+    }
+
+    fn opts(&self) -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_millis(500),
+            ..Default::default()
+        }
+    }
+}
+
+/// View "emb": two f32 features. Row of key k: [sum of k's bytes, k.len()].
+fn emb_schema(schema_id: u32) -> SchemaReply {
+    SchemaReply {
+        view_id: 1,
+        schema_id,
+        row_bytes: 8,
+        stale_after_ms: 1000,
+        max_staleness_ms: 5000,
+        features: vec![
+            spec(Dtype::F32, "sum", Value::F32(-1.0)),
+            spec(Dtype::F32, "len", Value::F32(-1.0)),
+        ],
+    }
+}
+
+fn row_of(key: &[u8]) -> Vec<u8> {
+    let sum: u32 = key.iter().map(|b| *b as u32).sum();
+    let mut r = (sum as f32).to_le_bytes().to_vec();
+    r.extend_from_slice(&(key.len() as f32).to_le_bytes());
+    r
+}
+
+fn expect_row(key: &str) -> Vec<Value> {
+    let sum: u32 = key.bytes().map(|b| b as u32).sum();
+    vec![Value::F32(sum as f32), Value::F32(key.len() as f32)]
+}
+
+async fn send(w: &AsyncMutex<tokio::net::tcp::OwnedWriteHalf>, out: BytesMut) {
+    let _ = w.lock().await.write_all(&out).await;
+}
+
+async fn serve(sock: TcpStream, st: Arc<MockState>) {
+    let (mut rd, wr) = sock.into_split();
+    let wr = Arc::new(AsyncMutex::new(wr));
+    let limits = Limits {
+        max_frame: 1 << 20,
+        max_batch: MAX_BATCH,
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = loop {
+            match decode_frame(&mut buf, limits.max_frame) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let id = frame.request_id;
+        let req = match Request::decode(&frame, &limits) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut out = BytesMut::new();
+                Response::Error(e).encode(&mut out, id);
+                send(&wr, out).await;
+                continue;
+            }
+        };
+        let mut out = BytesMut::new();
+        let current = st.schema_id.load(Ordering::SeqCst);
+        match req {
+            Request::Hello(h) => {
+                st.hellos.fetch_add(1, Ordering::SeqCst);
+                if st.token.as_deref().is_some_and(|t| t != h.token) {
+                    Response::Error(ProtocolError::new(ErrorCode::Unauthorized, "bad token"))
+                        .encode(&mut out, id);
+                    send(&wr, out).await;
+                    return;
+                }
+                Response::Hello(HelloReply {
+                    version: 1,
+                    shard: 0,
+                    max_frame: limits.max_frame,
+                    max_batch: limits.max_batch,
+                    server: "mock".into(),
+                })
+                .encode(&mut out, id);
+            }
+            Request::Ping => Response::Pong.encode(&mut out, id),
+            Request::Schema { view } => {
+                st.schema_requests.fetch_add(1, Ordering::SeqCst);
+                if view == "emb" {
+                    Response::Schema(emb_schema(current)).encode(&mut out, id);
+                } else {
+                    Response::Error(ProtocolError::new(
+                        ErrorCode::UnknownView,
+                        format!("no view {view}"),
+                    ))
+                    .encode(&mut out, id);
+                }
+            }
+            Request::Get(g) => {
+                st.gets.fetch_add(1, Ordering::SeqCst);
+                st.last_flags.store(g.flags as u32, Ordering::SeqCst);
+                st.last_deadline.store(g.deadline_us, Ordering::SeqCst);
+                if g.schema_id != current {
+                    Response::Error(ProtocolError::new(ErrorCode::SchemaMismatch, "changed"))
+                        .encode(&mut out, id);
+                    send(&wr, out).await;
+                    continue;
+                }
+                let first = g.keys.first().map(|k| k.to_vec()).unwrap_or_default();
+                if first == b"never" {
+                    continue;
+                }
+                if first == b"pong" {
+                    // A well-framed reply of the wrong kind.
+                    Response::Pong.encode(&mut out, id);
+                    send(&wr, out).await;
+                    continue;
+                }
+                if first == b"drop" {
+                    // Other tasks still hold the write half: shut it down to close for real.
+                    let _ = wr.lock().await.shutdown().await;
+                    return;
+                }
+                let delay = std::str::from_utf8(&first)
+                    .ok()
+                    .and_then(|s| s.strip_prefix("sleep"))
+                    .and_then(|s| s.split(':').next())
+                    .and_then(|s| s.parse::<u64>().ok());
+                let n = g.keys.len();
+                let statuses: Vec<EntityStatus> = (0..n)
+                    .map(|_| EntityStatus::new(Status::Fresh, false))
+                    .collect();
+                let ages: Vec<u32> = (0..n as u32).collect();
+                let rows: Vec<Vec<u8>> = g.keys.iter().map(|k| row_of(k)).collect();
+                encode_get_response(
+                    &mut out,
+                    id,
+                    1,
+                    current,
+                    8,
+                    &statuses,
+                    &ages,
+                    rows.iter().map(|r| r.as_slice()),
+                );
+                let wr = wr.clone();
+                tokio::spawn(async move {
+                    if let Some(ms) = delay {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    send(&wr, out).await;
+                });
+                continue;
+            }
+            Request::Put(p) => {
+                if p.schema_id != current {
+                    Response::Error(ProtocolError::new(ErrorCode::SchemaMismatch, "changed"))
+                        .encode(&mut out, id);
+                } else {
+                    match p.entries("emb", 8) {
+                        Ok(e) => Response::Put {
+                            written: e.len() as u32,
+                        }
+                        .encode(&mut out, id),
+                        Err(e) => Response::Error(e).encode(&mut out, id),
+                    }
+                }
+            }
+        }
+        send(&wr, out).await;
+    }
+}
+
+#[tokio::test]
+async fn connect_opens_the_pool_with_hello() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 3,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 3);
+    assert_eq!(client.pool_size(), 3);
+    let hello = client.hello_info().await.unwrap();
+    assert_eq!(hello.max_batch, MAX_BATCH);
+    assert_eq!(hello.server, "mock");
+    assert!(client.ping().await.unwrap() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn get_decodes_rows_and_caches_the_schema() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    let b = client.get("emb", &["abc", "z"]).await.unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.row(0), expect_row("abc"));
+    assert_eq!(b.value(1, "len"), Some(Value::F32(1.0)));
+    assert_eq!(b.status(1).status, Status::Fresh);
+    assert_eq!(b.age(1), Some(Duration::from_millis(1)));
+    assert_eq!(
+        b.as_f32_matrix().unwrap(),
+        &[294.0, 3.0, b'z' as f32, 1.0][..]
+    );
+    client.get("emb", &["abc"]).await.unwrap();
+    assert_eq!(mock.state.schema_requests.load(Ordering::SeqCst), 1);
+    let s = client.schema("emb").await.unwrap();
+    assert_eq!(s.schema_id(), 100);
+    assert_eq!(mock.state.schema_requests.load(Ordering::SeqCst), 1);
+
+    client
+        .get_with(
+            "emb",
+            &[b"k".to_vec()],
+            GetOptions {
+                bypass_cache: true,
+                deadline: Some(Duration::from_millis(5)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(mock.state.last_flags.load(Ordering::SeqCst), 1);
+    assert_eq!(mock.state.last_deadline.load(Ordering::SeqCst), 5000);
+
+    let err = client.get("nope", &["k"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownView), "{err}");
+}
+
+/// Many requests in flight on few connections, replies deliberately out of order: every caller
+/// gets its own rows.
+async fn concurrent_gets(client: Client) {
+    let mut set = JoinSet::new();
+    for i in 0..200u64 {
+        let c = client.clone();
+        set.spawn(async move {
+            let first = format!("sleep{}:{i}", (i * 7) % 23);
+            let keys = vec![
+                first.clone(),
+                format!("key-{i}"),
+                "x".repeat(i as usize % 5 + 1),
+            ];
+            let b = c.get("emb", &keys).await.unwrap();
+            for (j, k) in keys.iter().enumerate() {
+                assert_eq!(b.row(j), expect_row(k), "request {i} key {k}");
+            }
+            let m = b.as_f32_matrix().expect("rows are aligned");
+            assert_eq!(m.len(), 6);
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    for conn in client.conns().await.unwrap() {
+        assert_eq!(conn.waiting(), 0);
+    }
+}
+
+#[tokio::test]
+async fn multiplexed_out_of_order_current_thread() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    concurrent_gets(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multiplexed_out_of_order_multi_thread() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 3,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    concurrent_gets(client).await;
+}
+
+#[tokio::test]
+async fn timeout_removes_the_waiter() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            timeout: Duration::from_millis(100),
+            pool_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let err = client.get("emb", &["never"]).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(100)));
+    assert!(err.is_retryable());
+    assert_eq!(client.conns().await.unwrap()[0].waiting(), 0);
+    // A late reply must not reach the next caller: "sleep300" answers after its caller gave up.
+    let err = client.get("emb", &["sleep300"]).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let b = client.get("emb", &["abc"]).await.unwrap();
+    assert_eq!(b.row(0), expect_row("abc"));
+    assert_eq!(client.conns().await.unwrap()[0].waiting(), 0);
+}
+
+#[tokio::test]
+async fn dropped_connection_fails_in_flight_and_reconnects() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 1,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    client.get("emb", &["a"]).await.unwrap();
+    // One request waits for a slow reply while another makes the server drop the connection.
+    let c = client.clone();
+    let slow = tokio::spawn(async move { c.get("emb", &["sleep200"]).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = client.get("emb", &["drop"]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ConnectionClosed { addr, .. } if *addr == mock.addr.to_string()),
+        "{err}"
+    );
+    let slow = slow.await.unwrap().unwrap_err();
+    assert!(matches!(slow, Error::ConnectionClosed { .. }), "{slow}");
+    // The next call reconnects, with a new HELLO.
+    let b = client.get("emb", &["abc"]).await.unwrap();
+    assert_eq!(b.row(0), expect_row("abc"));
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_closed_connection_is_reopened_before_sending() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 1,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    client.conns().await.unwrap()[0].close("closed by test");
+    client.ping().await.unwrap();
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn schema_mismatch_refetches_and_retries_once() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    client.get("emb", &["a"]).await.unwrap();
+    mock.state.schema_id.store(101, Ordering::SeqCst);
+    let b = client.get("emb", &["a"]).await.unwrap();
+    assert_eq!(b.schema().schema_id(), 101);
+    assert_eq!(client.cached_schema("emb").unwrap().schema_id(), 101);
+    assert_eq!(mock.state.schema_requests.load(Ordering::SeqCst), 2);
+
+    mock.state.schema_id.store(102, Ordering::SeqCst);
+    let now = std::time::SystemTime::now();
+    let written = client
+        .put("emb", &[("a", now, [Value::F32(1.0), Value::F32(2.0)])])
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    assert_eq!(client.cached_schema("emb").unwrap().schema_id(), 102);
+}
+
+#[tokio::test]
+async fn limits_are_checked_before_sending() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    client.schema("emb").await.unwrap();
+    let keys: Vec<String> = (0..=MAX_BATCH).map(|i| format!("k{i}")).collect();
+    let err = client.get("emb", &keys).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BatchTooLarge {
+                n: 9,
+                max_batch: MAX_BATCH
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), Some(ErrorCode::BatchTooLarge));
+    let err = client.get("emb", &["ok", ""]).await.unwrap_err();
+    assert!(matches!(err, Error::BadKey { index: 1, len: 0 }), "{err}");
+    let long = vec![b'k'; 1025];
+    let err = client.get("emb", &[long]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BadKey {
+                index: 0,
+                len: 1025
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(mock.state.gets.load(Ordering::SeqCst), 0);
+    // The connection is still fine.
+    client.get("emb", &["a"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn put_typed_and_raw() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    let rows = [
+        (
+            "a",
+            1_700_000_000_000u64,
+            vec![Value::F32(1.0), Value::F32(2.0)],
+        ),
+        (
+            "b",
+            1_700_000_000_001u64,
+            vec![Value::F32(3.0), Value::F32(4.0)],
+        ),
+    ];
+    assert_eq!(client.put("emb", &rows).await.unwrap(), 2);
+
+    let err = client
+        .put("emb", &[("a", 0u64, [Value::F64(1.0), Value::F32(2.0)])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRow(m) if m.contains("row 0") && m.contains("sum")),
+        "{err}"
+    );
+
+    let schema = client.schema("emb").await.unwrap();
+    let entry = PutEntry {
+        key: "c".into(),
+        computed_at_ms: 5,
+        row: schema.encode_row(&[1.0f32.into(), 2.0f32.into()]).unwrap(),
+    };
+    assert_eq!(
+        client
+            .put_raw("emb", std::slice::from_ref(&entry))
+            .await
+            .unwrap(),
+        1
+    );
+    let bad = PutEntry {
+        row: entry.row.slice(..4),
+        ..entry
+    };
+    let err = client.put_raw("emb", &[bad]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRow(m) if m.contains("4 bytes")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hello_errors_and_connect_errors_are_clear() {
+    let mock = Mock::start(Some("secret")).await;
+    let err = Client::connect(
+        mock.addr,
+        ClientOptions {
+            token: Some("wrong".into()),
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    Client::connect(
+        mock.addr,
+        ClientOptions {
+            token: Some("secret".into()),
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+
+    // A port nobody listens on.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = Client::connect(addr, ClientOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { addr: a, .. } if *a == addr.to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&addr.to_string()));
+}
+
+#[test]
+fn options_debug_hides_the_token() {
+    let o = ClientOptions {
+        token: Some("hunter2".into()),
+        ..Default::default()
+    };
+    let s = format!("{o:?}");
+    assert!(!s.contains("hunter2") && s.contains("redacted"), "{s}");
+    assert_eq!(o.timeout, Duration::from_secs(1));
+    assert_eq!(o.pool_size, 2);
+}
+
+#[tokio::test]
+async fn an_undecodable_reply_closes_the_connection() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 1,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    let err = client.get("emb", &["pong"]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(p) if p.message.contains("PONG") || p.message.contains("PING")),
+        "{err}"
+    );
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 1);
+    client.get("emb", &["a"]).await.unwrap();
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_reply_above_max_frame_is_refused_before_sending() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    // 8 keys of 1024 bytes fit the mock's 1 MiB max_frame; the check is on the frame sizes, so
+    // exercise it through the helper directly with a tiny limit.
+    let limits = Limits {
+        max_frame: 40,
+        max_batch: 8,
+    };
+    let err = crate::client::check_frame("reply", 60, &limits).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BatchTooLarge));
+    let err = crate::client::check_frame("request", 60, &limits).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge));
+    assert!(crate::client::check_frame("request", 40, &limits).is_ok());
+    client.get("emb", &vec![vec![b'k'; 1024]; 8]).await.unwrap();
+}
