@@ -90,6 +90,15 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         redis,
         coalescer,
     });
+    // Give Redis a moment before taking clients (they queue in the listen backlog meanwhile), so
+    // the first requests after start do not get defaults for nothing. A Redis that is down stays
+    // down: start anyway and serve defaults until it comes.
+    if tokio::time::timeout(Duration::from_secs(2), backend.wait_connected())
+        .await
+        .is_err()
+    {
+        warn!(shard, redis = %redis_url, "Redis did not answer within 2s of start; serving defaults until it does");
+    }
     let open = Rc::new(OpenConnections::default());
     loop {
         let accepted = tokio::select! {

@@ -14,14 +14,21 @@ use featureproxy_protocol::{
 };
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts connections on `port`.
 pub fn wait_port(port: u16) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "nothing listens on port {port} after 20s");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on port {port} after 20s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -34,7 +41,10 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -58,7 +68,16 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -88,7 +107,11 @@ impl Redis {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("redis running").id();
-        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} {pid} failed");
     }
 
@@ -123,7 +146,9 @@ impl Drop for Redis {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
             // A frozen server does not die of SIGKILL until it is continued on some systems.
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
         }
         self.kill();
     }
@@ -145,7 +170,11 @@ impl Proxy {
 
     pub fn start_with(redis_url: &str, shards: usize, server_toml: &str, extra: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let registry = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/features.toml")).unwrap();
+        let registry = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/features.toml"
+        ))
+        .unwrap();
         let config = dir.path().join("features.toml");
         std::fs::write(&config, format!("[server]\n{server_toml}\n\n{registry}")).unwrap();
         let (port, stats_port) = (free_port(), free_port());
@@ -184,7 +213,10 @@ impl Proxy {
     /// SIGTERM, then the exit status (fails the test past 20 s).
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("proxy running");
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let start = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -199,18 +231,27 @@ impl Proxy {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// GET on the stats endpoint: (status code, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.stats_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (code, body)
     }
 
@@ -222,8 +263,11 @@ impl Proxy {
             .filter_map(|l| {
                 let (series, value) = l.rsplit_once(' ')?;
                 let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-                (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                    .then(|| value.parse::<f64>().ok())?
+                (n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
             })
             .sum()
     }
@@ -248,9 +292,15 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(port: u16) -> RawConn {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        RawConn { stream, buf: BytesMut::new(), next_id: 1 }
+        RawConn {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
     }
 
     pub fn send(&mut self, req: &Request) -> u32 {
@@ -286,7 +336,14 @@ impl RawConn {
         let id = self.send(req);
         let f = self.recv().expect("connection closed before the reply");
         assert_eq!(f.request_id, id);
-        Response::decode(&f, &Limits { max_frame: u32::MAX, max_batch: u32::MAX }).unwrap()
+        Response::decode(
+            &f,
+            &Limits {
+                max_frame: u32::MAX,
+                max_batch: u32::MAX,
+            },
+        )
+        .unwrap()
     }
 
     pub fn schema(&mut self, view: &str) -> SchemaReply {
