@@ -1,0 +1,215 @@
+//! Bad and hostile input against the real proxy: every case gets the error the protocol names,
+//! and no connection's trouble reaches another.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{Proxy, RawConn, Redis};
+use featureproxy_protocol::{ErrorCode, GetRequest, Hello, Limits, Request, Response};
+
+fn hello(token: &str) -> Request {
+    Request::Hello(Hello {
+        version: 1,
+        token: token.into(),
+        client_name: "edges".into(),
+    })
+}
+
+fn get(view_id: u16, schema_id: u32, keys: &[&str]) -> Request {
+    Request::Get(GetRequest {
+        view_id,
+        flags: 0,
+        schema_id,
+        deadline_us: 0,
+        keys: keys
+            .iter()
+            .map(|k| bytes::Bytes::copy_from_slice(k.as_bytes()))
+            .collect(),
+    })
+}
+
+/// The code of the ERROR frame that comes next, and whether the server then closed.
+fn error_then_closed(c: &mut RawConn) -> (ErrorCode, bool) {
+    let f = c.recv().expect("an ERROR frame before the close");
+    let Response::Error(e) = Response::decode(&f, &Limits::default()).unwrap() else {
+        panic!("not an ERROR frame: {f:?}")
+    };
+    (e.code, c.is_closed())
+}
+
+#[test]
+fn errors_that_keep_and_errors_that_close() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 2, "");
+    let mut good = RawConn::connect(proxy.port);
+    let s = good.schema("user_features");
+
+    assert_eq!(
+        good.expect_error(&get(99, 0, &["a"])).code,
+        ErrorCode::UnknownView
+    );
+    let e = good.expect_error(&get(s.view_id, s.schema_id ^ 1, &["a"]));
+    assert_eq!(e.code, ErrorCode::SchemaMismatch);
+    assert!(e.message.contains("user_features"), "{}", e.message);
+    let keys: Vec<String> = (0..4097).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let e = good.expect_error(&get(s.view_id, 0, &keys));
+    assert_eq!(e.code, ErrorCode::BatchTooLarge);
+    assert!(e.message.contains("4096"), "{}", e.message);
+    // Unknown op: its body is skipped, the connection goes on.
+    good.send_raw(&[12, 0, 0, 0, 0x42, 0, 0, 0, 7, 0, 0, 0, 1, 2, 3, 4]);
+    let f = good.recv().unwrap();
+    assert_eq!((f.op, f.request_id), (0xFF, 7));
+    assert!(matches!(good.call(&Request::Ping), Response::Pong));
+
+    // MALFORMED (a truncated GET body) closes that connection only.
+    let mut bad = RawConn::connect(proxy.port);
+    bad.send_raw(&[11, 0, 0, 0, 0x10, 0, 0, 0, 5, 0, 0, 0, 1, 2, 3]);
+    assert_eq!(error_then_closed(&mut bad), (ErrorCode::Malformed, true));
+    // FRAME_TOO_LARGE is judged from the header alone.
+    let mut big = RawConn::connect(proxy.port);
+    big.send_raw(&[1, 0, 0x40, 0, 0x02, 0, 0, 0, 9, 0, 0, 0]);
+    assert_eq!(
+        error_then_closed(&mut big),
+        (ErrorCode::FrameTooLarge, true)
+    );
+    // Nonzero header flags are MALFORMED in v1.
+    let mut flags = RawConn::connect(proxy.port);
+    flags.send_raw(&[8, 0, 0, 0, 0x02, 1, 0, 0, 9, 0, 0, 0]);
+    assert_eq!(error_then_closed(&mut flags), (ErrorCode::Malformed, true));
+    // HELLO with another version, and HELLO after the first frame.
+    let mut v2 = RawConn::connect(proxy.port);
+    v2.send(&Request::Hello(Hello {
+        version: 2,
+        token: String::new(),
+        client_name: "x".into(),
+    }));
+    assert_eq!(
+        error_then_closed(&mut v2),
+        (ErrorCode::UnsupportedVersion, true)
+    );
+    let mut late = RawConn::connect(proxy.port);
+    late.call(&Request::Ping);
+    late.send(&hello(""));
+    assert_eq!(error_then_closed(&mut late), (ErrorCode::Malformed, true));
+
+    assert!(matches!(good.call(&Request::Ping), Response::Pong));
+    assert_eq!(
+        proxy.metric("featureproxy_errors_total", &[("code", "malformed")]),
+        3.0
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_errors_total", &[("code", "frame_too_large")]),
+        1.0
+    );
+}
+
+#[test]
+fn auth_token_is_required_first_and_must_match() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, "auth_token = \"s3cret\"");
+    let mut none = RawConn::connect(proxy.port);
+    none.send(&Request::Ping);
+    assert_eq!(
+        error_then_closed(&mut none),
+        (ErrorCode::Unauthorized, true)
+    );
+    let mut wrong = RawConn::connect(proxy.port);
+    wrong.send(&hello("s3cre"));
+    assert_eq!(
+        error_then_closed(&mut wrong),
+        (ErrorCode::Unauthorized, true)
+    );
+    let mut right = RawConn::connect(proxy.port);
+    assert!(matches!(right.call(&hello("s3cret")), Response::Hello(_)));
+    assert!(matches!(right.call(&Request::Ping), Response::Pong));
+}
+
+#[test]
+fn half_frames_random_bytes_and_idle_floods_do_not_stop_service() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(
+        &redis,
+        1,
+        "frame_timeout = \"300ms\"\nmax_connections_per_shard = 40",
+    );
+    // A peer that sends half a frame and waits is cut off after frame_timeout.
+    let mut half = RawConn::connect(proxy.port);
+    half.send_raw(&[100, 0, 0, 0, 0x02, 0, 0, 0]);
+    let t = Instant::now();
+    assert_eq!(error_then_closed(&mut half), (ErrorCode::Malformed, true));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Random garbage: an error and a close, never a crash.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..20 {
+        let mut junk = RawConn::connect(proxy.port);
+        let bytes: Vec<u8> = (0..512)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = junk.stream.write_all(&bytes);
+        while junk.recv().is_some() {}
+    }
+
+    // Fill the shard with idle connections: the next is refused with OVERLOADED...
+    let mut idle: Vec<RawConn> = (0..39).map(|_| RawConn::connect(proxy.port)).collect();
+    let mut c = RawConn::connect(proxy.port);
+    assert!(matches!(c.call(&Request::Ping), Response::Pong));
+    let mut over = RawConn::connect(proxy.port);
+    assert_eq!(error_then_closed(&mut over), (ErrorCode::Overloaded, true));
+    // ...and those already in keep working; once idle ones leave, new ones get in.
+    assert!(matches!(idle[0].call(&Request::Ping), Response::Pong));
+    idle.truncate(10);
+    common::eventually(Duration::from_secs(5), "a free connection slot", || {
+        let mut n = RawConn::connect(proxy.port);
+        n.send(&Request::Ping);
+        let f = n.recv()?;
+        (f.op == 0x82).then_some(())
+    });
+    assert!(matches!(c.call(&Request::Ping), Response::Pong));
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_exits_zero() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start(&redis, 2, "");
+    let mut c = RawConn::connect(proxy.port);
+    let s = c.schema("user_features");
+    redis.freeze();
+    // A GET that must wait (Redis is frozen) for its 300 ms deadline...
+    let id = c.send(&Request::Get(GetRequest {
+        view_id: s.view_id,
+        flags: 0,
+        schema_id: 0,
+        deadline_us: 300_000,
+        keys: vec!["u1".into()],
+    }));
+    // ...is in flight when SIGTERM arrives.
+    common::eventually(Duration::from_secs(5), "the GET in flight", || {
+        (proxy.metric("featureproxy_inflight_requests", &[]) == 1.0).then_some(())
+    });
+    let stopper = std::thread::spawn(move || proxy.stop());
+    let f = c
+        .recv()
+        .expect("the in-flight GET is answered before the close");
+    assert_eq!((f.op, f.request_id), (0x90, id));
+    let Response::Get(g) = Response::decode(&f, &Limits::default()).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(g.status(0).status, featureproxy_protocol::Status::Degraded);
+    assert!(c.is_closed());
+    redis.thaw();
+    let status = stopper.join().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
