@@ -1,0 +1,213 @@
+//! Redis failing under the proxy, for real: killed, frozen with SIGSTOP, restarted. GETs never
+//! fail because Redis did: they answer DEGRADED defaults within their deadline.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{eventually, Proxy, Redis};
+use featureproxy_client::{Client, ClientOptions, Error, ErrorCode, GetOptions, Status, Value};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn row(v: f32) -> Vec<Value> {
+    vec![Value::F32(v); 16]
+}
+
+const FAST_BREAKER: &str =
+    "breaker_min_failures = 3\nbreaker_reset_timeout = \"200ms\"\nbreaker_probes = 1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_serves_degraded_defaults_then_recovers() {
+    let mut redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, FAST_BREAKER);
+    let c = Client::connect(proxy.addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    c.put("user_features", &[("u1", now_ms(), row(7.0))])
+        .await
+        .unwrap();
+    // Health follows the connection state within a poll interval.
+    eventually(Duration::from_secs(5), "/health 200 with Redis up", || {
+        (proxy.http("/health").0 == 200).then_some(())
+    });
+
+    redis.kill();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let b = c.get("user_features", &["u1", "u2"]).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "answered in {:?}",
+            t.elapsed()
+        );
+        assert_eq!(b.status(0).status, Status::Degraded);
+        assert_eq!(b.status(1).status, Status::Degraded);
+        assert_eq!(b.row(0), row(0.0), "defaults, not the stored row");
+        assert_eq!(b.age(0), None);
+    }
+    // A write Redis cannot take is never acknowledged.
+    match c.put("user_features", &[("u3", now_ms(), row(1.0))]).await {
+        Err(Error::Server {
+            code: ErrorCode::BackendUnavailable | ErrorCode::Timeout,
+            ..
+        }) => {}
+        other => panic!("expected BACKEND_UNAVAILABLE or TIMEOUT, got {other:?}"),
+    }
+    let (code, body) = proxy.http("/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("Redis unreachable") || body.contains("breaker open"),
+        "{body}"
+    );
+    assert!(proxy.metric("featureproxy_entities_total", &[("status", "degraded")]) >= 20.0);
+
+    // Redis comes back (empty: it keeps nothing on disk): writes and fresh reads resume.
+    redis.restart();
+    eventually(
+        Duration::from_secs(10),
+        "a write after Redis restarted",
+        || {
+            let c = c.clone();
+            let r = futures_lite_block(async move {
+                c.put("user_features", &[("u1", now_ms(), row(8.0))]).await
+            });
+            r.ok()
+        },
+    );
+    let b = c.get("user_features", &["u1"]).await.unwrap();
+    assert_eq!(b.status(0).status, Status::Fresh);
+    assert_eq!(b.row(0), row(8.0));
+    eventually(Duration::from_secs(5), "/health back to 200", || {
+        (proxy.http("/health").0 == 200).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_respects_deadlines_and_opens_the_breaker() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, FAST_BREAKER);
+    let c = Client::connect(proxy.addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    c.put("user_features", &[("u1", now_ms(), row(3.0))])
+        .await
+        .unwrap();
+
+    redis.freeze();
+    let opts = GetOptions {
+        bypass_cache: true,
+        deadline: Some(Duration::from_millis(30)),
+    };
+    for _ in 0..5 {
+        let t = Instant::now();
+        let b = c.get_with("user_features", &["u1"], opts).await.unwrap();
+        let took = t.elapsed();
+        assert_eq!(b.status(0).status, Status::Degraded);
+        assert!(
+            took < Duration::from_millis(300),
+            "deadline 30ms, answered in {took:?}"
+        );
+    }
+    // Enough timeouts open the breaker: from then on, defaults come at once, without waiting.
+    eventually(Duration::from_secs(5), "the breaker to open", || {
+        (proxy.metric("featureproxy_breaker_state", &[("shard", "0")]) == 1.0).then_some(())
+    });
+    let t = Instant::now();
+    let b = c
+        .get_with(
+            "user_features",
+            &["u1"],
+            GetOptions {
+                bypass_cache: true,
+                deadline: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.status(0).status, Status::Degraded);
+    assert!(
+        t.elapsed() < Duration::from_millis(25),
+        "open breaker answered in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(proxy.http("/health").0, 503);
+    assert!(
+        proxy.logs().contains("circuit breaker opened"),
+        "{}",
+        proxy.logs()
+    );
+
+    redis.thaw();
+    // Half-open probes succeed and close it; the stored row is served again.
+    let b = eventually(Duration::from_secs(10), "a FRESH read after thaw", || {
+        let c = c.clone();
+        let b = futures_lite_block(async move { c.get("user_features", &["u1"]).await }).ok()?;
+        (b.status(0).status == Status::Fresh).then_some(b)
+    });
+    assert_eq!(b.row(0), row(3.0));
+    assert!(proxy.metric("featureproxy_breaker_transitions_total", &[]) >= 3.0);
+    assert!(proxy.logs().contains("circuit breaker closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_share_redis_reads() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, "");
+    let c = Client::connect(
+        proxy.addr(),
+        ClientOptions {
+            pool_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(String, u64, Vec<Value>)> = (0..50)
+        .map(|i| (format!("k{i}"), now_ms(), row(i as f32)))
+        .collect();
+    c.put("user_features", &rows).await.unwrap();
+    let commands_before = proxy.metric("featureproxy_redis_commands_total", &[]);
+
+    // 200 GETs of 5 keys each, all in flight at once on one connection.
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let keys: Vec<String> = (0..5).map(|j| format!("k{}", (i + j) % 50)).collect();
+                let b = c.get("user_features", &keys).await.unwrap();
+                for (j, k) in keys.iter().enumerate() {
+                    let want: f32 = k[1..].parse().unwrap();
+                    assert_eq!(b.row(j), row(want), "{k}");
+                    assert_eq!(b.status(j).status, Status::Fresh);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commands = proxy.metric("featureproxy_redis_commands_total", &[]) - commands_before;
+    let joins = proxy.metric("featureproxy_singleflight_joins_total", &[]);
+    let requested = proxy.metric("featureproxy_entities_requested_total", &[]);
+    assert_eq!(requested, 1000.0);
+    // 1000 entity reads, coalesced: far fewer MGETs than GETs, and duplicates joined.
+    assert!(
+        commands < 100.0,
+        "{commands} Redis commands for 200 concurrent GETs"
+    );
+    assert!(
+        joins > 0.0,
+        "no single-flight joins among 1000 reads of 50 keys"
+    );
+}
+
+/// Runs a future to completion from a synchronous closure inside a multi-thread runtime.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
