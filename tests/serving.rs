@@ -232,7 +232,7 @@ async fn protocol_errors_keep_the_connection_usable() {
         .unwrap();
     // The client catches it before sending...
     assert!(matches!(
-        c.put_raw("user_features", &[bad.clone()]).await,
+        c.put_raw("user_features", std::slice::from_ref(&bad)).await,
         Err(Error::BadRow(_))
     ));
     // ...and the server refuses it too when it gets there.
