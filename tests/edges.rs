@@ -213,3 +213,35 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let status = stopper.join().unwrap();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }
+
+#[test]
+fn a_client_that_leaves_mid_request_hurts_nobody() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, "");
+    let mut other = RawConn::connect(proxy.port);
+    let s = other.schema("user_features");
+    redis.freeze();
+    {
+        let mut leaver = RawConn::connect(proxy.port);
+        leaver.send(&get(s.view_id, 0, &["a", "b", "c"]));
+        common::eventually(Duration::from_secs(5), "the GET in flight", || {
+            (proxy.metric("featureproxy_inflight_requests", &[]) == 1.0).then_some(())
+        });
+        // Dropped here: the socket closes while its GET waits on Redis.
+    }
+    redis.thaw();
+    common::eventually(
+        Duration::from_secs(5),
+        "the abandoned GET to finish",
+        || {
+            (proxy.metric("featureproxy_inflight_requests", &[]) == 0.0
+                && proxy.metric("featureproxy_connections_open", &[]) == 1.0)
+                .then_some(())
+        },
+    );
+    assert!(matches!(other.call(&Request::Ping), Response::Pong));
+    let Response::Get(g) = other.call(&get(s.view_id, 0, &["a"])) else {
+        panic!("GET failed")
+    };
+    assert_eq!(g.status(0).status, featureproxy_protocol::Status::Missing);
+}

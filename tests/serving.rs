@@ -251,3 +251,53 @@ async fn protocol_errors_keep_the_connection_usable() {
     assert_eq!(s.row_bytes(), 64);
     c.ping().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_gets_over_a_hundred_connections() {
+    let redis = Redis::start();
+    // This checks rows under concurrency, not latency: a debug build on a loaded CI machine may
+    // well pass the 50 ms default deadline, and DEGRADED defaults would then be right.
+    let proxy = Proxy::start(&redis, 2, "default_deadline = \"10s\"");
+    let seed = client(&proxy).await;
+    let rows: Vec<(String, u64, Vec<Value>)> = (0..1000)
+        .map(|i| (format!("e{i}"), now_ms(), user_row(i as f32)))
+        .collect();
+    for chunk in rows.chunks(250) {
+        seed.put("user_features", chunk).await.unwrap();
+    }
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let opts = ClientOptions {
+            pool_size: 1,
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        clients.push(Client::connect(proxy.addr(), opts).await.unwrap());
+    }
+    let mut tasks = Vec::with_capacity(10_000);
+    for i in 0..10_000usize {
+        let c = clients[i % 100].clone();
+        tasks.push(tokio::spawn(async move {
+            let k = (i * 7919) % 1000;
+            let keys = [format!("e{k}"), format!("e{}", (k + 1) % 1000)];
+            let b = c.get("user_features", &keys).await.unwrap();
+            assert_eq!(b.status(0).status, Status::Fresh);
+            assert_eq!(b.row(0), user_row(k as f32), "request {i}");
+            assert_eq!(b.row(1), user_row(((k + 1) % 1000) as f32), "request {i}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        proxy.metric(
+            "featureproxy_requests_total",
+            &[("op", "get"), ("outcome", "ok")]
+        ),
+        10_000.0
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_entities_total", &[("status", "fresh")]),
+        20_000.0
+    );
+}
