@@ -27,6 +27,9 @@ pub struct Batch {
     keys: RefCell<Vec<Bytes>>,
     result: RefCell<Option<Rc<BatchResult>>>,
     done: Notify,
+    /// Slots whose key was written while this read was in flight: their values may predate the
+    /// write, so they are served to the requests that were already waiting but never cached.
+    written_meanwhile: RefCell<Vec<usize>>,
 }
 
 impl Batch {
@@ -35,6 +38,7 @@ impl Batch {
             keys: RefCell::new(Vec::new()),
             result: RefCell::new(None),
             done: Notify::new(),
+            written_meanwhile: RefCell::new(Vec::new()),
         })
     }
 
@@ -48,6 +52,11 @@ impl Batch {
             }
             notified.await;
         }
+    }
+
+    /// False when slot `index`'s key was written while the read was in flight.
+    pub fn cacheable(&self, index: usize) -> bool {
+        !self.written_meanwhile.borrow().contains(&index)
     }
 
     /// The result if the batch has landed.
@@ -129,7 +138,9 @@ impl Coalescer {
     pub fn forget(&self, keys: &[Bytes]) {
         let mut st = self.state.borrow_mut();
         for k in keys {
-            st.in_flight.remove(k);
+            if let Some(p) = st.in_flight.remove(k) {
+                p.batch.written_meanwhile.borrow_mut().push(p.index);
+            }
         }
     }
 

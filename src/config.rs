@@ -26,6 +26,8 @@ pub struct Settings {
     pub max_inflight_per_connection: usize,
     /// Most keys in one MGET.
     pub redis_batch_cap: usize,
+    /// Hot-cache memory for the whole process (split evenly across shards); 0 turns it off.
+    pub hot_cache_bytes: usize,
     /// A connection must HELLO with this token first when set.
     pub auth_token: Option<String>,
     /// How long shutdown waits for requests in flight.
@@ -49,6 +51,7 @@ impl Default for Settings {
             max_connections_per_shard: 10_000,
             max_inflight_per_connection: 128,
             redis_batch_cap: 1024,
+            hot_cache_bytes: 64 * 1024 * 1024,
             auth_token: None,
             drain_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
@@ -79,6 +82,7 @@ struct RawServer {
     max_connections_per_shard: Option<usize>,
     max_inflight_per_connection: Option<usize>,
     redis_batch_cap: Option<usize>,
+    hot_cache_bytes: Option<usize>,
     auth_token: Option<String>,
     drain_timeout: Option<String>,
     frame_timeout: Option<String>,
@@ -150,6 +154,7 @@ impl Settings {
             .max_inflight_per_connection
             .unwrap_or(s.max_inflight_per_connection);
         s.redis_batch_cap = raw.redis_batch_cap.unwrap_or(s.redis_batch_cap);
+        s.hot_cache_bytes = raw.hot_cache_bytes.unwrap_or(s.hot_cache_bytes);
         s.auth_token = raw.auth_token.or(s.auth_token);
         if let Some(v) = raw.drain_timeout {
             s.drain_timeout = duration("drain_timeout", &v)?;

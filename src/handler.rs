@@ -1,6 +1,7 @@
 //! What each request does, once decoded: HELLO, PING and SCHEMA are answered on the spot; GET
 //! goes through the coalescer; PUT writes through the guarded backend.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,13 +9,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{
     encode_get_response, get_response_len, EntityStatus, ErrorCode, GetRequest, HelloReply,
-    ProtocolError, PutRequest, Response, Status, AGE_UNKNOWN, VERSION,
+    ProtocolError, PutRequest, Response, Status, AGE_UNKNOWN, GET_FLAG_BYPASS_CACHE, VERSION,
 };
 
 use crate::backend::BackendError;
+use crate::cache::{CachedRow, HotCache};
 use crate::coalescer::{Coalescer, Pending};
 use crate::config::Settings;
 use crate::guarded::GuardedRedis;
+use crate::invalidation::Peers;
 use crate::registry::{Registry, View};
 use crate::stats::ShardStats;
 use crate::store::{self, Stored};
@@ -27,6 +30,17 @@ pub struct ShardCtx {
     pub stats: Arc<ShardStats>,
     pub redis: Rc<GuardedRedis>,
     pub coalescer: Rc<Coalescer>,
+    pub cache: RefCell<HotCache>,
+    /// The other shards, for invalidating their caches on PUT.
+    pub peers: Peers,
+}
+
+/// Where one entity's answer comes from.
+enum Source {
+    Cached(CachedRow),
+    Redis(Pending),
+    /// The breaker is open: defaults without asking.
+    Unavailable,
 }
 
 pub const SERVER_NAME: &str = concat!("featureproxy/", env!("CARGO_PKG_VERSION"));
@@ -98,23 +112,38 @@ impl ShardCtx {
             };
         self.stats.entities_requested.add(n as u64);
 
-        let pending = self.lookup(view, &req.keys);
-        wait_until(&pending, deadline).await;
+        let use_cache = req.flags & GET_FLAG_BYPASS_CACHE == 0 && !view.hot_cache_ttl.is_zero();
+        let (keys, sources) = self.lookup(view, &req.keys, use_cache);
+        wait_until(&sources, deadline).await;
 
         let now = store::now_ms();
         let mut statuses = Vec::with_capacity(n);
         let mut ages = Vec::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let view_stats = self.stats.view(view.id);
-        for p in &pending {
-            let (status, age, row) = resolve(view, p.as_ref(), now);
-            if let Some(vs) = view_stats {
-                vs.served(status, false);
+        let mut cache = self.cache.borrow_mut();
+        let cache_now = Instant::now();
+        for (key, source) in keys.iter().zip(&sources) {
+            let Answer {
+                status,
+                age,
+                row,
+                computed_at_ms,
+            } = resolve(view, source, now);
+            let cached = matches!(source, Source::Cached(_)) && !status.is_default();
+            if let (Source::Redis(p), Status::Fresh | Status::Stale) = (source, status) {
+                if p.batch.cacheable(p.index) {
+                    cache.insert(key, computed_at_ms, &row, view.hot_cache_ttl, cache_now);
+                }
             }
-            statuses.push(EntityStatus::new(status, false));
+            if let Some(vs) = view_stats {
+                vs.served(status, cached);
+            }
+            statuses.push(EntityStatus::new(status, cached));
             ages.push(age);
             rows.push(row);
         }
+        self.stats.cache.publish(&cache);
         Ok(GetReply {
             view,
             statuses,
@@ -123,16 +152,61 @@ impl ShardCtx {
         })
     }
 
-    /// Where each entity's value will come from; None when the breaker says not to ask Redis.
-    fn lookup(&self, view: &View, keys: &[Bytes]) -> Vec<Option<Pending>> {
-        if self.redis.rejects() {
-            return vec![None; keys.len()];
+    /// The Redis key of each entity, and where its answer will come from: the hot cache, a read
+    /// queued in the coalescer, or nowhere while the breaker is open.
+    fn lookup(
+        &self,
+        view: &View,
+        entities: &[Bytes],
+        use_cache: bool,
+    ) -> (Vec<Bytes>, Vec<Source>) {
+        let size = entities
+            .iter()
+            .map(|k| view.key_prefix.len() + k.len())
+            .sum();
+        let mut buf = BytesMut::with_capacity(size);
+        let keys: Vec<Bytes> = entities
+            .iter()
+            .map(|k| store::key_into(&mut buf, view, k))
+            .collect();
+        let rejects = self.redis.rejects();
+        let view_stats = self.stats.view(view.id);
+        let mut cache = self.cache.borrow_mut();
+        let now = Instant::now();
+        let sources = keys
+            .iter()
+            .map(|key| {
+                if use_cache {
+                    let hit = cache.get(key, now);
+                    if let Some(vs) = view_stats {
+                        match hit {
+                            Some(_) => vs.cache_hits.inc(),
+                            None => vs.cache_misses.inc(),
+                        }
+                    }
+                    if let Some(hit) = hit {
+                        return Source::Cached(hit);
+                    }
+                }
+                if rejects {
+                    Source::Unavailable
+                } else {
+                    Source::Redis(self.coalescer.enqueue(key.clone()))
+                }
+            })
+            .collect();
+        (keys, sources)
+    }
+
+    /// Drops `keys` from this shard's cache and from its reads in flight.
+    pub fn invalidate_local(&self, keys: &[Bytes]) {
+        let mut cache = self.cache.borrow_mut();
+        for k in keys {
+            cache.invalidate(k);
         }
-        let mut buf =
-            BytesMut::with_capacity(keys.iter().map(|k| view.key_prefix.len() + k.len()).sum());
-        keys.iter()
-            .map(|k| Some(self.coalescer.enqueue(store::key_into(&mut buf, view, k))))
-            .collect()
+        self.stats.cache.publish(&cache);
+        drop(cache);
+        self.coalescer.forget(keys);
     }
 
     /// PUT: all rows validated first (nothing written on a bad one), then written; acknowledged
@@ -155,15 +229,29 @@ impl ShardCtx {
                 )
             })
             .collect();
-        let keys: Vec<Bytes> = items.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Arc<[Bytes]> = items.iter().map(|(k, _)| k.clone()).collect();
         let written = items.len() as u32;
         let result = self
             .redis
             .write(items, view.ttl, self.settings.write_timeout)
             .await;
-        // Reads that were in flight during the write may carry the old rows: later requests must
-        // not join them.
-        self.coalescer.forget(&keys);
+        // Whatever Redis did, cached rows and reads in flight may now be older than what it
+        // holds: drop them here and on every other shard before answering, so that a GET that
+        // starts after the acknowledgement reads the new rows.
+        self.invalidate_local(&keys);
+        if let Err(e) = self
+            .peers
+            .invalidate(keys, self.settings.write_timeout)
+            .await
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                format!(
+                    "view {}: {e}; the PUT is not acknowledged: retry it",
+                    view.name
+                ),
+            ));
+        }
         match result {
             Ok(()) => Ok(Response::Put { written }),
             Err(BackendError::Timeout(after)) => Err(ProtocolError::new(
@@ -207,9 +295,12 @@ impl GetReply<'_> {
 
 /// Waits for every batch the request depends on, up to the deadline. Past it, whatever has not
 /// landed is served as DEGRADED.
-async fn wait_until(pending: &[Option<Pending>], deadline: Instant) {
+async fn wait_until(sources: &[Source], deadline: Instant) {
     let mut last: Option<&Rc<crate::coalescer::Batch>> = None;
-    for p in pending.iter().flatten() {
+    for p in sources.iter().filter_map(|s| match s {
+        Source::Redis(p) => Some(p),
+        _ => None,
+    }) {
         if last.is_some_and(|b| Rc::ptr_eq(b, &p.batch)) || p.batch.result().is_some() {
             continue;
         }
@@ -223,31 +314,67 @@ async fn wait_until(pending: &[Option<Pending>], deadline: Instant) {
     }
 }
 
+/// What one entity is answered with.
+struct Answer {
+    status: Status,
+    age: u32,
+    row: Bytes,
+    /// When the stored value was computed; 0 where there is none.
+    computed_at_ms: u64,
+}
+
+impl Answer {
+    fn defaults(view: &View, status: Status) -> Answer {
+        Answer {
+            status,
+            age: AGE_UNKNOWN,
+            row: view.default_row.clone(),
+            computed_at_ms: 0,
+        }
+    }
+}
+
 /// The status, age and row served for one entity.
-fn resolve(view: &View, pending: Option<&Pending>, now_ms: u64) -> (Status, u32, Bytes) {
-    let degraded = (Status::Degraded, AGE_UNKNOWN, view.default_row.clone());
-    let Some(p) = pending else { return degraded };
+fn resolve(view: &View, source: &Source, now_ms: u64) -> Answer {
+    let p = match source {
+        Source::Unavailable => return Answer::defaults(view, Status::Degraded),
+        Source::Cached(hit) => return judge(view, hit.computed_at_ms, hit.row.clone(), now_ms),
+        Source::Redis(p) => p,
+    };
     let Some(result) = p.batch.result() else {
-        return degraded;
+        return Answer::defaults(view, Status::Degraded);
     };
     let Ok(values) = &*result else {
-        return degraded;
+        return Answer::defaults(view, Status::Degraded);
     };
     match values.get(p.index) {
-        None => degraded,
-        Some(None) => (Status::Missing, AGE_UNKNOWN, view.default_row.clone()),
+        None => Answer::defaults(view, Status::Degraded),
+        Some(None) => Answer::defaults(view, Status::Missing),
         Some(Some(value)) => match store::parse(value, view.row_bytes) {
-            Stored::Invalid => (Status::Invalid, AGE_UNKNOWN, view.default_row.clone()),
+            Stored::Invalid => Answer::defaults(view, Status::Invalid),
             Stored::Row {
                 computed_at_ms,
                 row,
-            } => {
-                let age = store::age_ms(now_ms, computed_at_ms);
-                match store::freshness(view, age) {
-                    Status::Expired => (Status::Expired, age, view.default_row.clone()),
-                    status => (status, age, row),
-                }
-            }
+            } => judge(view, computed_at_ms, row, now_ms),
+        },
+    }
+}
+
+/// FRESH or STALE with the row, or EXPIRED with the defaults, by the value's age.
+fn judge(view: &View, computed_at_ms: u64, row: Bytes, now_ms: u64) -> Answer {
+    let age = store::age_ms(now_ms, computed_at_ms);
+    match store::freshness(view, age) {
+        Status::Expired => Answer {
+            status: Status::Expired,
+            age,
+            row: view.default_row.clone(),
+            computed_at_ms,
+        },
+        status => Answer {
+            status,
+            age,
+            row,
+            computed_at_ms,
         },
     }
 }

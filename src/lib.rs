@@ -9,10 +9,12 @@
 
 pub mod backend;
 pub mod breaker;
+pub mod cache;
 pub mod coalescer;
 pub mod config;
 pub mod guarded;
 pub mod handler;
+pub mod invalidation;
 pub mod redis_child;
 pub mod registry;
 pub mod server;

@@ -78,8 +78,10 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (peers, receivers) = crate::invalidation::channels(settings.shards);
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    let per_shard = listeners.into_iter().zip(peers).zip(receivers);
+    for (i, ((listener, peers), invalidations)) in per_shard.enumerate() {
         let spec = ShardSpec {
             shard: i as u16,
             listener,
@@ -88,6 +90,8 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             stats: stats[i].clone(),
             redis_url: redis_url.clone(),
             shutdown: stop_rx.clone(),
+            peers,
+            invalidations,
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))

@@ -2,7 +2,7 @@
 //! port (SO_REUSEPORT), its own Redis connection, coalescer, breaker and counters. Nothing on the
 //! request path is shared with another shard.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::breaker::Breaker;
+use crate::cache::HotCache;
 use crate::coalescer::Coalescer;
 use crate::config::Settings;
 use crate::guarded::GuardedRedis;
 use crate::handler::ShardCtx;
+use crate::invalidation::{Invalidation, Peers};
 use crate::registry::Registry;
 use crate::socket;
 use crate::stats::ShardStats;
@@ -49,6 +51,9 @@ pub struct ShardSpec {
     pub stats: Arc<ShardStats>,
     pub redis_url: String,
     pub shutdown: watch::Receiver<bool>,
+    /// The other shards' invalidation channels, and this shard's own.
+    pub peers: Peers,
+    pub invalidations: mpsc::UnboundedReceiver<Invalidation>,
 }
 
 /// Runs a shard on the calling thread until shutdown and drain.
@@ -69,6 +74,8 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         stats,
         redis_url,
         mut shutdown,
+        peers,
+        mut invalidations,
     } = spec;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let backend = Backend::start(&redis_url, settings.default_deadline)
@@ -89,6 +96,17 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         stats: stats.clone(),
         redis,
         coalescer,
+        cache: RefCell::new(HotCache::new(
+            settings.hot_cache_bytes / settings.shards.max(1),
+        )),
+        peers,
+    });
+    let listener_ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        while let Some(inv) = invalidations.recv().await {
+            listener_ctx.invalidate_local(&inv.keys);
+            let _ = inv.done.send(());
+        }
     });
     // Give Redis a moment before taking clients (they queue in the listen backlog meanwhile), so
     // the first requests after start do not get defaults for nothing. A Redis that is down stays

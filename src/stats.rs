@@ -37,6 +37,9 @@ pub struct ViewStats {
     pub entities: [Counter; 6],
     /// Entities served from the hot cache.
     pub cached: Counter,
+    /// Hot-cache lookups that found the entity, and those that did not (bypassed ones excluded).
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
 }
 
 impl ViewStats {
@@ -70,6 +73,35 @@ pub struct ShardStats {
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub inflight_requests: Counter,
+    /// The hot cache's own counts, published by the shard after each request.
+    pub cache: CacheGauges,
+}
+
+/// Snapshot of one shard's hot cache (plain stores: only its shard writes them).
+#[derive(Debug, Default)]
+pub struct CacheGauges {
+    pub admissions: AtomicU64,
+    pub rejections: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub bytes: AtomicU64,
+    pub entries: AtomicU64,
+    pub capacity: AtomicU64,
+}
+
+impl CacheGauges {
+    pub fn publish(&self, cache: &crate::cache::HotCache) {
+        let c = cache.counts();
+        self.admissions.store(c.admissions, Relaxed);
+        self.rejections.store(c.rejections, Relaxed);
+        self.evictions.store(c.evictions, Relaxed);
+        self.expirations.store(c.expirations, Relaxed);
+        self.invalidations.store(c.invalidations, Relaxed);
+        self.bytes.store(cache.bytes() as u64, Relaxed);
+        self.entries.store(cache.entries() as u64, Relaxed);
+        self.capacity.store(cache.capacity() as u64, Relaxed);
+    }
 }
 
 impl ShardStats {
@@ -92,6 +124,7 @@ impl ShardStats {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
             inflight_requests: Counter::default(),
+            cache: CacheGauges::default(),
         }
     }
 

@@ -160,6 +160,51 @@ fn metrics(shards: &[Arc<ShardStats>], registry: &Registry) -> String {
             );
         }
     }
+    let per_view: [(&str, &str, fn(&crate::stats::ViewStats) -> u64); 3] = [
+        (
+            "featureproxy_cache_hits_total",
+            "Hot-cache lookups that found the entity.",
+            |v| v.cache_hits.get(),
+        ),
+        (
+            "featureproxy_cache_misses_total",
+            "Hot-cache lookups that did not.",
+            |v| v.cache_misses.get(),
+        ),
+        (
+            "featureproxy_entities_cached_total",
+            "Entities served from the hot cache (status bit 0x80).",
+            |v| v.cached.get(),
+        ),
+    ];
+    for (name, help, f) in per_view {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for view in registry.views() {
+            let v = sum(&|s| s.view(view.id).map_or(0, f));
+            let _ = writeln!(out, "{name}{{view=\"{}\"}} {v}", view.name);
+        }
+    }
+    let cache: [(&str, &str, &str, fn(&crate::stats::CacheGauges) -> &std::sync::atomic::AtomicU64); 8] = [
+        ("featureproxy_cache_admissions_total", "counter", "Entries admitted to the hot cache.", |c| &c.admissions),
+        ("featureproxy_cache_rejections_total", "counter", "Entries dropped from the probation FIFO without a second read (one-hit wonders, scans).", |c| &c.rejections),
+        ("featureproxy_cache_evictions_total", "counter", "Entries evicted from the main FIFO to make room.", |c| &c.evictions),
+        ("featureproxy_cache_expirations_total", "counter", "Entries dropped at their hot-cache TTL.", |c| &c.expirations),
+        ("featureproxy_cache_invalidations_total", "counter", "Entries dropped because a PUT wrote the key.", |c| &c.invalidations),
+        ("featureproxy_cache_bytes", "gauge", "Bytes charged to the hot cache (keys, rows, per-entry overhead).", |c| &c.bytes),
+        ("featureproxy_cache_entries", "gauge", "Entries in the hot cache.", |c| &c.entries),
+        ("featureproxy_cache_capacity_bytes", "gauge", "The hot cache's byte bound.", |c| &c.capacity),
+    ];
+    for (name, kind, help, f) in cache {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in shards {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {}",
+                s.shard,
+                f(&s.cache).load(Relaxed)
+            );
+        }
+    }
     type Read = fn(&ShardStats) -> u64;
     let counters: [(&str, &str, Read); 8] = [
         (

@@ -1,0 +1,533 @@
+//! The hot-entity cache: one per shard, owned by its thread, so a read never waits on a lock.
+//!
+//! Feature traffic is power-law: a few entities take a large share of reads. Eviction is S3-FIFO
+//! (Yang et al., SOSP'23): new entries go to a small FIFO (a tenth of the bytes); only those read
+//! again while there move to the main FIFO, so one-hit wonders and scans pass through without
+//! displacing the hot set. A ghost list remembers keys recently dropped from the small FIFO, and a
+//! key that comes back soon goes straight to main. Hits only bump a 2-bit counter.
+//!
+//! Bounded in bytes: every entry is charged its key, its row and [`ENTRY_OVERHEAD`]. Rows are
+//! stored as compact copies, never as the `Bytes` fred hands out (those pin the whole read
+//! buffer). Every entry expires after its view's hot-cache TTL, so rows written behind the proxy's
+//! back are picked up within that TTL; writes through the proxy invalidate at once.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hashbrown::HashTable;
+
+/// Bytes charged per entry beyond its key and row: the slot (about 80 bytes), its hash-table
+/// index and queue position, and the allocation of the key-and-row buffer. See the `overhead`
+/// test and benches/RESULTS.md for how it was measured.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// What a hit returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedRow {
+    pub computed_at_ms: u64,
+    /// A slice of the cache's own compact copy.
+    pub row: Bytes,
+}
+
+/// Counts kept by the cache itself; the shard publishes them to its stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries admitted into the cache (small or main FIFO).
+    pub admissions: u64,
+    /// Entries dropped from the small FIFO without a second read: one-hit wonders, scan traffic.
+    pub rejections: u64,
+    /// Entries evicted from the main FIFO to make room.
+    pub evictions: u64,
+    pub expirations: u64,
+    pub invalidations: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Small,
+    Main,
+}
+
+struct Slot {
+    /// Key then row, in one allocation.
+    data: Bytes,
+    key_len: usize,
+    hash: u64,
+    computed_at_ms: u64,
+    expires_at: Instant,
+    /// Reads since admission or the last pass of the eviction hand, capped at 3.
+    freq: u8,
+    queue: Queue,
+    /// Bumped when the slot is freed, so queue positions that point to an old occupant are
+    /// recognised and skipped.
+    generation: u32,
+    live: bool,
+}
+
+impl Slot {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len]
+    }
+
+    fn charge(&self) -> usize {
+        self.data.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A byte-bounded S3-FIFO cache of rows by Redis key.
+pub struct HotCache {
+    capacity: usize,
+    small_target: usize,
+    table: HashTable<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    small: VecDeque<(u32, u32)>,
+    main: VecDeque<(u32, u32)>,
+    small_bytes: usize,
+    main_bytes: usize,
+    /// Queue positions whose slot was freed by invalidation or expiry; compacted when they pile up.
+    stale_positions: usize,
+    ghost: VecDeque<u64>,
+    ghost_set: HashTable<u64>,
+    hasher: foldhash::fast::FixedState,
+    counts: CacheCounts,
+}
+
+fn hash_of(hasher: &foldhash::fast::FixedState, key: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl HotCache {
+    /// A cache of at most `capacity_bytes`; 0 disables it.
+    pub fn new(capacity_bytes: usize) -> HotCache {
+        HotCache {
+            capacity: capacity_bytes,
+            small_target: capacity_bytes / 10,
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            small: VecDeque::new(),
+            main: VecDeque::new(),
+            small_bytes: 0,
+            main_bytes: 0,
+            stale_positions: 0,
+            ghost: VecDeque::new(),
+            ghost_set: HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+            counts: CacheCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> CacheCounts {
+        self.counts
+    }
+
+    /// Bytes charged now (keys, rows and per-entry overhead); never above the capacity.
+    pub fn bytes(&self) -> usize {
+        self.small_bytes + self.main_bytes
+    }
+
+    pub fn entries(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
+        self.table
+            .find(hash, |&i| self.slots[i as usize].key() == key)
+            .copied()
+    }
+
+    /// The row cached for `key`, unless absent or older than its TTL at `now`.
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<CachedRow> {
+        let hash = hash_of(&self.hasher, key);
+        let Some(i) = self.find(key, hash) else {
+            self.counts.misses += 1;
+            return None;
+        };
+        let slot = &mut self.slots[i as usize];
+        if now >= slot.expires_at {
+            self.remove(i);
+            self.counts.expirations += 1;
+            self.counts.misses += 1;
+            return None;
+        }
+        slot.freq = (slot.freq + 1).min(3);
+        self.counts.hits += 1;
+        Some(CachedRow {
+            computed_at_ms: slot.computed_at_ms,
+            row: slot.data.slice(slot.key_len..),
+        })
+    }
+
+    /// Caches a copy of `row` for `key` until `now + ttl`. An entry larger than a tenth of the
+    /// cache is not cached at all: it would flush the small FIFO on its own.
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        computed_at_ms: u64,
+        row: &[u8],
+        ttl: Duration,
+        now: Instant,
+    ) {
+        let charge = key.len() + row.len() + ENTRY_OVERHEAD;
+        if ttl.is_zero() || charge > self.small_target.max(1) {
+            return;
+        }
+        let hash = hash_of(&self.hasher, key);
+        if let Some(i) = self.find(key, hash) {
+            // A newer read of a cached key: refresh in place, keep its place and frequency.
+            let slot = &mut self.slots[i as usize];
+            if computed_at_ms < slot.computed_at_ms {
+                return;
+            }
+            if computed_at_ms == slot.computed_at_ms && &slot.data[slot.key_len..] == row {
+                // Redis confirmed the same row again: it is current as of now.
+                slot.expires_at = now + ttl;
+                return;
+            }
+            let old = slot.charge();
+            slot.data = join(key, row);
+            slot.computed_at_ms = computed_at_ms;
+            slot.expires_at = now + ttl;
+            let new = slot.charge();
+            match slot.queue {
+                Queue::Small => self.small_bytes = self.small_bytes + new - old,
+                Queue::Main => self.main_bytes = self.main_bytes + new - old,
+            }
+            while self.bytes() > self.capacity && self.evict_one() {}
+            return;
+        }
+        let to_main = self.ghost_remove(hash);
+        let slot = Slot {
+            data: join(key, row),
+            key_len: key.len(),
+            hash,
+            computed_at_ms,
+            expires_at: now + ttl,
+            freq: 0,
+            queue: if to_main { Queue::Main } else { Queue::Small },
+            generation: 0,
+            live: true,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                let generation = self.slots[i as usize].generation;
+                self.slots[i as usize] = Slot { generation, ..slot };
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[i as usize].generation;
+        let slots = &self.slots;
+        self.table
+            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+        if to_main {
+            self.main.push_back((i, generation));
+            self.main_bytes += charge;
+        } else {
+            self.small.push_back((i, generation));
+            self.small_bytes += charge;
+        }
+        self.counts.admissions += 1;
+        while self.bytes() > self.capacity && self.evict_one() {}
+        self.compact_if_needed();
+    }
+
+    /// Drops `key` (a write made the cached row wrong). Returns whether it was cached.
+    pub fn invalidate(&mut self, key: &[u8]) -> bool {
+        let hash = hash_of(&self.hasher, key);
+        match self.find(key, hash) {
+            Some(i) => {
+                self.remove(i);
+                self.counts.invalidations += 1;
+                self.compact_if_needed();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees slot `i` wherever it is; its queue position goes stale.
+    fn remove(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        let charge = slot.charge();
+        match slot.queue {
+            Queue::Small => self.small_bytes -= charge,
+            Queue::Main => self.main_bytes -= charge,
+        }
+        let hash = slot.hash;
+        slot.live = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.data = Bytes::new();
+        if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
+        self.free.push(i);
+        self.stale_positions += 1;
+    }
+
+    /// Evicts from the small FIFO while it holds more than its share, else from main.
+    fn evict_one(&mut self) -> bool {
+        if self.small_bytes > self.small_target || self.main.is_empty() {
+            self.evict_small()
+        } else {
+            self.evict_main()
+        }
+    }
+
+    fn live_position(&mut self, pos: (u32, u32)) -> bool {
+        let slot = &self.slots[pos.0 as usize];
+        let live = slot.live && slot.generation == pos.1;
+        if !live {
+            self.stale_positions = self.stale_positions.saturating_sub(1);
+        }
+        live
+    }
+
+    fn evict_small(&mut self) -> bool {
+        while let Some(pos) = self.small.pop_front() {
+            if !self.live_position(pos) {
+                continue;
+            }
+            let i = pos.0;
+            let slot = &mut self.slots[i as usize];
+            let charge = slot.charge();
+            if slot.freq > 0 {
+                // Read again while on probation: it has earned a place in main.
+                slot.freq = 0;
+                slot.queue = Queue::Main;
+                self.small_bytes -= charge;
+                self.main_bytes += charge;
+                self.main.push_back(pos);
+                return true;
+            }
+            let hash = slot.hash;
+            self.remove(i);
+            // remove() counted the position stale, but it has already left its queue.
+            self.stale_positions -= 1;
+            self.counts.rejections += 1;
+            self.ghost_add(hash);
+            return true;
+        }
+        false
+    }
+
+    fn evict_main(&mut self) -> bool {
+        while let Some(pos) = self.main.pop_front() {
+            if !self.live_position(pos) {
+                continue;
+            }
+            let slot = &mut self.slots[pos.0 as usize];
+            if slot.freq > 0 {
+                slot.freq -= 1;
+                self.main.push_back(pos);
+                continue;
+            }
+            self.remove(pos.0);
+            self.stale_positions -= 1;
+            self.counts.evictions += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The ghost list holds as many hashes as the cache holds entries.
+    fn ghost_add(&mut self, hash: u64) {
+        let limit = self.table.len().max(16);
+        while self.ghost.len() >= limit {
+            if let Some(old) = self.ghost.pop_front() {
+                if let Ok(e) = self.ghost_set.find_entry(old, |&h| h == old) {
+                    e.remove();
+                }
+            }
+        }
+        if self.ghost_set.find(hash, |&h| h == hash).is_none() {
+            self.ghost.push_back(hash);
+            self.ghost_set.insert_unique(hash, hash, |&h| h);
+        }
+    }
+
+    fn ghost_remove(&mut self, hash: u64) -> bool {
+        match self.ghost_set.find_entry(hash, |&h| h == hash) {
+            Ok(e) => {
+                e.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Invalidations leave positions behind in the FIFOs; drop them once they outnumber the live
+    /// entries, so churn without eviction cannot grow the queues without bound.
+    fn compact_if_needed(&mut self) {
+        if self.stale_positions <= self.table.len().max(64) {
+            return;
+        }
+        let slots = &self.slots;
+        let live =
+            |p: &(u32, u32)| slots[p.0 as usize].live && slots[p.0 as usize].generation == p.1;
+        self.small.retain(live);
+        self.main.retain(live);
+        self.stale_positions = 0;
+    }
+}
+
+fn join(key: &[u8], row: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(key.len() + row.len());
+    v.extend_from_slice(key);
+    v.extend_from_slice(row);
+    Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn key(i: u64) -> Vec<u8> {
+        format!("fp:v:v1:{i}").into_bytes()
+    }
+
+    #[test]
+    fn hit_returns_the_row_and_its_timestamp() {
+        let mut c = HotCache::new(1 << 20);
+        let now = Instant::now();
+        c.insert(b"k", 42, &[1, 2, 3], TTL, now);
+        assert_eq!(
+            c.get(b"k", now),
+            Some(CachedRow {
+                computed_at_ms: 42,
+                row: Bytes::from_static(&[1, 2, 3])
+            })
+        );
+        assert_eq!(c.get(b"x", now), None);
+        assert_eq!((c.counts().hits, c.counts().misses), (1, 1));
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let mut c = HotCache::new(1 << 20);
+        let now = Instant::now();
+        c.insert(b"k", 1, &[0; 8], Duration::from_millis(100), now);
+        assert!(c.get(b"k", now + Duration::from_millis(99)).is_some());
+        assert!(c.get(b"k", now + Duration::from_millis(100)).is_none());
+        assert_eq!(c.counts().expirations, 1);
+        assert_eq!((c.entries(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn zero_ttl_caches_nothing() {
+        let mut c = HotCache::new(1 << 20);
+        c.insert(b"k", 1, &[0; 8], Duration::ZERO, Instant::now());
+        assert_eq!(c.entries(), 0);
+    }
+
+    #[test]
+    fn invalidation_removes_and_refresh_keeps_newest() {
+        let mut c = HotCache::new(1 << 20);
+        let now = Instant::now();
+        c.insert(b"k", 10, &[1], TTL, now);
+        c.insert(b"k", 5, &[2], TTL, now);
+        assert_eq!(
+            c.get(b"k", now).unwrap().row[..],
+            [1],
+            "an older read must not replace a newer row"
+        );
+        c.insert(b"k", 11, &[3], TTL, now);
+        assert_eq!(c.get(b"k", now).unwrap().row[..], [3]);
+        assert!(c.invalidate(b"k"));
+        assert!(!c.invalidate(b"k"));
+        assert_eq!(c.get(b"k", now), None);
+        assert_eq!(c.counts().invalidations, 1);
+    }
+
+    #[test]
+    fn byte_bound_holds_under_churn() {
+        let cap = 64 * 1024;
+        let mut c = HotCache::new(cap);
+        let now = Instant::now();
+        let mut seed = 7u64;
+        for n in 0..200_000u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = key(seed >> 50);
+            match n % 7 {
+                0 => {
+                    c.invalidate(&k);
+                }
+                1 | 2 => {
+                    c.get(&k, now);
+                }
+                _ => c.insert(&k, n, &vec![n as u8; 16 + (seed % 64) as usize], TTL, now),
+            }
+            assert!(
+                c.bytes() <= cap,
+                "{} bytes over a {cap} bound at step {n}",
+                c.bytes()
+            );
+        }
+        // The queues hold live entries plus a bounded number of stale positions.
+        assert!(
+            c.small.len() + c.main.len() <= 2 * c.entries() + 2 * 64 + 2,
+            "{} + {} positions for {} entries",
+            c.small.len(),
+            c.main.len(),
+            c.entries()
+        );
+        let accounted: usize = c.slots.iter().filter(|s| s.live).map(|s| s.charge()).sum();
+        assert_eq!(accounted, c.bytes());
+    }
+
+    #[test]
+    fn one_hit_wonders_do_not_displace_the_hot_set() {
+        // Room for about 100 entries; 50 hot keys read often, then a scan of 10,000 cold keys.
+        let mut c = HotCache::new(100 * (ENTRY_OVERHEAD + 16 + 8));
+        let now = Instant::now();
+        for round in 0..5 {
+            for i in 0..50 {
+                if c.get(&key(i), now).is_none() {
+                    c.insert(&key(i), round, &[0; 8], TTL, now);
+                }
+            }
+        }
+        for i in 1_000..11_000 {
+            if c.get(&key(i), now).is_none() {
+                c.insert(&key(i), 0, &[0; 8], TTL, now);
+            }
+        }
+        let hot_left = (0..50).filter(|&i| c.get(&key(i), now).is_some()).count();
+        assert!(
+            hot_left >= 45,
+            "only {hot_left} of 50 hot keys survived a scan"
+        );
+        assert!(c.counts().rejections > 9_000);
+    }
+
+    #[test]
+    fn overhead_covers_the_slot() {
+        // The charge per entry must cover what an entry really costs beyond key and row.
+        let slot = std::mem::size_of::<Slot>();
+        let index = std::mem::size_of::<u32>() + 1; // hash table entry + control byte
+        let positions = std::mem::size_of::<(u32, u32)>();
+        let alloc_header = 16; // the key-and-row buffer's allocation, rounded
+        assert!(
+            slot + index + positions + alloc_header <= ENTRY_OVERHEAD,
+            "slot is {slot} bytes"
+        );
+    }
+}
