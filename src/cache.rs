@@ -12,7 +12,7 @@
 //! back are picked up within that TTL; writes through the proxy invalidate at once.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,9 +98,7 @@ pub struct HotCache {
 }
 
 fn hash_of(hasher: &foldhash::fast::FixedState, key: &[u8]) -> u64 {
-    let mut h = hasher.build_hasher();
-    key.hash(&mut h);
-    h.finish()
+    hasher.hash_one(key)
 }
 
 impl HotCache {

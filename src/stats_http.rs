@@ -160,7 +160,8 @@ fn metrics(shards: &[Arc<ShardStats>], registry: &Registry) -> String {
             );
         }
     }
-    let per_view: [(&str, &str, fn(&crate::stats::ViewStats) -> u64); 3] = [
+    type ViewRead = fn(&crate::stats::ViewStats) -> u64;
+    let per_view: [(&str, &str, ViewRead); 3] = [
         (
             "featureproxy_cache_hits_total",
             "Hot-cache lookups that found the entity.",
@@ -184,7 +185,8 @@ fn metrics(shards: &[Arc<ShardStats>], registry: &Registry) -> String {
             let _ = writeln!(out, "{name}{{view=\"{}\"}} {v}", view.name);
         }
     }
-    let cache: [(&str, &str, &str, fn(&crate::stats::CacheGauges) -> &std::sync::atomic::AtomicU64); 8] = [
+    type CacheRead = fn(&crate::stats::CacheGauges) -> &std::sync::atomic::AtomicU64;
+    let cache: [(&str, &str, &str, CacheRead); 8] = [
         ("featureproxy_cache_admissions_total", "counter", "Entries admitted to the hot cache.", |c| &c.admissions),
         ("featureproxy_cache_rejections_total", "counter", "Entries dropped from the probation FIFO without a second read (one-hit wonders, scans).", |c| &c.rejections),
         ("featureproxy_cache_evictions_total", "counter", "Entries evicted from the main FIFO to make room.", |c| &c.evictions),
