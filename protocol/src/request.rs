@@ -88,7 +88,7 @@ impl PutRequest {
     /// own, so a row of the wrong length in the middle of a PUT surfaces as a bad key or a short
     /// body further on. Keys and rows are slices of the frame.
     pub fn entries(&self, view: &str, row_bytes: usize) -> Result<PutEntries, ProtocolError> {
-        let min_entry = 2 + 1 + 8 + row_bytes;
+        let min_entry = row_bytes.saturating_add(2 + 1 + 8);
         let remaining = self.encoded_entries.len();
         if (self.n as usize).saturating_mul(min_entry) > remaining.saturating_add(min_entry) {
             // Far too short to hold n rows: say so before allocating for n.

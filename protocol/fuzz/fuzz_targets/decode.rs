@@ -37,8 +37,14 @@ fuzz_target!(|data: &[u8]| {
 
     let (frames, end) = split_frames(stream, stream.len(), limits.max_frame);
     let (chunked, chunked_end) = split_frames(stream, chunk, limits.max_frame);
-    assert_eq!(frames, chunked, "chunked feed (chunk {chunk}) split different frames");
-    assert_eq!(end, chunked_end, "chunked feed (chunk {chunk}) ended differently");
+    assert_eq!(
+        frames, chunked,
+        "chunked feed (chunk {chunk}) split different frames"
+    );
+    assert_eq!(
+        end, chunked_end,
+        "chunked feed (chunk {chunk}) ended differently"
+    );
 
     for frame in &frames {
         check_request(frame, &limits, extra_row_bytes);
@@ -76,7 +82,10 @@ fn split_frames(stream: &[u8], chunk: usize, max_frame: u32) -> (Vec<Frame>, End
                     if buf.len() >= HEADER_LEN {
                         let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
                         assert!(len >= MIN_LEN && len <= max_frame);
-                        assert!(buf.len() < 4 + len as usize, "a whole frame was left buffered");
+                        assert!(
+                            buf.len() < 4 + len as usize,
+                            "a whole frame was left buffered"
+                        );
                     }
                     break;
                 }
@@ -117,7 +126,11 @@ fn one_frame(encoded: &BytesMut, max_frame: u32) -> Frame {
     let frame = decode_frame(&mut buf, max_frame)
         .expect("a re-encoded frame fails decode_frame")
         .expect("a re-encoded frame is incomplete");
-    assert!(buf.is_empty(), "a re-encoded frame left {} bytes", buf.len());
+    assert!(
+        buf.is_empty(),
+        "a re-encoded frame left {} bytes",
+        buf.len()
+    );
     frame
 }
 
@@ -181,12 +194,25 @@ fn check_put_entries(p: &PutRequest, frame: &Frame, extra_row_bytes: usize) {
         let key_len = u16::from_le_bytes([p.encoded_entries[0], p.encoded_entries[1]]) as usize;
         (p.encoded_entries.len() / p.n as usize).saturating_sub(2 + key_len + 8)
     });
-    let row_lengths = [0, 1, 4, 13, 64, u32::MAX as usize, extra_row_bytes, frame.body.len()];
+    let row_lengths = [
+        0,
+        1,
+        4,
+        13,
+        64,
+        u32::MAX as usize,
+        extra_row_bytes,
+        frame.body.len(),
+    ];
     for row_bytes in row_lengths.into_iter().chain(derived) {
         let entries = match p.entries("fuzz", row_bytes) {
             Ok(entries) => entries,
             Err(e) => {
-                assert_eq!(e.code, ErrorCode::BadRow, "PutRequest::entries failed with {e}");
+                assert_eq!(
+                    e.code,
+                    ErrorCode::BadRow,
+                    "PutRequest::entries failed with {e}"
+                );
                 continue;
             }
         };
@@ -206,14 +232,22 @@ fn check_response(frame: &Frame, limits: &Limits) {
     let resp = match Response::decode(frame, limits) {
         Ok(resp) => resp,
         Err(e) => {
-            assert_eq!(e.code, ErrorCode::Malformed, "Response::decode failed with {e}");
+            assert_eq!(
+                e.code,
+                ErrorCode::Malformed,
+                "Response::decode failed with {e}"
+            );
             return;
         }
     };
 
     let mut out = BytesMut::new();
     resp.encode(&mut out, frame.request_id);
-    assert_eq!(out, frame_bytes(frame), "{resp:?} re-encodes to other bytes");
+    assert_eq!(
+        out,
+        frame_bytes(frame),
+        "{resp:?} re-encodes to other bytes"
+    );
     let again = one_frame(&out, limits.max_frame);
     assert_eq!(again.request_id, frame.request_id);
     assert_eq!(Response::decode(&again, limits).as_ref(), Ok(&resp));
@@ -251,7 +285,10 @@ fn check_response(frame: &Frame, limits: &Limits) {
         let Ok(Response::Get(r)) = Response::decode(&rebuilt, limits) else {
             panic!("encode_get_response output does not decode as a GET reply");
         };
-        assert_eq!((r.view_id, r.schema_id, r.n, r.row_bytes), (g.view_id, g.schema_id, g.n, g.row_bytes));
+        assert_eq!(
+            (r.view_id, r.schema_id, r.n, r.row_bytes),
+            (g.view_id, g.schema_id, g.n, g.row_bytes)
+        );
         assert_eq!(r.status_bytes(), g.status_bytes());
         assert_eq!((0..n).map(|i| r.age_ms(i)).collect::<Vec<_>>(), ages);
         assert_eq!(r.matrix(), g.matrix());
