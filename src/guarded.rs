@@ -2,6 +2,8 @@
 //! reports its outcome, and failures are counted by kind. Both the coalescer (reads) and PUT
 //! (writes) go through here, so one breaker sees all of the shard's Redis traffic.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +13,14 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::breaker::{Breaker, BreakerState, Transition};
+use crate::histograms::ShardHistograms;
 use crate::stats::ShardStats;
 
 pub struct GuardedRedis {
     backend: Backend,
     breaker: Breaker,
     stats: Arc<ShardStats>,
+    histograms: Rc<RefCell<ShardHistograms>>,
 }
 
 fn breaker_open() -> BackendError {
@@ -26,11 +30,17 @@ fn breaker_open() -> BackendError {
 }
 
 impl GuardedRedis {
-    pub fn new(backend: Backend, breaker: Breaker, stats: Arc<ShardStats>) -> GuardedRedis {
+    pub fn new(
+        backend: Backend,
+        breaker: Breaker,
+        stats: Arc<ShardStats>,
+        histograms: Rc<RefCell<ShardHistograms>>,
+    ) -> GuardedRedis {
         GuardedRedis {
             backend,
             breaker,
             stats,
+            histograms,
         }
     }
 
@@ -52,7 +62,9 @@ impl GuardedRedis {
         self.admit()?;
         self.stats.redis_commands.inc();
         self.stats.redis_keys.add(keys.len() as u64);
+        let started = Instant::now();
         let result = self.backend.read(keys).await;
+        self.histograms.borrow_mut().record_redis(started.elapsed());
         self.finish(result.as_ref().err());
         result
     }
@@ -67,7 +79,9 @@ impl GuardedRedis {
         self.admit()?;
         self.stats.redis_commands.add(items.len() as u64);
         self.stats.redis_keys.add(items.len() as u64);
+        let started = Instant::now();
         let result = self.backend.write(items, ttl, timeout).await;
+        self.histograms.borrow_mut().record_redis(started.elapsed());
         self.finish(result.as_ref().err());
         result
     }

@@ -17,6 +17,7 @@ use crate::cache::{CachedRow, HotCache};
 use crate::coalescer::{Coalescer, Pending};
 use crate::config::Settings;
 use crate::guarded::GuardedRedis;
+use crate::histograms::ShardHistograms;
 use crate::invalidation::Peers;
 use crate::registry::{Registry, View};
 use crate::stats::ShardStats;
@@ -31,6 +32,7 @@ pub struct ShardCtx {
     pub redis: Rc<GuardedRedis>,
     pub coalescer: Rc<Coalescer>,
     pub cache: RefCell<HotCache>,
+    pub histograms: Rc<RefCell<ShardHistograms>>,
     /// The other shards, for invalidating their caches on PUT.
     pub peers: Peers,
 }
@@ -92,7 +94,12 @@ impl ShardCtx {
     }
 
     /// GET: every entity gets a row and a status; only a bad request fails as a whole.
-    pub async fn get(&self, req: GetRequest) -> Result<GetReply<'_>, ProtocolError> {
+    /// `started` is when the request was read, for the latency histogram.
+    pub async fn get(
+        &self,
+        req: GetRequest,
+        started: Instant,
+    ) -> Result<GetReply<'_>, ProtocolError> {
         let view = self.view(req.view_id, req.schema_id)?;
         let n = req.keys.len();
         let reply_len = get_response_len(n, view.row_bytes);
@@ -123,6 +130,7 @@ impl ShardCtx {
         let view_stats = self.stats.view(view.id);
         let mut cache = self.cache.borrow_mut();
         let cache_now = Instant::now();
+        let mut histograms = self.histograms.borrow_mut();
         for (key, source) in keys.iter().zip(&sources) {
             let Answer {
                 status,
@@ -139,11 +147,15 @@ impl ShardCtx {
             if let Some(vs) = view_stats {
                 vs.served(status, cached);
             }
+            if computed_at_ms != 0 {
+                histograms.record_age(view.id, age);
+            }
             statuses.push(EntityStatus::new(status, cached));
             ages.push(age);
             rows.push(row);
         }
         self.stats.cache.publish(&cache);
+        histograms.record_get(view.id, started.elapsed());
         Ok(GetReply {
             view,
             statuses,
@@ -211,7 +223,7 @@ impl ShardCtx {
 
     /// PUT: all rows validated first (nothing written on a bad one), then written; acknowledged
     /// only once Redis acknowledged every write.
-    pub async fn put(&self, req: PutRequest) -> Result<Response, ProtocolError> {
+    pub async fn put(&self, req: PutRequest, started: Instant) -> Result<Response, ProtocolError> {
         let view = self.view(req.view_id, req.schema_id)?;
         let entries = req.entries(&view.name, view.row_bytes)?;
         if entries.is_empty() {
@@ -252,6 +264,9 @@ impl ShardCtx {
                 ),
             ));
         }
+        self.histograms
+            .borrow_mut()
+            .record_put(view.id, started.elapsed());
         match result {
             Ok(()) => Ok(Response::Put { written }),
             Err(BackendError::Timeout(after)) => Err(ProtocolError::new(

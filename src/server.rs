@@ -71,8 +71,15 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
         .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
         .collect();
-    let stats_addr = stats_http::start(settings.stats_listen, stats.clone(), registry.clone())
-        .map_err(|source| StartError::Listen {
+    let (intervals, aggregate) =
+        crate::histograms::aggregator(settings.shards, registry.views().len());
+    let sources = stats_http::Sources {
+        shards: stats.clone(),
+        registry: registry.clone(),
+        histograms: aggregate,
+    };
+    let stats_addr =
+        stats_http::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {
             addr: settings.stats_listen.to_string(),
             source,
         })?;
@@ -92,6 +99,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             shutdown: stop_rx.clone(),
             peers,
             invalidations,
+            intervals: intervals.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))

@@ -21,6 +21,7 @@ use crate::coalescer::Coalescer;
 use crate::config::Settings;
 use crate::guarded::GuardedRedis;
 use crate::handler::ShardCtx;
+use crate::histograms::{Interval, ShardHistograms};
 use crate::invalidation::{Invalidation, Peers};
 use crate::registry::Registry;
 use crate::socket;
@@ -54,6 +55,8 @@ pub struct ShardSpec {
     /// The other shards' invalidation channels, and this shard's own.
     pub peers: Peers,
     pub invalidations: mpsc::UnboundedReceiver<Invalidation>,
+    /// Where the shard ships its histograms once a second.
+    pub intervals: crossbeam::channel::Sender<Interval>,
 }
 
 /// Runs a shard on the calling thread until shutdown and drain.
@@ -76,7 +79,9 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         mut shutdown,
         peers,
         mut invalidations,
+        intervals,
     } = spec;
+    let histograms = Rc::new(RefCell::new(ShardHistograms::new(registry.views().len())));
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let backend = Backend::start(&redis_url, settings.default_deadline)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -84,6 +89,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         backend.clone(),
         Breaker::new(settings.breaker.clone()),
         stats.clone(),
+        histograms.clone(),
     ));
     let coalescer = Coalescer::new(redis.clone(), stats.clone(), settings.redis_batch_cap);
     tokio::task::spawn_local(coalescer.clone().run_flusher());
@@ -99,8 +105,10 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         cache: RefCell::new(HotCache::new(
             settings.hot_cache_bytes / settings.shards.max(1),
         )),
+        histograms: histograms.clone(),
         peers,
     });
+    tokio::task::spawn_local(ship_histograms(shard, histograms, intervals));
     let listener_ctx = ctx.clone();
     tokio::task::spawn_local(async move {
         while let Some(inv) = invalidations.recv().await {
@@ -171,6 +179,25 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     }
     backend.quit().await;
     Ok(())
+}
+
+/// Sends the shard's histograms to the stats thread once a second and starts a new interval. If
+/// the stats thread falls behind, an interval is dropped rather than queued without bound.
+async fn ship_histograms(
+    shard: u16,
+    histograms: Rc<RefCell<ShardHistograms>>,
+    intervals: crossbeam::channel::Sender<Interval>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let taken = histograms.borrow_mut().take();
+        let _ = intervals.try_send(Interval {
+            shard,
+            histograms: taken,
+        });
+    }
 }
 
 /// Keeps `redis_connected` current and logs when Redis goes away and comes back.

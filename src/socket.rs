@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::handler::ShardCtx;
+use crate::stats::{CloseReason, ShardStats};
 
 /// Replies waiting to be written, and whether the connection is closing.
 #[derive(Default)]
@@ -27,6 +28,7 @@ struct Outbox {
     wake: Notify,
     closing: Cell<bool>,
     dead: Cell<bool>,
+    write_failed: Cell<bool>,
 }
 
 impl Outbox {
@@ -54,7 +56,7 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    async fn run_writer(self: Rc<Self>, mut wr: OwnedWriteHalf) {
+    async fn run_writer(self: Rc<Self>, mut wr: OwnedWriteHalf, stats: Arc<ShardStats>) {
         loop {
             let chunk = {
                 let mut b = self.buf.borrow_mut();
@@ -63,8 +65,10 @@ impl Outbox {
             match chunk {
                 Some(c) => {
                     if wr.write_all(&c).await.is_err() {
+                        self.write_failed.set(true);
                         break;
                     }
+                    stats.bytes_out.add(c.len() as u64);
                 }
                 None if self.closing.get() => break,
                 None => self.wake.notified().await,
@@ -79,7 +83,7 @@ impl Outbox {
 pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Receiver<bool>) {
     let (mut rd, wr) = stream.into_split();
     let outbox = Rc::new(Outbox::default());
-    let writer = tokio::task::spawn_local(outbox.clone().run_writer(wr));
+    let writer = tokio::task::spawn_local(outbox.clone().run_writer(wr, ctx.stats.clone()));
     let max_inflight = ctx.settings.max_inflight_per_connection;
     let permits = Arc::new(Semaphore::new(max_inflight));
     let limits = Limits {
@@ -91,6 +95,7 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Re
         authenticated: ctx.settings.auth_token.is_none(),
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut reason = CloseReason::Peer;
 
     'read: loop {
         loop {
@@ -100,17 +105,20 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Re
                         break 'read;
                     };
                     if !dispatch(&ctx, &outbox, &mut conn, &limits, frame, permit) {
+                        reason = CloseReason::ProtocolError;
                         break 'read;
                     }
                 }
                 Ok(None) => break,
                 Err((request_id, err)) => {
                     outbox.error(&ctx, err, request_id);
+                    reason = CloseReason::ProtocolError;
                     break 'read;
                 }
             }
         }
         if outbox.dead.get() {
+            reason = CloseReason::Io;
             break;
         }
         if rbuf.capacity() - rbuf.len() < 4096 {
@@ -119,7 +127,10 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Re
         let read = if rbuf.is_empty() {
             tokio::select! {
                 r = rd.read_buf(&mut rbuf) => r,
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    reason = CloseReason::Shutdown;
+                    break;
+                }
             }
         } else {
             // Part of a frame is in: the rest must follow within frame_timeout, so a peer
@@ -134,21 +145,33 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Re
                             rbuf.len()
                         );
                         outbox.error(&ctx, ProtocolError::malformed(msg), 0);
+                        reason = CloseReason::FrameTimeout;
                         break;
                     }
                 },
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    reason = CloseReason::Shutdown;
+                    break;
+                }
             }
         };
         match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(0) => break,
+            Ok(n) => ctx.stats.bytes_in.add(n as u64),
+            Err(_) => {
+                reason = CloseReason::Io;
+                break;
+            }
         }
     }
     // Let requests in flight finish (shutdown waits for them up to its drain timeout).
     let _ = permits.acquire_many(max_inflight as u32).await;
     outbox.close();
     let _ = writer.await;
+    if outbox.write_failed.get() {
+        reason = CloseReason::Io;
+    }
+    ctx.stats.connections_closed[reason as usize].inc();
 }
 
 struct ConnState {
@@ -166,6 +189,7 @@ fn dispatch(
     permit: OwnedSemaphorePermit,
 ) -> bool {
     let rid = frame.request_id;
+    let started = std::time::Instant::now();
     let first = std::mem::replace(&mut conn.first_frame, false);
     let req = match Request::decode(&frame, limits) {
         Ok(r) => r,
@@ -225,6 +249,7 @@ fn dispatch(
         Request::Schema { view } => match ctx.schema(&view) {
             Ok(r) => outbox.response(&r, rid),
             Err(e) => {
+                ctx.stats.request_failed(op);
                 outbox.error(ctx, e, rid);
                 return true;
             }
@@ -234,12 +259,15 @@ fn dispatch(
             ctx.stats.inflight_requests.inc();
             tokio::task::spawn_local(async move {
                 let _permit = permit;
-                match ctx.get(get).await {
+                match ctx.get(get, started).await {
                     Ok(reply) => {
                         outbox.push(|b| reply.encode(b, rid));
                         ctx.stats.request_ok(op);
                     }
-                    Err(e) => outbox.error(&ctx, e, rid),
+                    Err(e) => {
+                        ctx.stats.request_failed(op);
+                        outbox.error(&ctx, e, rid)
+                    }
                 }
                 ctx.stats.inflight_requests.dec();
             });
@@ -250,12 +278,15 @@ fn dispatch(
             ctx.stats.inflight_requests.inc();
             tokio::task::spawn_local(async move {
                 let _permit = permit;
-                match ctx.put(put).await {
+                match ctx.put(put, started).await {
                     Ok(resp) => {
                         outbox.response(&resp, rid);
                         ctx.stats.request_ok(op);
                     }
-                    Err(e) => outbox.error(&ctx, e, rid),
+                    Err(e) => {
+                        ctx.stats.request_failed(op);
+                        outbox.error(&ctx, e, rid)
+                    }
                 }
                 ctx.stats.inflight_requests.dec();
             });

@@ -30,6 +30,41 @@ fn op_index(op: Op) -> usize {
     OPS.iter().position(|o| *o == op).unwrap_or(0)
 }
 
+/// Why a client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed it.
+    Peer,
+    /// A protocol error that ends the connection (MALFORMED, FRAME_TOO_LARGE, UNAUTHORIZED, ...).
+    ProtocolError,
+    /// Part of a frame arrived and the rest never did.
+    FrameTimeout,
+    /// Reading or writing the socket failed (reset, broken pipe).
+    Io,
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Peer,
+        CloseReason::ProtocolError,
+        CloseReason::FrameTimeout,
+        CloseReason::Io,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Peer => "peer",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::FrameTimeout => "frame_timeout",
+            CloseReason::Io => "io_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Counters of one view on one shard.
 #[derive(Debug, Default)]
 pub struct ViewStats {
@@ -72,6 +107,12 @@ pub struct ShardStats {
     pub connections_open: Counter,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
+    /// Connections closed, by [`CloseReason`] (index = reason as usize).
+    pub connections_closed: [Counter; CloseReason::ALL.len()],
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Requests answered with an ERROR frame, by op (decodable ones only).
+    pub requests_failed: [Counter; 5],
     pub inflight_requests: Counter,
     /// The hot cache's own counts, published by the shard after each request.
     pub cache: CacheGauges,
@@ -123,6 +164,10 @@ impl ShardStats {
             connections_open: Counter::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
+            connections_closed: Default::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            requests_failed: Default::default(),
             inflight_requests: Counter::default(),
             cache: CacheGauges::default(),
         }
@@ -130,6 +175,10 @@ impl ShardStats {
 
     pub fn request_ok(&self, op: Op) {
         self.requests_ok[op_index(op)].inc();
+    }
+
+    pub fn request_failed(&self, op: Op) {
+        self.requests_failed[op_index(op)].inc();
     }
 
     pub fn request_err(&self, code: ErrorCode) {

@@ -9,7 +9,10 @@ use common::{eventually, Proxy, Redis};
 use featureproxy_client::{Client, ClientOptions, GetOptions, Status, Value};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn row(v: f32) -> Vec<Value> {
@@ -27,7 +30,10 @@ fn stored(v: f32, computed_at: u64) -> Vec<u8> {
 }
 
 async fn one_conn(proxy: &Proxy) -> Client {
-    let opts = ClientOptions { pool_size: 1, ..Default::default() };
+    let opts = ClientOptions {
+        pool_size: 1,
+        ..Default::default()
+    };
     Client::connect(proxy.addr(), opts).await.unwrap()
 }
 
@@ -53,21 +59,50 @@ async fn second_read_comes_from_the_cache_with_its_bit_and_true_age() {
     let proxy = Proxy::start(&redis, 1, "");
     let c = one_conn(&proxy).await;
     let computed = now_ms() - 3 * 60_000; // STALE by user_features' 2 min
-    c.put("user_features", &[("u1", computed, row(1.5))]).await.unwrap();
+    c.put("user_features", &[("u1", computed, row(1.5))])
+        .await
+        .unwrap();
 
     let first = c.get("user_features", &["u1"]).await.unwrap();
-    assert_eq!((first.status(0).status, first.status(0).cached), (Status::Stale, false));
+    assert_eq!(
+        (first.status(0).status, first.status(0).cached),
+        (Status::Stale, false)
+    );
     let second = c.get("user_features", &["u1"]).await.unwrap();
-    assert_eq!((second.status(0).status, second.status(0).cached), (Status::Stale, true));
+    assert_eq!(
+        (second.status(0).status, second.status(0).cached),
+        (Status::Stale, true)
+    );
     assert_eq!(second.row(0), row(1.5));
     let age = second.age(0).unwrap().as_millis();
-    assert!((180_000..185_000).contains(&age), "a cached row keeps its computed_at: age {age}");
+    assert!(
+        (180_000..185_000).contains(&age),
+        "a cached row keeps its computed_at: age {age}"
+    );
 
-    let bypass = GetOptions { bypass_cache: true, deadline: None };
+    let bypass = GetOptions {
+        bypass_cache: true,
+        deadline: None,
+    };
     let third = c.get_with("user_features", &["u1"], bypass).await.unwrap();
-    assert!(!third.status(0).cached, "bit 0 of get_flags bypasses the cache");
-    assert_eq!(proxy.metric("featureproxy_cache_hits_total", &[("view", "user_features")]), 1.0);
-    assert_eq!(proxy.metric("featureproxy_entities_cached_total", &[("view", "user_features")]), 1.0);
+    assert!(
+        !third.status(0).cached,
+        "bit 0 of get_flags bypasses the cache"
+    );
+    assert_eq!(
+        proxy.metric(
+            "featureproxy_cache_hits_total",
+            &[("view", "user_features")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "featureproxy_entities_cached_total",
+            &[("view", "user_features")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,16 +112,26 @@ async fn a_put_through_one_shard_is_seen_at_once_through_every_shard() {
     let clients = client_per_shard(&proxy, 2).await;
     for version in 1..=40 {
         let writer = &clients[version % 2];
-        writer.put("user_features", &[("hot", now_ms(), row(version as f32))]).await.unwrap();
+        writer
+            .put("user_features", &[("hot", now_ms(), row(version as f32))])
+            .await
+            .unwrap();
         // Every shard reads it twice: the first read may fill its cache, the second hits it.
         for c in &clients {
             for _ in 0..2 {
                 let b = c.get("user_features", &["hot"]).await.unwrap();
-                assert_eq!(b.row(0), row(version as f32), "old row served after PUT {version} was acknowledged");
+                assert_eq!(
+                    b.row(0),
+                    row(version as f32),
+                    "old row served after PUT {version} was acknowledged"
+                );
             }
         }
     }
-    assert!(proxy.metric("featureproxy_cache_hits_total", &[]) >= 40.0, "the cache was in play");
+    assert!(
+        proxy.metric("featureproxy_cache_hits_total", &[]) >= 40.0,
+        "the cache was in play"
+    );
     assert!(proxy.metric("featureproxy_cache_invalidations_total", &[]) >= 40.0);
 }
 
@@ -95,7 +140,9 @@ async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
     let redis = Redis::start();
     let proxy = Proxy::start(&redis, 1, "");
     let c = one_conn(&proxy).await;
-    c.put("user_features", &[("u9", now_ms(), row(1.0))]).await.unwrap();
+    c.put("user_features", &[("u9", now_ms(), row(1.0))])
+        .await
+        .unwrap();
     c.get("user_features", &["u9"]).await.unwrap();
     let cached = c.get("user_features", &["u9"]).await.unwrap();
     assert!(cached.status(0).cached);
@@ -104,7 +151,11 @@ async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
     let written = Instant::now();
     redis.command(&[b"SET", b"fp:user_features:v1:u9", &stored(2.0, now_ms())]);
     let still = c.get("user_features", &["u9"]).await.unwrap();
-    assert_eq!((still.row(0), still.status(0).cached), (row(1.0), true), "served from the cache until its TTL");
+    assert_eq!(
+        (still.row(0), still.status(0).cached),
+        (row(1.0), true),
+        "served from the cache until its TTL"
+    );
     let fresh = eventually(Duration::from_secs(5), "the new row", || {
         let c = c.clone();
         let b = block(async move { c.get("user_features", &["u9"]).await.unwrap() });
@@ -112,7 +163,10 @@ async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
     });
     assert!(!fresh.status(0).cached);
     let took = written.elapsed();
-    assert!(took <= Duration::from_millis(2500), "picked up after {took:?}; hot_cache_ttl is 1s");
+    assert!(
+        took <= Duration::from_millis(2500),
+        "picked up after {took:?}; hot_cache_ttl is 1s"
+    );
     assert!(proxy.metric("featureproxy_cache_expirations_total", &[]) >= 1.0);
 }
 
@@ -123,11 +177,25 @@ async fn defaults_are_never_cached() {
     let c = one_conn(&proxy).await;
     redis.command(&[b"SET", b"fp:user_features:v1:bad", b"xyz"]);
     let old = now_ms() - 11 * 60_000;
-    c.put("user_features", &[("old", old, row(3.0))]).await.unwrap();
+    c.put("user_features", &[("old", old, row(3.0))])
+        .await
+        .unwrap();
     for _ in 0..3 {
-        let b = c.get("user_features", &["nope", "bad", "old"]).await.unwrap();
-        let got: Vec<(Status, bool)> = (0..3).map(|i| (b.status(i).status, b.status(i).cached)).collect();
-        assert_eq!(got, [(Status::Missing, false), (Status::Invalid, false), (Status::Expired, false)]);
+        let b = c
+            .get("user_features", &["nope", "bad", "old"])
+            .await
+            .unwrap();
+        let got: Vec<(Status, bool)> = (0..3)
+            .map(|i| (b.status(i).status, b.status(i).cached))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Status::Missing, false),
+                (Status::Invalid, false),
+                (Status::Expired, false)
+            ]
+        );
     }
     assert_eq!(proxy.metric("featureproxy_cache_entries", &[]), 0.0);
 
@@ -138,29 +206,39 @@ async fn defaults_are_never_cached() {
     let b = eventually(Duration::from_secs(10), "Redis back", || {
         let c = c.clone();
         block(async move {
-            c.put("user_features", &[("nope", now_ms(), row(4.0))]).await.ok()?;
+            c.put("user_features", &[("nope", now_ms(), row(4.0))])
+                .await
+                .ok()?;
             let b = c.get("user_features", &["nope"]).await.unwrap();
             (b.status(0).status == Status::Fresh).then_some(b)
         })
     });
-    assert_eq!(b.row(0), row(4.0), "no DEGRADED defaults were cached for it");
+    assert_eq!(
+        b.row(0),
+        row(4.0),
+        "no DEGRADED defaults were cached for it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_byte_bound_holds_under_churn() {
     let redis = Redis::start();
     let proxy = Proxy::start(&redis, 2, "hot_cache_bytes = 131072");
-    let c = Client::connect(proxy.addr(), ClientOptions::default()).await.unwrap();
-    let rows: Vec<(String, u64, Vec<Value>)> = (0..4000).map(|i| (format!("k{i}"), now_ms(), row(i as f32))).collect();
+    let clients = client_per_shard(&proxy, 2).await;
+    let rows: Vec<(String, u64, Vec<Value>)> = (0..4000)
+        .map(|i| (format!("k{i}"), now_ms(), row(i as f32)))
+        .collect();
     for chunk in rows.chunks(500) {
-        c.put("user_features", chunk).await.unwrap();
+        clients[0].put("user_features", chunk).await.unwrap();
     }
-    for round in 0..3 {
-        for chunk in rows.chunks(200) {
-            let keys: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-            let b = c.get("user_features", &keys).await.unwrap();
-            for (i, r) in chunk.iter().enumerate() {
-                assert_eq!(b.row(i), r.2, "round {round}");
+    for c in &clients {
+        for round in 0..3 {
+            for chunk in rows.chunks(200) {
+                let keys: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
+                let b = c.get("user_features", &keys).await.unwrap();
+                for (i, r) in chunk.iter().enumerate() {
+                    assert_eq!(b.row(i), r.2, "round {round}");
+                }
             }
         }
     }
@@ -168,7 +246,10 @@ async fn the_byte_bound_holds_under_churn() {
         let bytes = proxy.metric("featureproxy_cache_bytes", &[("shard", shard)]);
         let cap = proxy.metric("featureproxy_cache_capacity_bytes", &[("shard", shard)]);
         assert_eq!(cap, 65536.0);
-        assert!(bytes <= cap && bytes > cap / 2.0, "shard {shard}: {bytes} bytes of {cap}");
+        assert!(
+            bytes <= cap && bytes > cap / 2.0,
+            "shard {shard}: {bytes} bytes of {cap}"
+        );
     }
     let dropped = proxy.metric("featureproxy_cache_rejections_total", &[])
         + proxy.metric("featureproxy_cache_evictions_total", &[]);
