@@ -13,6 +13,26 @@ use loadgen::rng::Rng;
 use loadgen::scramble::Scrambler;
 use loadgen::zipf::Zipf;
 
+/// The proxy's allocator, counting the bytes held by live allocations (as requested; the
+/// allocator's own rounding to size classes comes on top).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 const ROW: [u8; 64] = [7; 64];
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -36,19 +56,39 @@ const NIL: usize = usize::MAX;
 
 impl Lru {
     fn new(cap: usize) -> Lru {
-        Lru { cap, bytes: 0, map: HashMap::new(), nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL }
+        Lru {
+            cap,
+            bytes: 0,
+            map: HashMap::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+        }
     }
     fn unlink(&mut self, i: usize) {
         let (_, p, n) = self.nodes[i];
-        if p != NIL { self.nodes[p].2 = n } else { self.head = n }
-        if n != NIL { self.nodes[n].1 = p } else { self.tail = p }
+        if p != NIL {
+            self.nodes[p].2 = n
+        } else {
+            self.head = n
+        }
+        if n != NIL {
+            self.nodes[n].1 = p
+        } else {
+            self.tail = p
+        }
     }
     fn push_front(&mut self, i: usize) {
         self.nodes[i].1 = NIL;
         self.nodes[i].2 = self.head;
-        if self.head != NIL { self.nodes[self.head].1 = i }
+        if self.head != NIL {
+            self.nodes[self.head].1 = i
+        }
         self.head = i;
-        if self.tail == NIL { self.tail = i }
+        if self.tail == NIL {
+            self.tail = i
+        }
     }
     fn get(&mut self, k: &[u8]) -> bool {
         match self.map.get(k) {
@@ -63,8 +103,14 @@ impl Lru {
     fn insert(&mut self, k: Vec<u8>) {
         let charge = k.len() + ROW.len() + ENTRY_OVERHEAD;
         let i = match self.free.pop() {
-            Some(i) => { self.nodes[i].0 = k.clone(); i }
-            None => { self.nodes.push((k.clone(), NIL, NIL)); self.nodes.len() - 1 }
+            Some(i) => {
+                self.nodes[i].0 = k.clone();
+                i
+            }
+            None => {
+                self.nodes.push((k.clone(), NIL, NIL));
+                self.nodes.len() - 1
+            }
         };
         self.map.insert(k, i);
         self.push_front(i);
@@ -143,8 +189,34 @@ fn hit_ratio(caches: &mut [Box<dyn Cache>], trace: &[u64], warmup: usize) -> f64
     hits as f64 / total as f64
 }
 
+/// What an entry really costs beyond its key and row: bytes of live allocations grown by filling
+/// a cache, per entry, minus the key and row bytes; compared with the charge the cache accounts.
+/// Vectors grow by doubling, so the figure depends on where the fill stops: several sizes.
+fn measure_overhead() {
+    for n in [50_000u64, 200_000, 700_000] {
+        let now = Instant::now();
+        let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        let mut cache = HotCache::new(usize::MAX / 2);
+        let mut payload = 0usize;
+        for id in 0..n {
+            let k = key(id);
+            payload += k.len() + ROW.len();
+            cache.insert(&k, 0, &ROW, TTL, now);
+            // A hit hands out a slice, which gives the row buffer a shared header: count it.
+            std::hint::black_box(cache.get(&k, now));
+        }
+        let grown = LIVE.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let real = grown.saturating_sub(payload) as f64 / n as f64;
+        println!(
+            "per-entry overhead at {n} entries: charged {ENTRY_OVERHEAD} B, allocated {real:.0} B beyond key and row ({grown} B live for {payload} B of keys and rows)"
+        );
+        std::hint::black_box(&cache);
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    measure_overhead();
     let n: u64 = 1_000_000;
     let len = if quick { 2_000_000 } else { 10_000_000 };
     let warmup = len / 5;
@@ -155,7 +227,9 @@ fn main() {
     let scanned = trace(n, 0.99, len, 3, 1); // a third of requests are a one-pass scan
     let top1 = {
         let mut counts: HashMap<u64, u64> = HashMap::new();
-        for id in &zipf { *counts.entry(*id).or_default() += 1 }
+        for id in &zipf {
+            *counts.entry(*id).or_default() += 1
+        }
         let mut v: Vec<u64> = counts.into_values().collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
         v.iter().take(n as usize / 100).sum::<u64>() as f64 / len as f64
@@ -167,10 +241,29 @@ fn main() {
     for (name, t) in [("zipf 0.99", &zipf), ("zipf 0.99 + 1/3 scan", &scanned)] {
         let rows: Vec<(&str, &str, Vec<Box<dyn Cache>>)> = vec![
             ("LRU", "1 cache", vec![Box::new(Lru::new(cap))]),
-            ("S3-FIFO (featureproxy)", "1 cache", vec![Box::new(HotCache::new(cap))]),
-            ("S3-FIFO (featureproxy)", "2 shards, budget split", vec![Box::new(HotCache::new(cap / 2)), Box::new(HotCache::new(cap / 2))]),
-            ("S3-FIFO (featureproxy)", "2 shards, budget each", vec![Box::new(HotCache::new(cap)), Box::new(HotCache::new(cap))]),
-            ("LRU", "2 shards, budget split", vec![Box::new(Lru::new(cap / 2)), Box::new(Lru::new(cap / 2))]),
+            (
+                "S3-FIFO (featureproxy)",
+                "1 cache",
+                vec![Box::new(HotCache::new(cap))],
+            ),
+            (
+                "S3-FIFO (featureproxy)",
+                "2 shards, budget split",
+                vec![
+                    Box::new(HotCache::new(cap / 2)),
+                    Box::new(HotCache::new(cap / 2)),
+                ],
+            ),
+            (
+                "S3-FIFO (featureproxy)",
+                "2 shards, budget each",
+                vec![Box::new(HotCache::new(cap)), Box::new(HotCache::new(cap))],
+            ),
+            (
+                "LRU",
+                "2 shards, budget split",
+                vec![Box::new(Lru::new(cap / 2)), Box::new(Lru::new(cap / 2))],
+            ),
         ];
         for (cache, layout, mut caches) in rows {
             let r = hit_ratio(&mut caches, t, warmup);

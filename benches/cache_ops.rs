@@ -28,7 +28,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     let missing = key(99_999_999);
-    c.bench_function("cache get miss", |b| b.iter(|| black_box(cache.get(&missing, now))));
+    c.bench_function("cache get miss", |b| {
+        b.iter(|| black_box(cache.get(&missing, now)))
+    });
     let mut small = HotCache::new(1 << 20);
     let mut n = 0u64;
     let fresh: Vec<Vec<u8>> = (0..100_000).map(|i| key(1_000_000 + i)).collect();
