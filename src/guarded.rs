@@ -92,7 +92,10 @@ impl GuardedRedis {
                 self.note(t);
                 Ok(())
             }
-            Err(_rejected) => Err(breaker_open()),
+            Err(_rejected) => {
+                self.stats.breaker_rejections.inc();
+                Err(breaker_open())
+            }
         }
     }
 

@@ -100,6 +100,8 @@ pub struct ShardStats {
     pub redis_keys: Counter,
     pub redis_timeouts: Counter,
     pub redis_unavailable: Counter,
+    /// Redis calls the open breaker refused (reads served defaults, writes refused).
+    pub breaker_rejections: Counter,
     pub singleflight_joins: Counter,
     pub breaker_state: AtomicU8,
     pub breaker_transitions: Counter,
@@ -157,6 +159,7 @@ impl ShardStats {
             redis_keys: Counter::default(),
             redis_timeouts: Counter::default(),
             redis_unavailable: Counter::default(),
+            breaker_rejections: Counter::default(),
             singleflight_joins: Counter::default(),
             breaker_state: AtomicU8::new(0),
             breaker_transitions: Counter::default(),
