@@ -77,6 +77,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         shards: stats.clone(),
         registry: registry.clone(),
         histograms: aggregate,
+        started_unix_s: crate::store::now_ms() / 1000,
     };
     let stats_addr =
         stats_http::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {

@@ -24,6 +24,8 @@ pub struct Sources {
     pub shards: Vec<Arc<ShardStats>>,
     pub registry: Arc<Registry>,
     pub histograms: SharedAggregate,
+    /// Unix seconds when the process started.
+    pub started_unix_s: u64,
 }
 
 /// At most this many scrapes are answered at once; more are closed at once.
@@ -327,7 +329,11 @@ fn metrics(src: &Sources) -> String {
         p.family(name, "counter", help);
         p.sample(name, &[], sum(shards, f));
     }
-    p.family("featureproxy_redis_errors_total", "counter", "Redis commands that failed, by kind (timeout; unavailable: connection down or breaker open).");
+    p.family(
+        "featureproxy_redis_errors_total",
+        "counter",
+        "Redis commands that failed, by kind (timeout; unavailable: connection down).",
+    );
     p.sample(
         "featureproxy_redis_errors_total",
         &[("kind", "timeout")],
@@ -338,6 +344,56 @@ fn metrics(src: &Sources) -> String {
         &[("kind", "unavailable")],
         sum(shards, |s| s.redis_unavailable.get()),
     );
+    p.family(
+        "featureproxy_breaker_rejections_total",
+        "counter",
+        "Redis calls not made because the shard's breaker was open (reads got DEGRADED defaults).",
+    );
+    p.sample(
+        "featureproxy_breaker_rejections_total",
+        &[],
+        sum(shards, |s| s.breaker_rejections.get()),
+    );
+    p.family(
+        "featureproxy_view_stale_after_seconds",
+        "gauge",
+        "Each view's stale_after: older values are served as STALE.",
+    );
+    for v in src.registry.views() {
+        p.sample(
+            "featureproxy_view_stale_after_seconds",
+            &[("view", &v.name)],
+            v.stale_after.as_secs_f64(),
+        );
+    }
+    p.family(
+        "featureproxy_view_max_staleness_seconds",
+        "gauge",
+        "Each view's max_staleness: older values are withheld (EXPIRED defaults).",
+    );
+    for v in src.registry.views() {
+        p.sample(
+            "featureproxy_view_max_staleness_seconds",
+            &[("view", &v.name)],
+            v.max_staleness.as_secs_f64(),
+        );
+    }
+    p.family(
+        "featureproxy_build_info",
+        "gauge",
+        "Always 1; the version label says which build runs.",
+    );
+    p.sample(
+        "featureproxy_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    p.family(
+        "featureproxy_start_time_seconds",
+        "gauge",
+        "Unix time the process started, to spot restarts.",
+    );
+    p.sample("featureproxy_start_time_seconds", &[], src.started_unix_s);
     p.family(
         "featureproxy_connections_closed_total",
         "counter",
