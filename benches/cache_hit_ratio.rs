@@ -239,7 +239,8 @@ fn main() {
     println!("| trace | cache | layout | hit ratio |");
     println!("|---|---|---|---|");
     for (name, t) in [("zipf 0.99", &zipf), ("zipf 0.99 + 1/3 scan", &scanned)] {
-        let rows: Vec<(&str, &str, Vec<Box<dyn Cache>>)> = vec![
+        type Layout = (&'static str, &'static str, Vec<Box<dyn Cache>>);
+        let rows: Vec<Layout> = vec![
             ("LRU", "1 cache", vec![Box::new(Lru::new(cap))]),
             (
                 "S3-FIFO (featureproxy)",

@@ -94,19 +94,24 @@ impl Backend {
         self.client.is_connected()
     }
 
-    /// Reads a batch of keys with one MGET. Values are slices of fred's read buffer (no copy);
+    /// Reads a batch of keys with one MGET, giving up after `timeout`. Values are slices of fred's read buffer (no copy);
     /// `None` where the key does not exist.
-    pub async fn read(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, BackendError> {
+    pub async fn read(
+        &self,
+        keys: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<Option<Bytes>>, BackendError> {
         let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
         let opts = Options {
             fail_fast: true,
+            timeout: Some(timeout),
             ..Default::default()
         };
         self.client
             .with_options(&opts)
             .mget::<Vec<Option<Bytes>>, _>(keys)
             .await
-            .map_err(|e| BackendError::from_fred(e, self.command_timeout))
+            .map_err(|e| BackendError::from_fred(e, timeout))
     }
 
     /// Writes every `(key, value)` with expiry `ttl`, all queued at once so they leave in one

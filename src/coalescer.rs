@@ -7,10 +7,11 @@
 //! loop, and batches grow only when load does. A key already on its way to Redis is not asked for
 //! twice: a later request joins the read in flight (single-flight).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -30,6 +31,8 @@ pub struct Batch {
     /// Slots whose key was written while this read was in flight: their values may predate the
     /// write, so they are served to the requests that were already waiting but never cached.
     written_meanwhile: RefCell<Vec<usize>>,
+    /// The latest deadline of the requests waiting on this batch: the MGET may take until then.
+    deadline: Cell<Option<Instant>>,
 }
 
 impl Batch {
@@ -39,6 +42,7 @@ impl Batch {
             result: RefCell::new(None),
             done: Notify::new(),
             written_meanwhile: RefCell::new(Vec::new()),
+            deadline: Cell::new(None),
         })
     }
 
@@ -51,6 +55,12 @@ impl Batch {
                 return r.clone();
             }
             notified.await;
+        }
+    }
+
+    fn extend_deadline(&self, deadline: Instant) {
+        if self.deadline.get().is_none_or(|d| d < deadline) {
+            self.deadline.set(Some(deadline));
         }
     }
 
@@ -110,10 +120,12 @@ impl Coalescer {
     }
 
     /// Queues a read of `key` (or joins one in flight) and says where its value will land.
-    pub fn enqueue(&self, key: Bytes) -> Pending {
+    pub fn enqueue(&self, key: Bytes, deadline: Instant) -> Pending {
         let mut st = self.state.borrow_mut();
         if let Some(p) = st.in_flight.get(&key) {
             self.stats.singleflight_joins.inc();
+            // Extends the wait only if the batch has not left yet; one in flight keeps its own.
+            p.batch.extend_deadline(deadline);
             return p.clone();
         }
         if st.open.keys.borrow().len() >= self.batch_cap {
@@ -121,6 +133,7 @@ impl Coalescer {
             st.sealed.push(full);
         }
         let batch = st.open.clone();
+        batch.extend_deadline(deadline);
         let index = {
             let mut keys = batch.keys.borrow_mut();
             keys.push(key.clone());
@@ -167,7 +180,14 @@ impl Coalescer {
 
     async fn execute(&self, batch: Rc<Batch>) {
         let keys = std::mem::take(&mut *batch.keys.borrow_mut());
-        let result = self.redis.read(keys.clone()).await;
+        let timeout = batch
+            .deadline
+            .get()
+            .map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1));
+        let result = self.redis.read(keys.clone(), timeout).await;
         {
             let mut st = self.state.borrow_mut();
             for k in &keys {

@@ -58,12 +58,16 @@ impl GuardedRedis {
     }
 
     /// One MGET, unless the breaker is open.
-    pub async fn read(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, BackendError> {
+    pub async fn read(
+        &self,
+        keys: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<Option<Bytes>>, BackendError> {
         self.admit()?;
         self.stats.redis_commands.inc();
         self.stats.redis_keys.add(keys.len() as u64);
         let started = Instant::now();
-        let result = self.backend.read(keys).await;
+        let result = self.backend.read(keys, timeout).await;
         self.histograms.borrow_mut().record_redis(started.elapsed());
         self.finish(result.as_ref().err());
         result

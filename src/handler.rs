@@ -120,7 +120,7 @@ impl ShardCtx {
         self.stats.entities_requested.add(n as u64);
 
         let use_cache = req.flags & GET_FLAG_BYPASS_CACHE == 0 && !view.hot_cache_ttl.is_zero();
-        let (keys, sources) = self.lookup(view, &req.keys, use_cache);
+        let (keys, sources) = self.lookup(view, &req.keys, use_cache, deadline);
         wait_until(&sources, deadline).await;
 
         let now = store::now_ms();
@@ -171,6 +171,7 @@ impl ShardCtx {
         view: &View,
         entities: &[Bytes],
         use_cache: bool,
+        deadline: Instant,
     ) -> (Vec<Bytes>, Vec<Source>) {
         let size = entities
             .iter()
@@ -203,7 +204,7 @@ impl ShardCtx {
                 if rejects {
                     Source::Unavailable
                 } else {
-                    Source::Redis(self.coalescer.enqueue(key.clone()))
+                    Source::Redis(self.coalescer.enqueue(key.clone(), deadline))
                 }
             })
             .collect();

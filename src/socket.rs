@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use featureproxy_protocol::{
-    decode_frame, ErrorCode, Frame, Limits, ProtocolError, Request, Response, VERSION,
+    decode_frame, ErrorCode, Frame, Limits, Op, ProtocolError, Request, Response, VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -255,46 +255,57 @@ fn dispatch(
             }
         },
         Request::Get(get) => {
-            let (ctx, outbox) = (ctx.clone(), outbox.clone());
-            ctx.stats.inflight_requests.inc();
-            tokio::task::spawn_local(async move {
-                let _permit = permit;
-                match ctx.get(get, started).await {
-                    Ok(reply) => {
-                        outbox.push(|b| reply.encode(b, rid));
-                        ctx.stats.request_ok(op);
-                    }
-                    Err(e) => {
-                        ctx.stats.request_failed(op);
-                        outbox.error(&ctx, e, rid)
-                    }
+            let work = {
+                let (ctx, outbox) = (ctx.clone(), outbox.clone());
+                async move {
+                    let reply = ctx.get(get, started).await?;
+                    outbox.push(|b| reply.encode(b, rid));
+                    Ok(())
                 }
-                ctx.stats.inflight_requests.dec();
-            });
+            };
+            spawn_request(ctx, outbox, op, rid, permit, work);
             return true;
         }
         Request::Put(put) => {
-            let (ctx, outbox) = (ctx.clone(), outbox.clone());
-            ctx.stats.inflight_requests.inc();
-            tokio::task::spawn_local(async move {
-                let _permit = permit;
-                match ctx.put(put, started).await {
-                    Ok(resp) => {
-                        outbox.response(&resp, rid);
-                        ctx.stats.request_ok(op);
-                    }
-                    Err(e) => {
-                        ctx.stats.request_failed(op);
-                        outbox.error(&ctx, e, rid)
-                    }
+            let work = {
+                let (ctx, outbox) = (ctx.clone(), outbox.clone());
+                async move {
+                    let resp = ctx.put(put, started).await?;
+                    outbox.response(&resp, rid);
+                    Ok(())
                 }
-                ctx.stats.inflight_requests.dec();
-            });
+            };
+            spawn_request(ctx, outbox, op, rid, permit, work);
             return true;
         }
     }
     ctx.stats.request_ok(op);
     true
+}
+
+/// Runs a request that waits on Redis as a task of its own, holding its in-flight permit until
+/// it has answered. `work` queues the reply itself; an error becomes an ERROR frame.
+fn spawn_request(
+    ctx: &Rc<ShardCtx>,
+    outbox: &Rc<Outbox>,
+    op: Op,
+    rid: u32,
+    permit: OwnedSemaphorePermit,
+    work: impl std::future::Future<Output = Result<(), ProtocolError>> + 'static,
+) {
+    let (ctx, outbox) = (ctx.clone(), outbox.clone());
+    ctx.stats.inflight_requests.inc();
+    tokio::task::spawn_local(async move {
+        match work.await {
+            Ok(()) => ctx.stats.request_ok(op),
+            Err(e) => {
+                ctx.stats.request_failed(op);
+                outbox.error(&ctx, e, rid)
+            }
+        }
+        ctx.stats.inflight_requests.dec();
+        drop(permit);
+    });
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed

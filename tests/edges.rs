@@ -187,12 +187,13 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let mut c = RawConn::connect(proxy.port);
     let s = c.schema("user_features");
     redis.freeze();
-    // A GET that must wait (Redis is frozen) for its 300 ms deadline...
+    // A GET that must wait (Redis is frozen) for its 2 s deadline...
     let id = c.send(&Request::Get(GetRequest {
         view_id: s.view_id,
         flags: 0,
         schema_id: 0,
-        deadline_us: 300_000,
+        // Long enough that a loaded machine's metrics scrape still sees it in flight.
+        deadline_us: 2_000_000,
         keys: vec!["u1".into()],
     }));
     // ...is in flight when SIGTERM arrives.
@@ -223,7 +224,13 @@ fn a_client_that_leaves_mid_request_hurts_nobody() {
     redis.freeze();
     {
         let mut leaver = RawConn::connect(proxy.port);
-        leaver.send(&get(s.view_id, 0, &["a", "b", "c"]));
+        leaver.send(&Request::Get(GetRequest {
+            view_id: s.view_id,
+            flags: 0,
+            schema_id: 0,
+            deadline_us: 2_000_000,
+            keys: vec!["a".into(), "b".into(), "c".into()],
+        }));
         common::eventually(Duration::from_secs(5), "the GET in flight", || {
             (proxy.metric("featureproxy_inflight_requests", &[]) == 1.0).then_some(())
         });

@@ -4,17 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{eventually, Proxy, Redis};
+use common::{eventually, now_ms, Proxy, Redis};
 use featureproxy_client::{Client, ClientOptions, Value};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// One scrape, parsed.
 fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {

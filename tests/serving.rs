@@ -3,18 +3,11 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Proxy, RawConn, Redis};
+use common::{now_ms, Proxy, RawConn, Redis};
 use featureproxy_client::{Client, ClientOptions, Error, ErrorCode, GetOptions, Status, Value};
 use featureproxy_protocol::{PutRequest, Request};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn user_row(base: f32) -> Vec<Value> {
     (0..16)

@@ -13,6 +13,25 @@ use featureproxy_protocol::{
     decode_frame, Frame, Limits, ProtocolError, Request, Response, SchemaReply,
 };
 
+/// Wall-clock Unix milliseconds, as `computed_at` is written.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A user_features row with every one of its 16 features set to `v`.
+pub fn flat_row(v: f32) -> Vec<featureproxy_client::Value> {
+    vec![featureproxy_client::Value::F32(v); 16]
+}
+
+/// Runs a future to completion from synchronous code inside a multi-thread runtime (for the
+/// closures of [`eventually`]).
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
