@@ -246,6 +246,20 @@ impl HotCache {
         self.compact_if_needed();
     }
 
+    /// Drops every entry (counted as invalidations).
+    pub fn clear(&mut self) {
+        let live: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].live)
+            .collect();
+        for i in live {
+            self.remove(i);
+            self.counts.invalidations += 1;
+        }
+        self.small.clear();
+        self.main.clear();
+        self.stale_positions = 0;
+    }
+
     /// Drops `key` (a write made the cached row wrong). Returns whether it was cached.
     pub fn invalidate(&mut self, key: &[u8]) -> bool {
         let hash = hash_of(&self.hasher, key);

@@ -28,6 +28,9 @@ pub struct Settings {
     pub redis_batch_cap: usize,
     /// Hot-cache memory for the whole process (split evenly across shards); 0 turns it off.
     pub hot_cache_bytes: usize,
+    /// Redis client-side caching (RESP3 tracking): writes made behind the proxy's back drop the
+    /// cached rows at once instead of after the view's hot-cache TTL.
+    pub client_tracking: bool,
     /// A connection must HELLO with this token first when set.
     pub auth_token: Option<String>,
     /// How long shutdown waits for requests in flight.
@@ -52,6 +55,7 @@ impl Default for Settings {
             max_inflight_per_connection: 128,
             redis_batch_cap: 1024,
             hot_cache_bytes: 64 * 1024 * 1024,
+            client_tracking: true,
             auth_token: None,
             drain_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
@@ -83,6 +87,7 @@ struct RawServer {
     max_inflight_per_connection: Option<usize>,
     redis_batch_cap: Option<usize>,
     hot_cache_bytes: Option<usize>,
+    client_tracking: Option<bool>,
     auth_token: Option<String>,
     drain_timeout: Option<String>,
     frame_timeout: Option<String>,
@@ -155,6 +160,7 @@ impl Settings {
             .unwrap_or(s.max_inflight_per_connection);
         s.redis_batch_cap = raw.redis_batch_cap.unwrap_or(s.redis_batch_cap);
         s.hot_cache_bytes = raw.hot_cache_bytes.unwrap_or(s.hot_cache_bytes);
+        s.client_tracking = raw.client_tracking.unwrap_or(s.client_tracking);
         s.auth_token = raw.auth_token.or(s.auth_token);
         if let Some(v) = raw.drain_timeout {
             s.drain_timeout = duration("drain_timeout", &v)?;

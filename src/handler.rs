@@ -211,6 +211,15 @@ impl ShardCtx {
         (keys, sources)
     }
 
+    /// Drops the whole cache: after Redis was flushed, or when writes may have been missed.
+    pub fn flush_cache(&self, why: &str) {
+        let mut cache = self.cache.borrow_mut();
+        let entries = cache.entries();
+        cache.clear();
+        self.stats.cache.publish(&cache);
+        tracing::debug!(shard = self.shard, entries, why, "hot cache flushed");
+    }
+
     /// Drops `keys` from this shard's cache and from its reads in flight.
     pub fn invalidate_local(&self, keys: &[Bytes]) {
         let mut cache = self.cache.borrow_mut();

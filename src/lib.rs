@@ -25,3 +25,4 @@ pub mod socket;
 pub mod stats;
 pub mod stats_http;
 pub mod store;
+pub mod tracking;

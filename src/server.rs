@@ -52,6 +52,25 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     let registry = Arc::new(registry);
     info!(views = %registry.names(), "registry loaded");
 
+    let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
+        .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
+        .collect();
+    let (intervals, aggregate) =
+        crate::histograms::aggregator(settings.shards, registry.views().len());
+    let sources = stats_http::Sources {
+        shards: stats.clone(),
+        registry: registry.clone(),
+        histograms: aggregate,
+        started_unix_s: crate::store::now_ms() / 1000,
+    };
+    // The stats endpoint is up before the protocol port, so whoever sees the port open can
+    // watch the proxy.
+    let stats_addr =
+        stats_http::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {
+            addr: settings.stats_listen.to_string(),
+            source,
+        })?;
+
     // The first socket settles the port (so --listen with port 0 works); the others join it.
     let first =
         shard::reuseport_listener(settings.listen).map_err(|source| StartError::Listen {
@@ -68,22 +87,6 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             })?,
         );
     }
-    let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
-        .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
-        .collect();
-    let (intervals, aggregate) =
-        crate::histograms::aggregator(settings.shards, registry.views().len());
-    let sources = stats_http::Sources {
-        shards: stats.clone(),
-        registry: registry.clone(),
-        histograms: aggregate,
-        started_unix_s: crate::store::now_ms() / 1000,
-    };
-    let stats_addr =
-        stats_http::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {
-            addr: settings.stats_listen.to_string(),
-            source,
-        })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (peers, receivers) = crate::invalidation::channels(settings.shards);

@@ -109,6 +109,9 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         peers,
     });
     tokio::task::spawn_local(ship_histograms(shard, histograms, intervals));
+    if settings.client_tracking && settings.hot_cache_bytes > 0 {
+        tokio::task::spawn_local(crate::tracking::run(redis_url.clone(), ctx.clone()));
+    }
     let listener_ctx = ctx.clone();
     tokio::task::spawn_local(async move {
         while let Some(inv) = invalidations.recv().await {

@@ -106,6 +106,8 @@ pub struct ShardStats {
     pub breaker_state: AtomicU8,
     pub breaker_transitions: Counter,
     pub redis_connected: AtomicBool,
+    /// True while Redis client tracking is on for this shard's cache.
+    pub tracking_armed: AtomicBool,
     pub connections_open: Counter,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -164,6 +166,7 @@ impl ShardStats {
             breaker_state: AtomicU8::new(0),
             breaker_transitions: Counter::default(),
             redis_connected: AtomicBool::new(false),
+            tracking_armed: AtomicBool::new(false),
             connections_open: Counter::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),

@@ -438,6 +438,14 @@ fn metrics(src: &Sources) -> String {
             s.breaker_state.load(Relaxed),
         );
     }
+    p.family("featureproxy_cache_tracking", "gauge", "1 while Redis client tracking keeps the shard's hot cache coherent with writes made behind the proxy.");
+    for s in shards {
+        p.sample(
+            "featureproxy_cache_tracking",
+            &[("shard", &s.shard.to_string())],
+            s.tracking_armed.load(Relaxed) as u8,
+        );
+    }
     p.family(
         "featureproxy_redis_connected",
         "gauge",

@@ -130,7 +130,8 @@ async fn a_put_through_one_shard_is_seen_at_once_through_every_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
     let redis = Redis::start();
-    let proxy = Proxy::start(&redis, 1, "");
+    // The TTL is the backstop when Redis client tracking is off (or lost).
+    let proxy = Proxy::start(&redis, 1, "client_tracking = false");
     let c = one_conn(&proxy).await;
     c.put("user_features", &[("u9", now_ms(), flat_row(1.0))])
         .await
@@ -246,4 +247,42 @@ async fn the_byte_bound_holds_under_churn() {
     let dropped = proxy.metric("featureproxy_cache_rejections_total", &[])
         + proxy.metric("featureproxy_cache_evictions_total", &[]);
     assert!(dropped > 1000.0, "{dropped}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_redis_cli_invalidate_every_shard_at_once() {
+    let redis = Redis::start();
+    // A long hot-cache TTL, so only client tracking can explain a prompt invalidation.
+    let registry =
+        common::example_registry().replacen("hot_cache_ttl = \"1s\"", "hot_cache_ttl = \"10m\"", 1);
+    let proxy = Proxy::start_custom(&redis.url(), 2, "", &registry, &[]);
+    eventually(
+        Duration::from_secs(10),
+        "tracking armed on both shards",
+        || (proxy.metric("featureproxy_cache_tracking", &[]) == 2.0).then_some(()),
+    );
+    let clients = client_per_shard(&proxy, 2).await;
+    clients[0]
+        .put("user_features", &[("t1", now_ms(), flat_row(1.0))])
+        .await
+        .unwrap();
+    for c in &clients {
+        c.get("user_features", &["t1"]).await.unwrap();
+        let b = c.get("user_features", &["t1"]).await.unwrap();
+        assert!(b.status(0).cached, "cached before the write");
+    }
+    redis.cli_set("fp:user_features:v1:t1", &stored(2.0, now_ms()));
+    for c in &clients {
+        let b = eventually(
+            Duration::from_secs(5),
+            "the row written by redis-cli",
+            || {
+                let c = c.clone();
+                let b = block(async move { c.get("user_features", &["t1"]).await.unwrap() });
+                (b.row(0) == flat_row(2.0)).then_some(b)
+            },
+        );
+        assert_eq!(b.status(0).status, Status::Fresh);
+    }
+    assert!(proxy.metric("featureproxy_cache_invalidations_total", &[]) >= 2.0);
 }

@@ -32,6 +32,15 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
+/// The text of examples/features.toml.
+pub fn example_registry() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/features.toml"
+    ))
+    .unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -143,6 +152,23 @@ impl Redis {
         self.signal("-CONT");
     }
 
+    /// `SET key value` through the real `redis-cli` (value on stdin: binary-safe), as an
+    /// operator or another writer would.
+    pub fn cli_set(&self, key: &str, value: &[u8]) {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "SET", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli must be installed");
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.starts_with(b"OK"),
+            "redis-cli SET {key}: {out:?}"
+        );
+    }
+
     /// One command over RESP, arguments as raw bytes; returns the raw reply.
     pub fn command(&self, args: &[&[u8]]) -> Vec<u8> {
         let mut req = format!("*{}\r\n", args.len()).into_bytes();
@@ -188,12 +214,18 @@ impl Proxy {
     }
 
     pub fn start_with(redis_url: &str, shards: usize, server_toml: &str, extra: &[&str]) -> Proxy {
+        Proxy::start_custom(redis_url, shards, server_toml, &example_registry(), extra)
+    }
+
+    /// Like [`Proxy::start_with`], with a registry of the test's own.
+    pub fn start_custom(
+        redis_url: &str,
+        shards: usize,
+        server_toml: &str,
+        registry: &str,
+        extra: &[&str],
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let registry = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/features.toml"
-        ))
-        .unwrap();
         let config = dir.path().join("features.toml");
         std::fs::write(&config, format!("[server]\n{server_toml}\n\n{registry}")).unwrap();
         let (port, stats_port) = (free_port(), free_port());

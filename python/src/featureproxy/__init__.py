@@ -1,0 +1,77 @@
+"""Thin Python client for featureproxy (wire protocol v1).
+
+    import featureproxy
+
+    with featureproxy.Client("127.0.0.1", 7070) as fp:
+        batch = fp.get("user_features", ["u1", "u2"])
+        x = batch.matrix()            # 2 x 16 float32, a view of the reply (no copy)
+        batch.statuses, batch.ages_ms, batch.defaulted
+
+The protocol core uses the standard library only; numpy is needed only for ``Batch.matrix()``.
+"""
+
+from .aio import AsyncClient
+from .batch import Batch, EntityStatus, Status
+from .client import Client
+from .errors import (
+    BackendUnavailable,
+    BadRow,
+    BatchTooLarge,
+    ClientClosed,
+    ConnectFailed,
+    ConnectionLost,
+    ErrorCode,
+    FeatureProxyError,
+    FrameTooLarge,
+    Internal,
+    InvalidRequest,
+    Malformed,
+    Overloaded,
+    ProtocolError,
+    ProxyConnectionError,
+    RequestTimeout,
+    SchemaMismatch,
+    ServerError,
+    ServerTimeout,
+    Unauthorized,
+    UnknownOp,
+    UnknownView,
+    UnsupportedVersion,
+)
+from .schema import DType, Feature, Schema
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "AsyncClient",
+    "Batch",
+    "Status",
+    "EntityStatus",
+    "Schema",
+    "Feature",
+    "DType",
+    "ErrorCode",
+    "FeatureProxyError",
+    "ServerError",
+    "Malformed",
+    "FrameTooLarge",
+    "UnknownOp",
+    "UnknownView",
+    "SchemaMismatch",
+    "BatchTooLarge",
+    "BadRow",
+    "Overloaded",
+    "Unauthorized",
+    "UnsupportedVersion",
+    "BackendUnavailable",
+    "ServerTimeout",
+    "Internal",
+    "ProtocolError",
+    "ProxyConnectionError",
+    "ConnectFailed",
+    "ConnectionLost",
+    "RequestTimeout",
+    "InvalidRequest",
+    "ClientClosed",
+]

@@ -1,0 +1,374 @@
+"""asyncio client: one connection, many requests in flight, matched by request_id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from . import _common as c
+from . import protocol as p
+from .batch import Batch
+from .errors import (
+    ClientClosed,
+    ConnectFailed,
+    ConnectionLost,
+    ProtocolError,
+    RequestTimeout,
+    SchemaMismatch,
+    UnknownView,
+    server_error,
+)
+from .schema import Schema
+
+__all__ = ["AsyncClient"]
+
+
+class _Protocol(asyncio.Protocol):
+    """The connection: frames in, each handed to the future registered under its request_id."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.asm = p.FrameAssembler()
+        self.pending: dict[int, tuple[asyncio.Future, str]] = {}  # request_id -> (future, what)
+        self.transport: asyncio.Transport | None = None
+        self.alive = False
+        self.max_batch = p.DEFAULT_MAX_BATCH
+        self._next = 0
+        self._why: str | None = None
+        self._paused = False
+        self._drained: asyncio.Future | None = None
+        self._out: list[bytes] = []  # frames written in this turn of the loop, sent together
+
+    # asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.alive = True
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.asm.feed(data)
+        except p.ProtocolError as e:
+            self.abort(f"the server sent bytes that are not protocol v1 ({e.message})")
+            return
+        pending = self.pending
+        for frame in frames:
+            entry = pending.pop(frame.request_id, None)
+            if entry is not None:
+                if not entry[0].done():
+                    entry[0].set_result(frame)
+            elif frame.request_id == 0 and frame.op == p.OP_ERROR:
+                try:
+                    resp = p.decode_response(frame)
+                    msg = str(server_error(resp.code, resp.message))
+                except ProtocolError as e:
+                    msg = f"bad ERROR frame: {e.message}"
+                self.abort(f"server error on the connection ({msg})")
+                return
+            # else: a late reply to a request that timed out or was cancelled: dropped.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = self._why or (f"connection error: {exc}" if exc else "connection closed by the server")
+        self._fail_all(why)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # helpers
+
+    def _fail_all(self, why: str) -> None:
+        self.alive = False
+        self._why = self._why or why
+        pending, self.pending = self.pending, {}
+        for fut, what in pending.values():
+            if not fut.done():
+                if why == "client closed":
+                    fut.set_exception(
+                        ClientClosed(f"featureproxy {self.address}: client closed while waiting for {what}")
+                    )
+                else:
+                    fut.set_exception(ConnectionLost(f"featureproxy {self.address}: {why} while waiting for {what}"))
+
+    def abort(self, why: str) -> None:
+        self._why = self._why or why
+        self._fail_all(why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write(self, frame: bytes) -> None:
+        """Queues a frame; the frames queued during one turn of the event loop go out in one
+        write (one syscall for many concurrent callers)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def next_id(self) -> int:
+        rid = self._next
+        while True:
+            rid = rid + 1 if rid < 0xFFFFFFFF else 1
+            if rid not in self.pending:
+                self._next = rid
+                return rid
+
+    async def drain(self) -> None:
+        if self._paused and self.alive:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+
+class AsyncClient:
+    """asyncio client of one featureproxy: all calls share one pipelined connection.
+
+    Create it with ``await AsyncClient.connect(host, port, *, token=None, timeout=1.0)``. The
+    operations mirror :class:`featureproxy.Client` and are coroutines, ``close()`` included. After
+    a dropped connection the next call reconnects.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        timeout: float = 1.0,
+        client_name: str = c.DEFAULT_CLIENT_NAME,
+    ):
+        self.host, self.port = host, port
+        self.address = f"{host}:{port}"
+        self.timeout = float(timeout)
+        self._token = token
+        self._name = client_name
+        self._proto: _Protocol | None = None
+        self._connect_lock = asyncio.Lock()
+        self._schemas: dict[str, Schema] = {}
+        self._schema_fetches: dict[str, asyncio.Future] = {}
+        self._closed = False
+        self.max_frame = p.DEFAULT_MAX_FRAME
+        self.max_batch = p.DEFAULT_MAX_BATCH
+        self.server: str | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        timeout: float = 1.0,
+        client_name: str = c.DEFAULT_CLIENT_NAME,
+    ) -> "AsyncClient":
+        client = cls(host, port, token=token, timeout=timeout, client_name=client_name)
+        await client._connection()
+        return client
+
+    # ---- connection
+
+    async def _connection(self) -> _Protocol:
+        proto = self._proto
+        if proto is not None and proto.alive:
+            return proto
+        async with self._connect_lock:
+            if self._closed:
+                raise ClientClosed(f"featureproxy {self.address}: client closed")
+            proto = self._proto
+            if proto is not None and proto.alive:
+                return proto
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    _, proto = await loop.create_connection(lambda: _Protocol(self.address), self.host, self.port)
+            except TimeoutError:
+                raise ConnectFailed(f"featureproxy {self.address}: cannot connect within {self.timeout:g}s") from None
+            except OSError as e:
+                raise ConnectFailed(f"featureproxy {self.address}: cannot connect: {e.strerror or e}") from e
+            try:
+                hello = p.Hello(p.VERSION, self._token or "", self._name).encode_body()
+                frame = await self._send(proto, p.OP_HELLO, hello, "HELLO", self.timeout)
+                resp = p.decode_response(frame)
+            except RequestTimeout:
+                proto.abort("no answer to HELLO")
+                raise ConnectFailed(
+                    f"featureproxy {self.address}: no answer to HELLO within {self.timeout:g}s"
+                ) from None
+            except ConnectionLost as e:
+                raise ConnectFailed(
+                    f"featureproxy {self.address}: connection closed by the server during HELLO ({e})"
+                ) from None
+            except ProtocolError as e:
+                proto.abort("bad HELLO reply")
+                raise ConnectFailed(
+                    f"featureproxy {self.address}: HELLO reply is not protocol v1: {e.message}"
+                ) from None
+            if isinstance(resp, p.ErrorReply):
+                proto.abort("HELLO refused")
+                raise server_error(resp.code, resp.message, self.address)
+            if not isinstance(resp, p.HelloReply):
+                proto.abort("unexpected HELLO reply")
+                raise ConnectFailed(f"featureproxy {self.address}: unexpected answer to HELLO (op 0x{frame.op:02x})")
+            proto.asm.max_frame = resp.max_frame
+            proto.max_batch = resp.max_batch
+            self.max_frame, self.max_batch, self.server = resp.max_frame, resp.max_batch, resp.server
+            self._proto = proto
+            return proto
+
+    async def _send(self, proto: _Protocol, op: int, body: bytes, what: str, timeout: float) -> p.Frame:
+        if not proto.alive or proto.transport is None or proto.transport.is_closing():
+            raise _Stale()
+        rid = proto.next_id()
+        fut = asyncio.get_running_loop().create_future()
+        entry = (fut, what)
+        proto.pending[rid] = entry
+        proto.write(p.encode_frame(op, rid, body))
+        try:
+            async with asyncio.timeout(timeout):
+                await proto.drain()
+                return await fut
+        except TimeoutError:
+            raise RequestTimeout(
+                f"featureproxy {self.address}: no reply to {what} within {timeout:g}s "
+                f"(request {rid}; abandoned, a late reply will be dropped)"
+            ) from None
+        finally:
+            if proto.pending.get(rid) is entry:
+                del proto.pending[rid]
+
+    async def _call(self, op: int, body: bytes, what: str, timeout: float | None = None):
+        timeout = self.timeout if timeout is None else timeout
+        proto = await self._connection()
+        try:
+            frame = await self._send(proto, op, body, what, timeout)
+        except _Stale:
+            proto = await self._connection()
+            try:
+                frame = await self._send(proto, op, body, what, timeout)
+            except _Stale:
+                raise ConnectionLost(f"featureproxy {self.address}: connection lost while sending {what}") from None
+        try:
+            return c.interpret(frame, op, proto.max_batch, self.address, what)
+        except c.Broken as b:
+            proto.abort(str(b.error))
+            raise b.error from None
+
+    def _inflight(self) -> int:
+        return len(self._proto.pending) if self._proto is not None else 0
+
+    # ---- operations
+
+    async def ping(self) -> float:
+        """Round trip of one PING, in seconds."""
+        t0 = time.perf_counter()
+        await self._call(p.OP_PING, b"", "PING")
+        return time.perf_counter() - t0
+
+    async def schema(self, view: str, *, refresh: bool = False) -> Schema:
+        """The view's schema, cached per client; concurrent fetches of one view share one SCHEMA."""
+        if not refresh:
+            s = self._schemas.get(view)
+            if s is not None:
+                return s
+        fetch = self._schema_fetches.get(view)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch_schema(view))
+            self._schema_fetches[view] = fetch
+            fetch.add_done_callback(
+                lambda f: self._schema_fetches.pop(view, None) if self._schema_fetches.get(view) is f else None
+            )
+        return await asyncio.shield(fetch)
+
+    async def _fetch_schema(self, view: str) -> Schema:
+        reply = await self._call(p.OP_SCHEMA, p.SchemaRequest(view).encode_body(), f"SCHEMA {view!r}")
+        s = Schema.from_reply(view, reply)
+        self._schemas[view] = s
+        return s
+
+    async def get(self, view: str, keys, *, deadline: float | None = None, bypass_cache: bool = False) -> Batch:
+        """See :meth:`featureproxy.Client.get`."""
+        keys, kb = c.keys_bytes(keys)
+        dl = c.deadline_us(deadline)
+        flags = p.GET_BYPASS_CACHE if bypass_cache else 0
+        wait = self.timeout if deadline is None else max(self.timeout, float(deadline))
+        cached = view in self._schemas
+        schema = await self.schema(view)
+        for attempt in (0, 1):
+            c.check_get_limits(schema, kb, self.max_frame, self.max_batch)
+            body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
+            try:
+                reply = await self._call(
+                    p.OP_GET, body, f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})", wait
+                )
+            except (SchemaMismatch, UnknownView) as e:
+                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
+                    schema = await self.schema(view, refresh=True)
+                    continue
+                raise
+            if c.check_get_reply(reply, schema, len(kb)):
+                return Batch(schema, keys, reply)
+            if attempt == 0:
+                schema = await self.schema(view, refresh=True)
+                continue
+            raise ProtocolError(1, f"featureproxy {self.address}: GET {view!r} reply does not match its schema")
+        raise AssertionError("unreachable")
+
+    async def put(self, view: str, rows) -> int:
+        """See :meth:`featureproxy.Client.put`."""
+        items = c.put_items(rows)
+        cached = view in self._schemas
+        schema = await self.schema(view)
+        for attempt in (0, 1):
+            req = c.encode_put(schema, items)
+            c.check_put_limits(req, view, self.max_frame, self.max_batch)
+            try:
+                reply = await self._call(
+                    p.OP_PUT, req.encode_body(), f"PUT {view!r} ({req.n} row{'' if req.n == 1 else 's'})"
+                )
+            except (SchemaMismatch, UnknownView) as e:
+                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
+                    schema = await self.schema(view, refresh=True)
+                    continue
+                raise
+            return reply.written
+        raise AssertionError("unreachable")
+
+    # ---- lifecycle
+
+    async def close(self) -> None:
+        """Closes the connection; calls waiting for replies raise ClientClosed."""
+        self._closed = True
+        proto, self._proto = self._proto, None
+        if proto is not None:
+            proto._why = "client closed"
+            proto._fail_all("client closed")
+            if proto.transport is not None:
+                proto.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> "AsyncClient":
+        await self._connection()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<featureproxy.AsyncClient {self.address}{' closed' if self._closed else ''}>"
+
+
+class _Stale(Exception):
+    """The connection was found dead before the request was written."""

@@ -1,0 +1,488 @@
+"""Thread-safe blocking client: a small pool of pipelined connections."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from . import _common as c
+from . import protocol as p
+from .batch import Batch
+from .errors import (
+    ClientClosed,
+    ConnectFailed,
+    ConnectionLost,
+    ProtocolError,
+    RequestTimeout,
+    SchemaMismatch,
+    UnknownView,
+    server_error,
+)
+from .schema import Schema
+
+__all__ = ["Client"]
+
+_RECV_SIZE = 256 * 1024
+
+
+class _Waiter:
+    """One caller waiting for one reply.
+
+    ``lock`` is held while the waiter is not signaled; the connection releases it (``_signal``)
+    when the reply or an error is set (``finished``), or to hand this caller the reader's role.
+    """
+
+    __slots__ = ("lock", "signaled", "finished", "frame", "error", "what")
+
+    def __init__(self, what: str):
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.signaled = False
+        self.finished = False
+        self.frame: p.Frame | None = None
+        self.error: Exception | None = None
+        self.what = what
+
+
+class _SendFailed(Exception):
+    """The connection was found dead before the request left: safe to retry on a new one."""
+
+
+class _Dead(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Conn:
+    """One pipelined TCP connection, read by its callers (leader/follower, no reader thread).
+
+    Each caller registers a waiter under a fresh request_id and sends its frame. At most one
+    caller at a time is the reader: it reads the socket and hands every reply to the waiter
+    registered under the reply's request_id, until its own reply is in; then it passes the role
+    to a caller still waiting. A lone caller thus reads its own reply, without a thread switch.
+    A reply whose waiter timed out (and so was removed) is dropped.
+    """
+
+    def __init__(self, sock: socket.socket, address: str, asm: p.FrameAssembler, hello: p.HelloReply):
+        self.sock = sock
+        self.address = address
+        self.asm = asm
+        self.hello = hello
+        self.max_batch = hello.max_batch
+        self.alive = True
+        self._lock = threading.Lock()  # guards everything below and the waiters' flags
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Waiter] = {}
+        self._reading = False
+        self._next = 1  # request id 1 was the HELLO
+        self._dead_reason: str | None = None
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    @classmethod
+    def open(cls, host: str, port: int, address: str, token: str | None, name: str, timeout: float) -> "_Conn":
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            raise ConnectFailed(f"featureproxy {address}: cannot connect: {e.strerror or e}") from e
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            asm = p.FrameAssembler()
+            sock.sendall(p.encode_request(1, p.Hello(p.VERSION, token or "", name)))
+            deadline = time.monotonic() + timeout
+            frames: list[p.Frame] = []
+            while not frames:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    raise ConnectFailed(f"featureproxy {address}: connection closed by the server during HELLO")
+                frames = asm.feed(data)
+            resp = p.decode_response(frames[0])
+            if isinstance(resp, p.ErrorReply):
+                raise server_error(resp.code, resp.message, address)
+            if not isinstance(resp, p.HelloReply) or len(frames) > 1:
+                raise ConnectFailed(f"featureproxy {address}: unexpected answer to HELLO (op 0x{frames[0].op:02x})")
+            asm.max_frame = resp.max_frame
+            sock.settimeout(None)
+            # Reads wait in poll() with the call's timeout; a send stalled longer than
+            # `timeout` fails with EAGAIN.
+            tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            except OSError:
+                pass
+            return cls(sock, address, asm, resp)
+        except socket.timeout:
+            sock.close()
+            raise ConnectFailed(f"featureproxy {address}: no answer to HELLO within {timeout}s") from None
+        except OSError as e:
+            sock.close()
+            raise ConnectFailed(f"featureproxy {address}: HELLO failed: {e.strerror or e}") from e
+        except ProtocolError as e:
+            sock.close()
+            raise ConnectFailed(f"featureproxy {address}: HELLO reply is not protocol v1: {e.message}") from e
+        except BaseException:
+            sock.close()
+            raise
+
+    # ---- state changes, all under self._lock
+
+    def _signal(self, w: _Waiter) -> None:
+        if not w.signaled:
+            w.signaled = True
+            w.lock.release()
+
+    def _finish(self, w: _Waiter, frame: p.Frame | None = None, error: Exception | None = None) -> None:
+        w.frame, w.error, w.finished = frame, error, True
+        self._signal(w)
+
+    def _promote(self) -> None:
+        """Nobody reads: wake one waiting caller to take the reader's role."""
+        if not self._reading:
+            for w in self._pending.values():
+                self._signal(w)
+                break
+
+    def _error(self, what: str) -> Exception:
+        why = self._dead_reason or "connection lost"
+        if why == "client closed":
+            return ClientClosed(f"featureproxy {self.address}: client closed while waiting for {what}")
+        return ConnectionLost(f"featureproxy {self.address}: {why} while waiting for {what}")
+
+    def _die_locked(self, reason: str) -> None:
+        if self._dead_reason is None:
+            self._dead_reason = reason
+        self.alive = False
+        pending, self._pending = self._pending, {}
+        for w in pending.values():
+            self._finish(w, error=self._error(w.what))
+
+    # ---- reading (only by the caller holding the reader's role)
+
+    def _pump(self, timeout: float | None) -> None:
+        """Waits up to ``timeout`` seconds (None: not at all) for bytes, reads what is there and
+        dispatches every complete frame. Raises _Dead when the connection is gone."""
+        if timeout is not None and not self._poll.poll(max(1, math.ceil(timeout * 1000))):
+            return
+        try:
+            data = self.sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            raise _Dead(self._dead_reason or f"connection error: {e.strerror or e}") from None
+        if not data:
+            raise _Dead(self._dead_reason or "connection closed by the server")
+        try:
+            frames = self.asm.feed(data)
+        except ProtocolError as e:
+            raise _Dead(f"the server sent bytes that are not protocol v1 ({e.message})") from None
+        with self._lock:
+            for frame in frames:
+                w = self._pending.pop(frame.request_id, None)
+                if w is not None:
+                    self._finish(w, frame=frame)
+                elif frame.request_id == 0 and frame.op == p.OP_ERROR:
+                    # A connection-level error (request_id 0): the server closes next.
+                    try:
+                        resp = p.decode_response(frame)
+                        msg = str(server_error(resp.code, resp.message))
+                    except ProtocolError as e:
+                        msg = f"bad ERROR frame: {e.message}"
+                    raise _Dead(f"server error on the connection ({msg})")
+                # else: the reply to a request whose caller timed out: dropped.
+
+    # ---- calls
+
+    def call(self, op: int, body: bytes, what: str, timeout: float) -> p.Frame:
+        deadline = time.monotonic() + timeout
+        w = _Waiter(what)
+        with self._lock:
+            if not self.alive:
+                raise _SendFailed()
+            lead = not self._reading
+            self._reading = self._reading or lead
+            rid = self._next
+            while True:
+                rid = rid + 1 if rid < 0xFFFFFFFF else 1
+                if rid not in self._pending:
+                    break
+            self._next = rid
+            self._pending[rid] = w
+        try:
+            try:
+                if lead:
+                    # An idle connection may have been closed by the server since its last
+                    # call: find out before sending on it.
+                    self._pump(None)
+                with self._send_lock:
+                    self.sock.sendall(p.encode_frame(op, rid, body))
+            except (_Dead, OSError) as e:
+                stalled = isinstance(e, BlockingIOError)  # SO_SNDTIMEO: the server stopped reading
+                if isinstance(e, _Dead):
+                    reason = e.reason
+                elif stalled:
+                    reason = f"could not send within {timeout:g}s"
+                else:
+                    reason = f"send failed: {e.strerror or e}"
+                with self._lock:
+                    self._pending.pop(rid, None)
+                    self._die_locked(reason)  # a partly sent frame leaves the stream unusable
+                self._shutdown()
+                if stalled:
+                    raise RequestTimeout(f"featureproxy {self.address}: {reason}: {what}") from None
+                raise _SendFailed() from None
+            while True:
+                with self._lock:
+                    if w.finished:
+                        break
+                    if not lead and not self._reading:
+                        self._reading = lead = True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    with self._lock:
+                        if w.finished:
+                            break
+                        self._pending.pop(rid, None)
+                    raise RequestTimeout(
+                        f"featureproxy {self.address}: no reply to {what} within {timeout:g}s "
+                        f"(request {rid}; abandoned, a late reply will be dropped)"
+                    )
+                if lead:
+                    try:
+                        self._pump(left)
+                    except _Dead as d:
+                        with self._lock:
+                            self._die_locked(d.reason)
+                        self._shutdown()
+                elif w.lock.acquire(timeout=left):
+                    with self._lock:
+                        w.signaled = False  # consumed: a later signal can wake us again
+        finally:
+            with self._lock:
+                if lead:
+                    self._reading = False
+                # Hand the reader's role on: to a waiter if this caller read, or again if it was
+                # handed to this caller and this caller is leaving without reading.
+                self._promote()
+                closing = lead and not self.alive
+            if closing:
+                self._close_socket()
+        if w.error is not None:
+            raise w.error
+        return w.frame  # type: ignore[return-value]
+
+    # ---- shutting down
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        with self._lock:
+            if self._reading:
+                return  # the reader closes it when it leaves
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def kill(self, why: str) -> None:
+        """Marks the connection dead and fails every waiting call with ``why``."""
+        with self._lock:
+            self._die_locked(why)
+        self._shutdown()
+        self._close_socket()
+
+    def close(self) -> None:
+        self.kill("client closed")
+
+    def inflight(self) -> int:
+        return len(self._pending)
+
+
+class Client:
+    """Thread-safe client of one featureproxy.
+
+    ``Client(host, port, *, token=None, timeout=1.0, pool_size=2, client_name=...)`` opens one
+    connection at once (so a wrong address fails here) and up to ``pool_size`` connections, used
+    round-robin, each with many requests in flight matched by request_id. ``timeout`` bounds
+    connecting and each call's wait for its reply (a ``get`` with a longer ``deadline`` waits that
+    long). A dropped connection is replaced on the next call that lands on it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        timeout: float = 1.0,
+        pool_size: int = 2,
+        client_name: str = c.DEFAULT_CLIENT_NAME,
+    ):
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.host, self.port = host, port
+        self.address = f"{host}:{port}"
+        self.timeout = float(timeout)
+        self._token = token
+        self._name = client_name
+        self._slots: list[_Conn | None] = [None] * pool_size
+        self._slot_locks = [threading.Lock() for _ in range(pool_size)]
+        self._rr = itertools.count()
+        self._schemas: dict[str, Schema] = {}
+        self._closed = False
+        self.max_frame = p.DEFAULT_MAX_FRAME
+        self.max_batch = p.DEFAULT_MAX_BATCH
+        self.server: str | None = None
+        self._connection(0)
+
+    # ---- connections
+
+    def _connection(self, i: int) -> _Conn:
+        conn = self._slots[i]
+        if conn is not None and conn.alive:
+            return conn
+        with self._slot_locks[i]:
+            if self._closed:
+                raise ClientClosed(f"featureproxy {self.address}: client closed")
+            conn = self._slots[i]
+            if conn is None or not conn.alive:
+                conn = _Conn.open(self.host, self.port, self.address, self._token, self._name, self.timeout)
+                self.max_frame, self.max_batch = conn.hello.max_frame, conn.hello.max_batch
+                self.server = conn.hello.server
+                self._slots[i] = conn
+            return conn
+
+    def _call(self, op: int, body: bytes, what: str, timeout: float | None = None):
+        timeout = self.timeout if timeout is None else timeout
+        slot = next(self._rr) % len(self._slots)
+        conn = self._connection(slot)
+        try:
+            frame = conn.call(op, body, what, timeout)
+        except _SendFailed:
+            # The connection was found dead before the request left: retry once on a new one.
+            conn = self._connection(slot)
+            try:
+                frame = conn.call(op, body, what, timeout)
+            except _SendFailed:
+                raise ConnectionLost(f"featureproxy {self.address}: connection lost while sending {what}") from None
+        try:
+            return c.interpret(frame, op, conn.max_batch, self.address, what)
+        except c.Broken as b:
+            conn.kill(str(b.error))
+            raise b.error from None
+
+    def _inflight(self) -> int:
+        """Requests waiting for replies, over all connections (for tests and monitoring)."""
+        return sum(conn.inflight() for conn in self._slots if conn is not None)
+
+    # ---- operations
+
+    def ping(self) -> float:
+        """Round trip of one PING, in seconds."""
+        t0 = time.perf_counter()
+        self._call(p.OP_PING, b"", "PING")
+        return time.perf_counter() - t0
+
+    def schema(self, view: str, *, refresh: bool = False) -> Schema:
+        """The view's schema, cached per client (``refresh=True`` refetches it)."""
+        if not refresh:
+            s = self._schemas.get(view)
+            if s is not None:
+                return s
+        reply = self._call(p.OP_SCHEMA, p.SchemaRequest(view).encode_body(), f"SCHEMA {view!r}")
+        s = Schema.from_reply(view, reply)
+        self._schemas[view] = s
+        return s
+
+    def get(self, view: str, keys, *, deadline: float | None = None, bypass_cache: bool = False) -> Batch:
+        """Reads the rows of ``keys`` (str or bytes each) in ``view``.
+
+        ``deadline`` (seconds) is the server's time budget; entities not read in time come back
+        DEGRADED with the defaults. ``bypass_cache`` skips the proxy's hot cache.
+        """
+        keys, kb = c.keys_bytes(keys)
+        dl = c.deadline_us(deadline)
+        flags = p.GET_BYPASS_CACHE if bypass_cache else 0
+        wait = self.timeout if deadline is None else max(self.timeout, float(deadline))
+        cached = view in self._schemas
+        schema = self.schema(view)
+        for attempt in (0, 1):
+            c.check_get_limits(schema, kb, self.max_frame, self.max_batch)
+            body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
+            try:
+                reply = self._call(p.OP_GET, body, f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})", wait)
+            except (SchemaMismatch, UnknownView) as e:
+                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
+                    schema = self.schema(view, refresh=True)
+                    continue
+                raise
+            if c.check_get_reply(reply, schema, len(kb)):
+                return Batch(schema, keys, reply)
+            if attempt == 0:
+                schema = self.schema(view, refresh=True)
+                continue
+            raise ProtocolError(1, f"featureproxy {self.address}: GET {view!r} reply does not match its schema")
+        raise AssertionError("unreachable")
+
+    def put(self, view: str, rows) -> int:
+        """Writes rows: ``rows`` maps key -> ``(computed_at, values)``.
+
+        ``computed_at``: unix milliseconds (int), unix seconds (float, as ``time.time()``) or an
+        aware ``datetime``. ``values``: a sequence in feature order or a dict by feature name.
+        Returns the number of rows written, after Redis acknowledged all of them.
+        """
+        items = c.put_items(rows)
+        cached = view in self._schemas
+        schema = self.schema(view)
+        for attempt in (0, 1):
+            req = c.encode_put(schema, items)
+            c.check_put_limits(req, view, self.max_frame, self.max_batch)
+            try:
+                reply = self._call(
+                    p.OP_PUT, req.encode_body(), f"PUT {view!r} ({req.n} row{'' if req.n == 1 else 's'})"
+                )
+            except (SchemaMismatch, UnknownView) as e:
+                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
+                    schema = self.schema(view, refresh=True)
+                    continue
+                raise
+            return reply.written
+        raise AssertionError("unreachable")
+
+    # ---- lifecycle
+
+    def close(self) -> None:
+        """Closes every connection; calls waiting for replies raise ClientClosed."""
+        self._closed = True
+        for i, lock in enumerate(self._slot_locks):
+            with lock:
+                conn, self._slots[i] = self._slots[i], None
+            if conn is not None:
+                conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<featureproxy.Client {self.address} pool={len(self._slots)}{' closed' if self._closed else ''}>"

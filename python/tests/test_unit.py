@@ -1,0 +1,397 @@
+"""Client logic without the proxy: argument checks, row encoding, and request_id matching against
+a scripted fake server that answers out of order, late, or with garbage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import struct
+import sys
+import threading
+
+import pytest
+
+import featureproxy
+from featureproxy import _common as c
+from featureproxy import protocol as p
+from featureproxy.batch import Batch
+from featureproxy.schema import DType, Feature, Schema
+
+MIXED = Schema(
+    "mixed",
+    2,
+    0x1234,
+    8 + 4 + 8 + 4 + 1,
+    30000,
+    300000,
+    [
+        Feature("a", DType.I64, 0),
+        Feature("b", DType.F32, 0.0),
+        Feature("c", DType.F64, 42.5),
+        Feature("d", DType.I32, 0),
+        Feature("e", DType.BOOL, False),
+    ],
+)
+FLAT = Schema("flat", 1, 0x99, 12, 1000, 2000, [Feature(f"f{i}", DType.F32, 0.0) for i in range(3)])
+
+
+# ---- argument checks
+
+
+def test_keys_checked_before_sending():
+    assert c.key_bytes("ü") == "ü".encode()
+    assert c.key_bytes(b"\x00\xff") == b"\x00\xff"
+    assert c.key_bytes(b"k" * 1024) == b"k" * 1024
+    with pytest.raises(featureproxy.InvalidRequest, match="1025 bytes"):
+        c.key_bytes(b"k" * 1025)
+    with pytest.raises(featureproxy.InvalidRequest, match="0 bytes"):
+        c.key_bytes("")
+    with pytest.raises(featureproxy.InvalidRequest, match="str or bytes"):
+        c.key_bytes(17)
+    with pytest.raises(featureproxy.InvalidRequest, match="single str"):
+        c.keys_bytes("u1")
+    assert isinstance(featureproxy.InvalidRequest("x"), ValueError)
+
+
+def test_batch_and_frame_limits():
+    c.check_get_limits(FLAT, [b"k"] * 4, p.DEFAULT_MAX_FRAME, 4)
+    with pytest.raises(featureproxy.InvalidRequest, match="max_batch of 4"):
+        c.check_get_limits(FLAT, [b"k"] * 5, p.DEFAULT_MAX_FRAME, 4)
+    with pytest.raises(featureproxy.InvalidRequest, match="max_frame"):
+        c.check_get_limits(FLAT, [b"k" * 1024] * 4096, p.DEFAULT_MAX_FRAME, 4096)
+    with pytest.raises(featureproxy.InvalidRequest, match="reply"):
+        c.check_get_limits(FLAT, [b"k"] * 100, 1000, 4096)
+
+
+def test_deadline_to_microseconds():
+    assert c.deadline_us(None) == 0
+    assert c.deadline_us(0.002) == 2000
+    assert c.deadline_us(1e-9) == 1
+    for bad in (0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(featureproxy.InvalidRequest):
+            c.deadline_us(bad)
+
+
+def test_computed_at_forms():
+    assert c.computed_at_ms(1_700_000_000_000) == 1_700_000_000_000
+    assert c.computed_at_ms(1_700_000_000.25) == 1_700_000_000_250
+    aware = dt.datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=dt.timezone.utc)
+    assert c.computed_at_ms(aware) == 1_700_000_000_500
+    plus2 = aware.astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert c.computed_at_ms(plus2) == 1_700_000_000_500
+    with pytest.raises(featureproxy.InvalidRequest, match="naive"):
+        c.computed_at_ms(dt.datetime(2023, 1, 1))
+    for bad in (True, "now", float("inf"), -5):
+        with pytest.raises(featureproxy.InvalidRequest):
+            c.computed_at_ms(bad)
+
+
+def test_encode_row_forms():
+    want = struct.pack("<qfdi?", 7, 1.5, 2.25, -3, True)
+    assert MIXED.encode_row([7, 1.5, 2.25, -3, True]) == want
+    assert MIXED.encode_row({"e": True, "d": -3, "c": 2.25, "b": 1.5, "a": 7}) == want
+    np = pytest.importorskip("numpy")
+    rec = np.array([(7, 1.5, 2.25, -3, True)], dtype=MIXED.numpy_dtype)[0]
+    assert MIXED.encode_row(rec) == want
+    assert FLAT.encode_row(np.array([1, 2, 3], dtype=np.float32)) == struct.pack("<3f", 1, 2, 3)
+    with pytest.raises(featureproxy.InvalidRequest, match="missing e"):
+        MIXED.encode_row({"a": 1, "b": 1, "c": 1, "d": 1})
+    with pytest.raises(featureproxy.InvalidRequest, match="unknown zz"):
+        MIXED.encode_row({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "zz": 2})
+    with pytest.raises(featureproxy.InvalidRequest, match="4 values"):
+        MIXED.encode_row([1, 2, 3, 4])
+    with pytest.raises(featureproxy.InvalidRequest, match="feature d .i32. cannot hold 4294967296"):
+        MIXED.encode_row([1, 2, 3, 2**32, True])
+    with pytest.raises(featureproxy.InvalidRequest, match="feature a .i64."):
+        MIXED.encode_row([1.5, 2, 3, 4, True])
+
+
+def mixed_batch(n: int) -> Batch:
+    rows = b"".join(MIXED.encode_row([i, i + 0.5, i * 2.0, -i, i % 2 == 0]) for i in range(n))
+    reply = p.GetReply.build(2, 0x1234, MIXED.row_bytes, bytes([0] * n), list(range(n)), rows)
+    return Batch(MIXED, [f"k{i}" for i in range(n)], reply)
+
+
+def test_plain_python_without_numpy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy now fails
+    b = mixed_batch(3)
+    assert b.to_dicts()[1] == {"a": 1, "b": 1.5, "c": 2.0, "d": -1, "e": False}
+    assert b.row(2) == [2, 2.5, 4.0, -2, True]
+    assert b.rows()[0] == [0, 0.5, 0.0, 0, True]
+    with pytest.raises(ImportError):
+        b.matrix()
+
+
+def test_structured_matrix_views_reply():
+    np = pytest.importorskip("numpy")
+    b = mixed_batch(4)
+    m = b.matrix()
+    assert m.shape == (4,) and m.dtype.names == ("a", "b", "c", "d", "e")
+    assert m.dtype.itemsize == MIXED.row_bytes and not m.flags.writeable
+    assert list(m["a"]) == [0, 1, 2, 3] and list(m["e"]) == [True, False, True, False]
+    assert np.shares_memory(m, np.frombuffer(b.buffer, dtype=np.uint8))
+    w = b.matrix(copy=True)
+    assert w.flags.writeable and not np.shares_memory(w, np.frombuffer(b.buffer, dtype=np.uint8))
+
+
+def test_empty_batch_matrix():
+    pytest.importorskip("numpy")
+    reply = p.GetReply.build(1, 0x99, 12, b"", [], b"")
+    b = Batch(FLAT, [], reply)
+    assert len(b) == 0 and b.matrix().shape == (0, 3) and b.to_dicts() == [] and b.statuses == []
+
+
+# ---- fake server
+
+
+class FakeServer:
+    """Accepts connections and hands each decoded request to ``script(conn, rid, req)``."""
+
+    def __init__(self, script):
+        self.script = script
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        asm = p.FrameAssembler()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for frame in asm.feed(data):
+                    req = p.decode_request(frame)
+                    if isinstance(req, p.Hello):
+                        conn.sendall(
+                            p.encode_response(frame.request_id, p.HelloReply(1, 0, p.DEFAULT_MAX_FRAME, 64, "fake/1"))
+                        )
+                    elif isinstance(req, p.SchemaRequest):
+                        conn.sendall(p.encode_response(frame.request_id, schema_reply()))
+                    else:
+                        self.script(conn, frame.request_id, req)
+        except OSError:
+            return
+
+    def close(self):
+        self.lsock.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+def schema_reply() -> p.SchemaReply:
+    feats = tuple(p.FeatureSpec(1, f"f{i}", b"\0" * 8) for i in range(3))
+    return p.SchemaReply(1, 0x99, 12, 1000, 2000, feats)
+
+
+def reply_for(rid: int, req: p.GetRequest) -> bytes:
+    """Each key's row is (len(key), first byte, last byte): unique per key in the tests."""
+    rows = b"".join(struct.pack("<3f", len(k), k[0], k[-1]) for k in req.keys)
+    n = len(req.keys)
+    return p.GetReply.build(1, 0x99, 12, bytes(n), [5] * n, rows, rid).data
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def make(script):
+        s = FakeServer(script)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_replies_out_of_order_reach_their_callers(fake):
+    """20 threads on one connection; the server answers each group of 20 in reverse order."""
+    lock, held = threading.Lock(), []
+
+    def script(conn, rid, req):
+        with lock:
+            held.append((rid, req))
+            if len(held) < 20:
+                return
+            batch = held[:]
+            held.clear()
+        for rid2, req2 in reversed(batch):
+            conn.sendall(reply_for(rid2, req2))
+
+    srv = fake(script)
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=5) as cl:
+        results, errors = {}, []
+
+        def worker(i):
+            try:
+                key = f"key-{i:02d}-{chr(65 + i)}"
+                results[i] = (key, cl.get("flat", [key]).row(0))
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for i, (key, row) in results.items():
+            assert row == [len(key), ord(key[0]), ord(key[-1])]
+        assert cl._inflight() == 0
+
+
+def test_timeout_removes_waiter_and_late_reply_is_dropped(fake):
+    first: dict = {}
+
+    def script(conn, rid, req):
+        if not first:
+            first["rid"], first["req"] = rid, req  # hold the first GET's reply back
+            return
+        # Answer the first one (late, its caller is gone) before the current one.
+        conn.sendall(reply_for(first["rid"], first["req"]) + reply_for(rid, req))
+
+    srv = fake(script)
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=0.2) as cl:
+        cl.schema("flat")
+        with pytest.raises(featureproxy.RequestTimeout, match=f"127.0.0.1:{srv.port}.*GET 'flat'"):
+            cl.get("flat", ["slow-key"])
+        assert cl._inflight() == 0
+        row = cl.get("flat", ["zq"]).row(0)
+        assert row == [2, ord("z"), ord("q")]
+
+
+def test_malformed_reply_breaks_connection_then_reconnects(fake):
+    calls = []
+
+    def script(conn, rid, req):
+        calls.append(rid)
+        if len(calls) == 1:
+            conn.sendall(p.encode_frame(0x90, rid, b"\0" * 7))  # far too short for a GET reply
+        else:
+            conn.sendall(reply_for(rid, req))
+
+    srv = fake(script)
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=2) as cl:
+        with pytest.raises(featureproxy.ProtocolError, match="not protocol v1"):
+            cl.get("flat", ["a"])
+        assert cl.get("flat", ["abc"]).row(0) == [3, ord("a"), ord("c")]
+        assert len(srv.conns) == 2
+
+
+def test_server_errors_map_to_classes(fake):
+    codes = iter(range(1, 14))
+
+    def script(conn, rid, req):
+        conn.sendall(p.encode_response(rid, p.ErrorReply(next(codes), "scripted")))
+
+    srv = fake(script)
+    names = [
+        "Malformed",
+        "FrameTooLarge",
+        "UnknownOp",
+        "UnknownView",
+        "SchemaMismatch",
+        "BatchTooLarge",
+        "BadRow",
+        "Overloaded",
+        "Unauthorized",
+        "UnsupportedVersion",
+        "BackendUnavailable",
+        "ServerTimeout",
+        "Internal",
+    ]
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=2) as cl:
+        for code, name in enumerate(names, start=1):
+            with pytest.raises(featureproxy.ServerError) as ei:
+                cl.ping()
+            assert type(ei.value).__name__ == name and ei.value.code == code
+            assert "scripted" in str(ei.value) and f"127.0.0.1:{srv.port}" in str(ei.value)
+            assert isinstance(ei.value, featureproxy.FeatureProxyError)
+
+
+def test_connect_refused_names_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(featureproxy.ConnectFailed, match=f"featureproxy 127.0.0.1:{port}: cannot connect"):
+            featureproxy.Client("127.0.0.1", port, timeout=1)
+    assert issubclass(featureproxy.ConnectFailed, ConnectionError)
+
+
+def test_async_out_of_order(fake):
+    import asyncio
+
+    lock, held = threading.Lock(), []
+
+    def script(conn, rid, req):
+        with lock:
+            held.append((rid, req))
+            if len(held) < 50:
+                return
+            batch = held[:]
+            held.clear()
+        for rid2, req2 in reversed(batch):
+            conn.sendall(reply_for(rid2, req2))
+
+    srv = fake(script)
+
+    async def main():
+        async with await featureproxy.AsyncClient.connect("127.0.0.1", srv.port, timeout=5) as ac:
+            keys = [f"k{i:03d}{chr(97 + i % 26)}" for i in range(50)]
+            batches = await asyncio.gather(*(ac.get("flat", [k]) for k in keys))
+            for k, b in zip(keys, batches):
+                assert b.row(0) == [len(k), ord(k[0]), ord(k[-1])]
+            assert ac._inflight() == 0
+
+    asyncio.run(main())
+
+
+def test_send_stalled_by_a_server_that_stops_reading():
+    """A server that stops reading: the send fails after the timeout instead of blocking forever."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    release = threading.Event()
+
+    def serve():
+        conn, _ = lsock.accept()
+        asm = p.FrameAssembler()
+        frames = []
+        while not frames:
+            frames = asm.feed(conn.recv(65536))
+        hello = p.HelloReply(1, 0, 64 * 1024 * 1024, 100_000, "fake/1")
+        conn.sendall(p.encode_response(frames[0].request_id, hello))
+        feats = tuple(p.FeatureSpec(1, f"f{i}", b"\0" * 8) for i in range(3))
+        while len(frames) < 2:
+            frames += asm.feed(conn.recv(65536))
+        conn.sendall(p.encode_response(frames[1].request_id, p.SchemaReply(1, 0x99, 12, 1000, 2000, feats)))
+        release.wait(30)  # never reads again
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with featureproxy.Client("127.0.0.1", port, pool_size=1, timeout=0.5) as cl:
+            cl.schema("flat")
+            keys = [b"k" * 1024] * 20_000  # a 20 MB frame: far more than the socket buffers hold
+            with pytest.raises(featureproxy.RequestTimeout, match="could not send within 0.5s"):
+                cl.get("flat", keys)
+            assert cl._inflight() == 0
+    finally:
+        release.set()
+        lsock.close()
