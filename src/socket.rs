@@ -26,6 +26,8 @@ use crate::stats::{CloseReason, ShardStats};
 struct Outbox {
     buf: RefCell<BytesMut>,
     wake: Notify,
+    /// Signalled after each write to the socket, for a reader waiting for room.
+    drained: Notify,
     closing: Cell<bool>,
     dead: Cell<bool>,
     write_failed: Cell<bool>,
@@ -50,6 +52,19 @@ impl Outbox {
         self.response(&Response::Error(err), request_id);
     }
 
+    /// Waits until fewer than `limit` bytes of replies wait to be written. A client that sends
+    /// requests but does not read its replies stops being read from here, instead of making the
+    /// proxy buffer its replies without bound.
+    async fn room(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            if self.buf.borrow().len() < limit || self.dead.get() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Flush what is queued, then close.
     fn close(&self) {
         self.closing.set(true);
@@ -69,12 +84,14 @@ impl Outbox {
                         break;
                     }
                     stats.bytes_out.add(c.len() as u64);
+                    self.drained.notify_waiters();
                 }
                 None if self.closing.get() => break,
                 None => self.wake.notified().await,
             }
         }
         self.dead.set(true);
+        self.drained.notify_waiters();
         let _ = wr.shutdown().await;
     }
 }
@@ -101,6 +118,7 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>, mut shutdown: watch::Re
         loop {
             match decode_frame(&mut rbuf, limits.max_frame) {
                 Ok(Some(frame)) => {
+                    outbox.room(limits.max_frame as usize).await;
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break 'read;
                     };

@@ -252,3 +252,59 @@ fn a_client_that_leaves_mid_request_hurts_nobody() {
     };
     assert_eq!(g.status(0).status, featureproxy_protocol::Status::Missing);
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_stopped_not_buffered() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 1, "");
+    let mut probe = RawConn::connect(proxy.port);
+    let s = probe.schema("user_features");
+    let before = proxy.rss_bytes();
+
+    // 100 requests per write, each asking for 100 entities: about 7 KB of reply per 1 KB sent.
+    let keys: Vec<String> = (0..100).map(|i| format!("never-read-{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let mut chunk = bytes::BytesMut::new();
+    for id in 0..100 {
+        get(s.view_id, 0, &keys).encode(&mut chunk, id);
+    }
+    let mut greedy = RawConn::connect(proxy.port);
+    greedy
+        .stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut sent = 0usize;
+    // Writes block once the proxy stops reading and the socket buffers fill: the event awaited.
+    let stopped = loop {
+        match greedy.stream.write_all(&chunk) {
+            Ok(()) => sent += chunk.len(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+        if sent > 64 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        stopped,
+        "the proxy kept reading 64 MiB of requests whose replies nobody read"
+    );
+    let grown = proxy.rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "proxy grew by {grown} bytes for a client that never reads"
+    );
+    // Everyone else is served as usual.
+    assert!(matches!(probe.call(&Request::Ping), Response::Pong));
+    let Response::Get(g) = probe.call(&get(s.view_id, 0, &["x"])) else {
+        panic!("GET failed")
+    };
+    assert_eq!(g.status(0).status, featureproxy_protocol::Status::Missing);
+}

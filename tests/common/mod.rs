@@ -281,6 +281,18 @@ impl Proxy {
         }
     }
 
+    /// The proxy's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("proxy running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb * 1024
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
