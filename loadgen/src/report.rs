@@ -523,7 +523,7 @@ impl Report {
         );
 
         // Panel 2: timeline. Bars: answered/s (left axis); line: p99 per second (right axis).
-        let (x0, y0, pw, ph) = (80.0, 390.0, 760.0, 260.0);
+        let (x0, y0, pw, ph) = (80.0, 390.0, 730.0, 260.0);
         frame(&mut o, x0, y0, pw, ph);
         let secs = &self.m.seconds;
         let n = secs.len().max(1) as f64;
