@@ -98,10 +98,11 @@ impl Backend {
     /// `None` where the key does not exist.
     pub async fn read(
         &self,
-        keys: Vec<Bytes>,
+        keys: &[Bytes],
         timeout: Duration,
     ) -> Result<Vec<Option<Bytes>>, BackendError> {
-        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+        // Cloning a `Bytes` bumps a reference count; the key bytes are not copied.
+        let keys: Vec<Key> = keys.iter().cloned().map(Key::from).collect();
         let opts = Options {
             fail_fast: true,
             timeout: Some(timeout),

@@ -187,7 +187,7 @@ impl Coalescer {
                 d.saturating_duration_since(Instant::now())
             })
             .max(Duration::from_millis(1));
-        let result = self.redis.read(keys.clone(), timeout).await;
+        let result = self.redis.read(&keys, timeout).await;
         {
             let mut st = self.state.borrow_mut();
             for k in &keys {

@@ -60,7 +60,7 @@ impl GuardedRedis {
     /// One MGET, unless the breaker is open.
     pub async fn read(
         &self,
-        keys: Vec<Bytes>,
+        keys: &[Bytes],
         timeout: Duration,
     ) -> Result<Vec<Option<Bytes>>, BackendError> {
         self.admit()?;

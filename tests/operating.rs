@@ -193,6 +193,7 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
         })
         .collect();
     let mut scrapes = 0;
+    let mut last = 0.0;
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         // Each scrape must come back whole (the parser checks it) within the 5 s read timeout.
@@ -203,7 +204,12 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
                 &[],
             )
         });
-        assert!(entities >= 0.0);
+        // A counter read under load never goes backwards between scrapes.
+        assert!(
+            entities >= last,
+            "entities_requested went from {last} to {entities}"
+        );
+        last = entities;
         scrapes += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -211,6 +217,7 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
     for l in load {
         served += l.await.unwrap();
     }
+    assert!(last > 0.0, "the scrapes never saw the load's requests");
     assert!(
         scrapes >= 5,
         "only {scrapes} health checks answered in 2 s under load"
