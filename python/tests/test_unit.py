@@ -8,11 +8,13 @@ import socket
 import struct
 import sys
 import threading
+import types
 
 import pytest
 
 import featureproxy
 from featureproxy import _common as c
+from featureproxy import _retry
 from featureproxy import protocol as p
 from featureproxy.batch import Batch
 from featureproxy.schema import DType, Feature, Schema
@@ -140,6 +142,172 @@ def test_empty_batch_matrix():
     b = Batch(FLAT, [], reply)
     assert len(b) == 0 and b.matrix().shape == (0, 3) and b.to_dicts() == [] and b.statuses == []
 
+
+
+# ---- the schema retry policy (_retry), fed scripted outcomes: no I/O
+
+
+FLAT_NEW = Schema("flat", 1, 0x77, 12, 1000, 2000, [Feature(f"f{i}", DType.F32, 0.0) for i in range(3)])
+
+
+def limits(**kw):
+    """A stand-in for the client, as a plan reads it."""
+    return types.SimpleNamespace(**{"address": "fake:1", "timeout": 1.0, "max_frame": 1 << 20, "max_batch": 64, **kw})
+
+
+def flat_reply(schema: Schema, n: int = 1) -> p.GetReply:
+    return p.GetReply.build(schema.view_id, schema.schema_id, schema.row_bytes, bytes(n), [5] * n, bytes(12 * n))
+
+
+def get_body(schema: Schema, keys, deadline_us: int = 0, flags: int = 0) -> bytes:
+    return p.GetRequest(schema.view_id, flags, schema.schema_id, deadline_us, keys).encode_body()
+
+
+def get_plan(cached: bool, client=None, keys=("k",), deadline=None, bypass_cache=False) -> _retry.Plan:
+    plan = _retry.Plan(_retry.get(client or limits(), "flat", list(keys), deadline, bypass_cache, cached=cached))
+    assert plan.step == _retry.FetchSchema("flat", refresh=False)
+    plan.send(FLAT)
+    return plan
+
+
+def put_plan(cached: bool) -> _retry.Plan:
+    plan = _retry.Plan(_retry.put(limits(), "flat", {"k": (1_700_000_000_000, [1.0, 2.0, 3.0])}, cached=cached))
+    assert plan.step == _retry.FetchSchema("flat", refresh=False)
+    plan.send(FLAT)
+    return plan
+
+
+def put_body(schema: Schema) -> bytes:
+    entry = p.PutEntry(b"k", 1_700_000_000_000, schema.encode_row([1.0, 2.0, 3.0]))
+    return p.PutRequest.new(schema.view_id, schema.schema_id, [entry]).encode_body()
+
+
+def mismatch() -> Exception:
+    return featureproxy.errors.server_error(featureproxy.ErrorCode.SCHEMA_MISMATCH, "stale", "fake:1")
+
+
+def unknown_view() -> Exception:
+    return featureproxy.errors.server_error(featureproxy.ErrorCode.UNKNOWN_VIEW, "no such view", "fake:1")
+
+
+BOTH_OPS = pytest.mark.parametrize("start", [get_plan, put_plan], ids=["get", "put"])
+
+
+def test_retry_get_first_try():
+    plan = get_plan(cached=True, keys=["a", "b"], deadline=0.002, bypass_cache=True)
+    want = get_body(FLAT, [b"a", b"b"], 2000, p.GET_BYPASS_CACHE)
+    assert plan.step == _retry.Call(p.OP_GET, want, "GET 'flat' (2 keys)", 1.0)
+    reply = flat_reply(FLAT, 2)
+    plan.send(reply)
+    assert plan.done and plan.step is None
+    assert isinstance(plan.result, Batch) and plan.result.schema is FLAT and plan.result.keys == ["a", "b"]
+
+
+def test_retry_get_waits_for_the_longer_of_timeout_and_deadline():
+    assert get_plan(True, deadline=5).step.timeout == 5.0
+    assert get_plan(True, deadline=0.5).step.timeout == 1.0
+    assert get_plan(True, client=limits(timeout=2.5)).step.timeout == 2.5
+
+
+@BOTH_OPS
+@pytest.mark.parametrize("cached", [False, True])
+def test_retry_refetches_exactly_once_on_schema_mismatch(start, cached):
+    plan = start(cached=cached)
+    plan.throw(mismatch())
+    assert plan.step == _retry.FetchSchema("flat", refresh=True)
+    plan.send(FLAT_NEW)
+    assert isinstance(plan.step, _retry.Call)
+    second = mismatch()
+    with pytest.raises(featureproxy.SchemaMismatch) as ei:
+        plan.throw(second)
+    assert ei.value is second  # the server's error, not a wrapper
+
+
+def test_retry_get_succeeds_after_the_refetch():
+    plan = get_plan(cached=True)
+    plan.throw(mismatch())
+    plan.send(FLAT_NEW)
+    assert plan.step == _retry.Call(p.OP_GET, get_body(FLAT_NEW, [b"k"]), "GET 'flat' (1 key)", 1.0)
+    plan.send(flat_reply(FLAT_NEW))
+    assert plan.done and plan.result.schema is FLAT_NEW
+
+
+def test_retry_put_reencodes_after_the_refetch():
+    plan = put_plan(cached=False)
+    assert plan.step == _retry.Call(p.OP_PUT, put_body(FLAT), "PUT 'flat' (1 row)", None)
+    plan.throw(mismatch())
+    plan.send(FLAT_NEW)
+    assert plan.step == _retry.Call(p.OP_PUT, put_body(FLAT_NEW), "PUT 'flat' (1 row)", None)
+    plan.send(p.PutReply(1))
+    assert plan.done and plan.result == 1
+
+
+@BOTH_OPS
+def test_retry_unknown_view_refetches_only_a_cached_schema(start):
+    with pytest.raises(featureproxy.UnknownView):
+        start(cached=False).throw(unknown_view())
+    plan = start(cached=True)
+    plan.throw(unknown_view())
+    assert plan.step == _retry.FetchSchema("flat", refresh=True)
+    plan.send(FLAT_NEW)
+    with pytest.raises(featureproxy.UnknownView):
+        plan.throw(unknown_view())
+
+
+@BOTH_OPS
+def test_retry_other_errors_are_not_retried(start):
+    for error in (
+        featureproxy.RequestTimeout("fake:1: no reply"),
+        featureproxy.errors.server_error(featureproxy.ErrorCode.OVERLOADED, "busy", "fake:1"),
+    ):
+        plan = start(cached=True)
+        with pytest.raises(type(error)) as ei:
+            plan.throw(error)
+        assert ei.value is error
+
+
+def test_retry_get_reply_of_another_schema_refetches_once():
+    plan = get_plan(cached=False)
+    plan.send(flat_reply(FLAT_NEW))  # laid out for a schema the client does not have
+    assert plan.step == _retry.FetchSchema("flat", refresh=True)
+    plan.send(FLAT_NEW)
+    assert plan.step.body == get_body(FLAT_NEW, [b"k"])
+    with pytest.raises(featureproxy.ProtocolError, match="^MALFORMED: featureproxy fake:1: GET 'flat' reply does not"):
+        plan.send(flat_reply(FLAT))
+
+
+def test_retry_get_reply_with_wrong_count_is_not_retried():
+    plan = get_plan(cached=True)
+    with pytest.raises(featureproxy.ProtocolError, match="1 keys was answered with 2 entities"):
+        plan.send(flat_reply(FLAT, 2))
+
+
+def test_retry_error_while_refetching_propagates_chained_to_the_mismatch():
+    plan = get_plan(cached=True)
+    first = mismatch()
+    plan.throw(first)
+    lost = featureproxy.ConnectionLost("fake:1: gone")
+    with pytest.raises(featureproxy.ConnectionLost) as ei:
+        plan.throw(lost)
+    assert ei.value is lost and lost.__context__ is first
+
+
+def test_retry_arguments_checked_before_any_step():
+    with pytest.raises(featureproxy.InvalidRequest, match="single str"):
+        _retry.Plan(_retry.get(limits(), "flat", "k", None, False, cached=False))
+    with pytest.raises(featureproxy.InvalidRequest, match="deadline"):
+        _retry.Plan(_retry.get(limits(), "flat", ["k"], -1, False, cached=False))
+    with pytest.raises(featureproxy.InvalidRequest, match="put rows"):
+        _retry.Plan(_retry.put(limits(), "flat", [1], cached=False))
+
+
+def test_retry_limits_read_again_after_the_refetch():
+    client = limits(max_batch=2)
+    plan = get_plan(cached=True, client=client, keys=["a", "b"])
+    plan.throw(mismatch())
+    client.max_batch = 1  # the refetch reconnected to a server with a smaller batch limit
+    with pytest.raises(featureproxy.InvalidRequest, match="max_batch of 1"):
+        plan.send(FLAT_NEW)
 
 # ---- fake server
 

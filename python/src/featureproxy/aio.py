@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from . import _common as c
+from . import _retry
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -15,8 +16,6 @@ from .errors import (
     ConnectionLost,
     ProtocolError,
     RequestTimeout,
-    SchemaMismatch,
-    UnknownView,
     server_error,
 )
 from .schema import Schema
@@ -297,51 +296,27 @@ class AsyncClient:
 
     async def get(self, view: str, keys, *, deadline: float | None = None, bypass_cache: bool = False) -> Batch:
         """See :meth:`featureproxy.Client.get`."""
-        keys, kb = c.keys_bytes(keys)
-        dl = c.deadline_us(deadline)
-        flags = p.GET_BYPASS_CACHE if bypass_cache else 0
-        wait = self.timeout if deadline is None else max(self.timeout, float(deadline))
-        cached = view in self._schemas
-        schema = await self.schema(view)
-        for attempt in (0, 1):
-            c.check_get_limits(schema, kb, self.max_frame, self.max_batch)
-            body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
-            try:
-                reply = await self._call(
-                    p.OP_GET, body, f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})", wait
-                )
-            except (SchemaMismatch, UnknownView) as e:
-                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
-                    schema = await self.schema(view, refresh=True)
-                    continue
-                raise
-            if c.check_get_reply(reply, schema, len(kb)):
-                return Batch(schema, keys, reply)
-            if attempt == 0:
-                schema = await self.schema(view, refresh=True)
-                continue
-            raise ProtocolError(1, f"featureproxy {self.address}: GET {view!r} reply does not match its schema")
-        raise AssertionError("unreachable")
+        return await self._run(_retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas))
 
     async def put(self, view: str, rows) -> int:
         """See :meth:`featureproxy.Client.put`."""
-        items = c.put_items(rows)
-        cached = view in self._schemas
-        schema = await self.schema(view)
-        for attempt in (0, 1):
-            req = c.encode_put(schema, items)
-            c.check_put_limits(req, view, self.max_frame, self.max_batch)
+        return await self._run(_retry.put(self, view, rows, cached=view in self._schemas))
+
+    async def _run(self, steps: _retry.Steps):
+        """See :meth:`featureproxy.Client._run`; here with awaits."""
+        plan = _retry.Plan(steps)
+        while not plan.done:
+            step = plan.step
             try:
-                reply = await self._call(
-                    p.OP_PUT, req.encode_body(), f"PUT {view!r} ({req.n} row{'' if req.n == 1 else 's'})"
-                )
-            except (SchemaMismatch, UnknownView) as e:
-                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
-                    schema = await self.schema(view, refresh=True)
-                    continue
-                raise
-            return reply.written
-        raise AssertionError("unreachable")
+                if isinstance(step, _retry.Call):
+                    value = await self._call(step.op, step.body, step.what, step.timeout)
+                else:
+                    value = await self.schema(step.view, refresh=step.refresh)
+            except Exception as e:
+                plan.throw(e)
+            else:
+                plan.send(value)
+        return plan.result
 
     # ---- lifecycle
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from . import _common as c
+from . import _retry
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -20,8 +21,6 @@ from .errors import (
     ConnectionLost,
     ProtocolError,
     RequestTimeout,
-    SchemaMismatch,
-    UnknownView,
     server_error,
 )
 from .schema import Schema
@@ -414,29 +413,7 @@ class Client:
         ``deadline`` (seconds) is the server's time budget; entities not read in time come back
         DEGRADED with the defaults. ``bypass_cache`` skips the proxy's hot cache.
         """
-        keys, kb = c.keys_bytes(keys)
-        dl = c.deadline_us(deadline)
-        flags = p.GET_BYPASS_CACHE if bypass_cache else 0
-        wait = self.timeout if deadline is None else max(self.timeout, float(deadline))
-        cached = view in self._schemas
-        schema = self.schema(view)
-        for attempt in (0, 1):
-            c.check_get_limits(schema, kb, self.max_frame, self.max_batch)
-            body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
-            try:
-                reply = self._call(p.OP_GET, body, f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})", wait)
-            except (SchemaMismatch, UnknownView) as e:
-                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
-                    schema = self.schema(view, refresh=True)
-                    continue
-                raise
-            if c.check_get_reply(reply, schema, len(kb)):
-                return Batch(schema, keys, reply)
-            if attempt == 0:
-                schema = self.schema(view, refresh=True)
-                continue
-            raise ProtocolError(1, f"featureproxy {self.address}: GET {view!r} reply does not match its schema")
-        raise AssertionError("unreachable")
+        return self._run(_retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas))
 
     def put(self, view: str, rows) -> int:
         """Writes rows: ``rows`` maps key -> ``(computed_at, values)``.
@@ -445,23 +422,23 @@ class Client:
         aware ``datetime``. ``values``: a sequence in feature order or a dict by feature name.
         Returns the number of rows written, after Redis acknowledged all of them.
         """
-        items = c.put_items(rows)
-        cached = view in self._schemas
-        schema = self.schema(view)
-        for attempt in (0, 1):
-            req = c.encode_put(schema, items)
-            c.check_put_limits(req, view, self.max_frame, self.max_batch)
+        return self._run(_retry.put(self, view, rows, cached=view in self._schemas))
+
+    def _run(self, steps: _retry.Steps):
+        """Carries out a GET or PUT whose schema retries ``_retry`` decides, with blocking calls."""
+        plan = _retry.Plan(steps)
+        while not plan.done:
+            step = plan.step
             try:
-                reply = self._call(
-                    p.OP_PUT, req.encode_body(), f"PUT {view!r} ({req.n} row{'' if req.n == 1 else 's'})"
-                )
-            except (SchemaMismatch, UnknownView) as e:
-                if attempt == 0 and (cached or isinstance(e, SchemaMismatch)):
-                    schema = self.schema(view, refresh=True)
-                    continue
-                raise
-            return reply.written
-        raise AssertionError("unreachable")
+                if isinstance(step, _retry.Call):
+                    value = self._call(step.op, step.body, step.what, step.timeout)
+                else:
+                    value = self.schema(step.view, refresh=step.refresh)
+            except Exception as e:
+                plan.throw(e)
+            else:
+                plan.send(value)
+        return plan.result
 
     # ---- lifecycle
 
