@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use featureproxy::cache::{HotCache, ENTRY_OVERHEAD};
+use featureproxy::reading::cache::{HotCache, ENTRY_OVERHEAD};
 use loadgen::rng::Rng;
 use loadgen::scramble::Scrambler;
 use loadgen::zipf::Zipf;

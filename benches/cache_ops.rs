@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use featureproxy::cache::HotCache;
+use featureproxy::reading::cache::HotCache;
 
 fn key(i: u64) -> Vec<u8> {
     format!("fp:user_features:v1:{i}").into_bytes()

@@ -1,28 +1,21 @@
 //! featureproxy: a thread-per-core proxy that serves ML feature vectors from Redis.
 //!
-//! The data path, top to bottom: [`socket`] reads frames and writes replies; the protocol crate
-//! decodes them; [`handler`] runs each request against the [`registry`]; GETs go through the
-//! shard's [`coalescer`] (batched, single-flight MGETs), PUTs straight to [`guarded`], which puts
-//! the [`backend`] (Redis) behind the shard's [`breaker`]; [`store`] knows the layout of values in
-//! Redis and the freshness rules; [`stats`] counts, and [`stats_http`] shows the counts.
-//! [`shard`] wires one thread's worth of these together and [`server`] starts the shards.
+//! The folders are the stages of the data path. A GET walks them once each way:
+//! - [`serving`]: connections, the handshake, dispatch, GET and PUT;
+//! - [`reading`]: hot cache, coalesced single-flight reads, freshness, coherence; it sees the
+//!   store only through its seam;
+//! - [`store`]: the seam (`Layout`, `Backend`), our packed layout, and Redis beneath it;
+//!
+//! and back up with one status, age and row per entity. Beside the path: [`config`] (the config
+//! file, read once), [`telemetry`] (counters, histograms, the metric table) and [`ops`] (the
+//! operators' HTTP endpoint). [`shard`] wires one thread's worth of the stages together and
+//! [`server`] starts the shards.
 
-pub mod backend;
-pub mod breaker;
-pub mod cache;
-pub mod coalescer;
 pub mod config;
-pub mod guarded;
-pub mod handler;
-pub mod histograms;
-pub mod invalidation;
-pub mod prom;
-pub mod redis_child;
-pub mod registry;
+pub mod ops;
+pub mod reading;
 pub mod server;
+pub mod serving;
 pub mod shard;
-pub mod socket;
-pub mod stats;
-pub mod stats_http;
 pub mod store;
-pub mod tracking;
+pub mod telemetry;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use featureproxy::config::{parse_addr, Settings};
-use featureproxy::registry::Registry;
+use featureproxy::config::settings::Settings;
+use featureproxy::config::ConfigFile;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -58,8 +58,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
-            match Registry::load(&config) {
-                Ok(r) => {
+            match ConfigFile::load(&config) {
+                Ok(ConfigFile { registry: r, .. }) => {
                     for v in r.views() {
                         println!(
                         "view {} (id {}, v{}): {} features, {} bytes per row, schema_id {:#010x}",
@@ -103,14 +103,15 @@ fn serve(
     shards: Option<usize>,
     auth_token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let registry = Registry::load(config)?;
-    let text = std::fs::read_to_string(config)?;
-    let mut settings = Settings::from_toml(&text).map_err(|e| format!("{config}: {e}"))?;
+    let ConfigFile {
+        mut settings,
+        registry,
+    } = ConfigFile::load(config)?;
     if let Some(v) = listen {
-        settings.listen = parse_addr("--listen", &v)?;
+        Settings::set_addr(&mut settings.listen, "--listen", &v)?;
     }
     if let Some(v) = stats_listen {
-        settings.stats_listen = parse_addr("--stats-listen", &v)?;
+        Settings::set_addr(&mut settings.stats_listen, "--stats-listen", &v)?;
     }
     if redis.is_some() {
         settings.redis = redis;

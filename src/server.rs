@@ -5,21 +5,23 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::config::Settings;
-use crate::redis_child::RedisChild;
-use crate::registry::Registry;
+use crate::config::registry::Registry;
+use crate::config::settings::{Settings, SettingsError};
+use crate::ops;
+use crate::reading::freshness::now_ms;
+use crate::serving::accept::reuseport_listener;
 use crate::shard::{self, ShardSpec};
-use crate::stats::ShardStats;
-use crate::stats_http;
+use crate::store::redis::child::{RedisChild, RedisChildError};
+use crate::telemetry::counters::ShardStats;
+use crate::telemetry::histograms;
+use crate::telemetry::Sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
     #[error("invalid setting {0}")]
-    Settings(#[from] crate::config::SettingsError),
+    Settings(#[from] SettingsError),
     #[error(transparent)]
-    Redis(#[from] crate::redis_child::RedisChildError),
+    Redis(#[from] RedisChildError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -55,33 +57,31 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
         .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
         .collect();
-    let (intervals, aggregate) =
-        crate::histograms::aggregator(settings.shards, registry.views().len());
-    let sources = stats_http::Sources {
+    let (intervals, aggregate) = histograms::aggregator(settings.shards, registry.views().len());
+    let sources = Sources {
         shards: stats.clone(),
         registry: registry.clone(),
         histograms: aggregate,
-        started_unix_s: crate::store::now_ms() / 1000,
+        started_unix_s: now_ms() / 1000,
     };
     // The stats endpoint is up before the protocol port, so whoever sees the port open can
     // watch the proxy.
     let stats_addr =
-        stats_http::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {
+        ops::start(settings.stats_listen, sources).map_err(|source| StartError::Listen {
             addr: settings.stats_listen.to_string(),
             source,
         })?;
 
     // The first socket settles the port (so --listen with port 0 works); the others join it.
-    let first =
-        shard::reuseport_listener(settings.listen).map_err(|source| StartError::Listen {
-            addr: settings.listen.to_string(),
-            source,
-        })?;
+    let first = reuseport_listener(settings.listen).map_err(|source| StartError::Listen {
+        addr: settings.listen.to_string(),
+        source,
+    })?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..settings.shards {
         listeners.push(
-            shard::reuseport_listener(addr).map_err(|source| StartError::Listen {
+            reuseport_listener(addr).map_err(|source| StartError::Listen {
                 addr: addr.to_string(),
                 source,
             })?,
@@ -89,7 +89,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (peers, receivers) = crate::invalidation::channels(settings.shards);
+    let (peers, receivers) = crate::reading::coherence::channels(settings.shards);
     let mut threads = Vec::new();
     let per_shard = listeners.into_iter().zip(peers).zip(receivers);
     for (i, ((listener, peers), invalidations)) in per_shard.enumerate() {

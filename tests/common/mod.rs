@@ -41,12 +41,24 @@ pub fn example_registry() -> String {
     .unwrap()
 }
 
+/// A port nothing listens on, never handed out twice in this test process: the tests of one
+/// binary run in parallel, and the kernel may offer a port that another test was just given but
+/// has not bound yet (two redis-servers would then race for it, and one test would talk to the
+/// other's server).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts connections on `port`.

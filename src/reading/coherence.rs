@@ -1,7 +1,9 @@
-//! Cross-shard invalidation: a PUT acknowledged on one shard must not leave an old row in another
-//! shard's hot cache. Each shard listens on a channel of its own; the writing shard sends the keys
-//! to every other shard and waits until each has dropped them before it acknowledges the PUT.
-//! Only writes use this path; reads never touch another shard.
+//! Coherence across shards: a PUT acknowledged on one shard must not leave an old row in another
+//! shard's hot cache. Each shard listens on a channel of its own; the writing shard sends the
+//! written entities to every other shard and waits until each has dropped them before it
+//! acknowledges the PUT. Only writes use this path; reads never touch another shard. (Writes made
+//! behind the proxy's back reach every shard through the store's own notices: see
+//! [`crate::store::Change`].)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-/// Keys to drop, and who to tell once they are gone.
+use crate::store::ViewId;
+
+/// Entities of a view to drop, and who to tell once they are gone.
 pub struct Invalidation {
-    pub keys: Arc<[Bytes]>,
+    pub view: ViewId,
+    pub entities: Arc<[Bytes]>,
     pub done: oneshot::Sender<()>,
 }
 
@@ -43,11 +48,13 @@ pub fn channels(shards: usize) -> (Vec<Peers>, Vec<mpsc::UnboundedReceiver<Inval
 pub struct NotConfirmed(pub Duration);
 
 impl Peers {
-    /// Asks every other shard to drop `keys` and waits for all of them. A shard that has stopped
-    /// (shutdown) has no cache left to hold a stale row, so it counts as confirmed.
+    /// Asks every other shard to drop `entities` of `view` and waits for all of them. A shard
+    /// that has stopped (shutdown) has no cache left to hold a stale row, so it counts as
+    /// confirmed.
     pub async fn invalidate(
         &self,
-        keys: Arc<[Bytes]>,
+        view: ViewId,
+        entities: Arc<[Bytes]>,
         within: Duration,
     ) -> Result<(), NotConfirmed> {
         let mut waits = Vec::with_capacity(self.others.len());
@@ -55,7 +62,8 @@ impl Peers {
             let (done, wait) = oneshot::channel();
             if tx
                 .send(Invalidation {
-                    keys: keys.clone(),
+                    view,
+                    entities: entities.clone(),
                     done,
                 })
                 .is_ok()

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 
+use crate::store::breaker::BreakerState;
+
 use featureproxy_protocol::{ErrorCode, Op, Status};
 
 /// A monotonically increasing count, or a gauge, written by one shard.
@@ -24,10 +26,24 @@ impl Counter {
     }
 }
 
+/// Every op, in the order of the per-op counters.
 pub const OPS: [Op; 5] = [Op::Hello, Op::Ping, Op::Schema, Op::Get, Op::Put];
 
-fn op_index(op: Op) -> usize {
-    OPS.iter().position(|o| *o == op).unwrap_or(0)
+/// One counter per op.
+#[derive(Debug, Default)]
+pub struct PerOp([Counter; OPS.len()]);
+
+impl PerOp {
+    /// The counter of `op`.
+    pub fn of(&self, op: Op) -> &Counter {
+        let i = OPS.iter().position(|o| *o == op).unwrap_or(0);
+        &self.0[i]
+    }
+
+    /// The sum over all ops.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
 }
 
 /// Why a client connection ended.
@@ -91,7 +107,7 @@ impl ViewStats {
 pub struct ShardStats {
     pub shard: u16,
     /// Requests answered successfully, by op.
-    pub requests_ok: [Counter; 5],
+    pub requests_ok: PerOp,
     /// Requests answered with an ERROR frame, by error code (index = code - 1).
     pub requests_err: [Counter; 13],
     pub views: Vec<ViewStats>,
@@ -116,7 +132,7 @@ pub struct ShardStats {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Requests answered with an ERROR frame, by op (decodable ones only).
-    pub requests_failed: [Counter; 5],
+    pub requests_failed: PerOp,
     pub inflight_requests: Counter,
     /// The hot cache's own counts, published by the shard after each request.
     pub cache: CacheGauges,
@@ -133,20 +149,6 @@ pub struct CacheGauges {
     pub bytes: AtomicU64,
     pub entries: AtomicU64,
     pub capacity: AtomicU64,
-}
-
-impl CacheGauges {
-    pub fn publish(&self, cache: &crate::cache::HotCache) {
-        let c = cache.counts();
-        self.admissions.store(c.admissions, Relaxed);
-        self.rejections.store(c.rejections, Relaxed);
-        self.evictions.store(c.evictions, Relaxed);
-        self.expirations.store(c.expirations, Relaxed);
-        self.invalidations.store(c.invalidations, Relaxed);
-        self.bytes.store(cache.bytes() as u64, Relaxed);
-        self.entries.store(cache.entries() as u64, Relaxed);
-        self.capacity.store(cache.capacity() as u64, Relaxed);
-    }
 }
 
 impl ShardStats {
@@ -180,11 +182,11 @@ impl ShardStats {
     }
 
     pub fn request_ok(&self, op: Op) {
-        self.requests_ok[op_index(op)].inc();
+        self.requests_ok.of(op).inc();
     }
 
     pub fn request_failed(&self, op: Op) {
-        self.requests_failed[op_index(op)].inc();
+        self.requests_failed.of(op).inc();
     }
 
     pub fn request_err(&self, code: ErrorCode) {
@@ -194,5 +196,15 @@ impl ShardStats {
     /// The counters of the view with this id (ids are 1-based); None for an unknown id.
     pub fn view(&self, view_id: u16) -> Option<&ViewStats> {
         self.views.get((view_id as usize).checked_sub(1)?)
+    }
+
+    /// The breaker's state as last published.
+    pub fn breaker(&self) -> BreakerState {
+        BreakerState::from_gauge(self.breaker_state.load(Relaxed))
+    }
+
+    /// Requests answered with an ERROR frame carrying `code`.
+    pub fn errors(&self, code: ErrorCode) -> &Counter {
+        &self.requests_err[code as usize - 1]
     }
 }

@@ -1,7 +1,9 @@
-//! The feature registry: which views exist, their features, defaults and freshness rules.
+//! The feature registry: which views exist, their features, defaults, freshness rules and
+//! layout in the store.
 //!
-//! Loaded once at start from the TOML file, validated as a whole (every problem is reported with
-//! its view and field, not just the first), then shared read-only by every shard.
+//! Read once at start from the config file ([`super::ConfigFile`]), validated as a whole (every
+//! problem is reported with its view and field, not just the first), then shared read-only by
+//! every shard.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -10,6 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use featureproxy_protocol::{Dtype, FeatureSpec, SchemaReply};
 use serde::Deserialize;
+
+use crate::store::layout::{Layout, Packed};
+use crate::store::ViewId;
 
 /// One feature of a view, in row order.
 #[derive(Debug, Clone)]
@@ -24,9 +29,9 @@ pub struct Feature {
 #[derive(Debug, Clone)]
 pub struct View {
     /// 1-based position in the registry file; what GET and PUT name the view by.
-    pub id: u16,
+    pub id: ViewId,
     pub name: String,
-    /// The key namespace: `fp:{name}:v{version}:`. Two versions live side by side in a migration.
+    /// Part of the view's keys in the store: two versions live side by side in a migration.
     pub version: u32,
     /// Redis expiry of rows written by PUT.
     pub ttl: Duration,
@@ -43,8 +48,8 @@ pub struct View {
     pub schema_id: u32,
     /// The row of defaults, served whenever a value is not.
     pub default_row: Bytes,
-    /// `fp:{name}:v{version}:`, the prefix of every Redis key of this view.
-    pub key_prefix: Bytes,
+    /// How the view's rows sit in the store.
+    pub layout: Layout,
 }
 
 impl View {
@@ -90,30 +95,28 @@ pub enum RegistryError {
 }
 
 impl Registry {
-    pub fn load(path: &str) -> Result<Registry, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-            path: path.to_string(),
-            source,
-        })?;
-        Registry::from_toml(&text, path)
+    /// The views of the config file at `path` (its settings are checked too).
+    pub fn load(path: &str) -> Result<Registry, super::ConfigError> {
+        Ok(super::ConfigFile::load(path)?.registry)
     }
 
-    /// Parses and validates registry TOML; `origin` names the file in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Registry, RegistryError> {
-        let file: RegistryFile = toml::from_str(text).map_err(|e| RegistryError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+    /// The views of config TOML; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Registry, super::ConfigError> {
+        Ok(super::ConfigFile::from_toml(text, origin)?.registry)
+    }
+
+    /// Validates the `[[view]]` tables of a parsed file; `origin` names the file in errors.
+    pub(super) fn from_views(raw: Vec<RawView>, origin: &str) -> Result<Registry, RegistryError> {
         let mut problems = Vec::new();
         let mut views = Vec::new();
         let mut names = HashSet::new();
-        if file.view.is_empty() {
+        if raw.is_empty() {
             problems.push("no views: declare at least one [[view]] table".to_string());
         }
-        if file.view.len() > u16::MAX as usize {
-            problems.push(format!("{} views declared; at most 65535", file.view.len()));
+        if raw.len() > u16::MAX as usize {
+            problems.push(format!("{} views declared; at most 65535", raw.len()));
         }
-        for (i, raw) in file.view.into_iter().enumerate() {
+        for (i, raw) in raw.into_iter().enumerate() {
             if !names.insert(raw.name.clone()) {
                 problems.push(format!(
                     "view {:?}: declared twice; view names must be unique",
@@ -133,7 +136,7 @@ impl Registry {
         Ok(Registry { views })
     }
 
-    pub fn by_id(&self, id: u16) -> Option<&View> {
+    pub fn by_id(&self, id: ViewId) -> Option<&View> {
         self.views.get((id as usize).checked_sub(1)?)
     }
 
@@ -145,6 +148,14 @@ impl Registry {
         &self.views
     }
 
+    /// Which views' rows the store key `key` holds, and for which entity: how a notice of a
+    /// write made behind the proxy's back finds what it changed.
+    pub fn locate<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = (ViewId, &'a [u8])> + 'a {
+        self.views
+            .iter()
+            .filter_map(move |v| Some((v.id, v.layout.entity_of(key)?)))
+    }
+
     /// "user_features, fraud_features": for error messages that tell the caller what exists.
     pub fn names(&self) -> String {
         let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
@@ -152,20 +163,10 @@ impl Registry {
     }
 }
 
+/// A `[[view]]` table as written, before validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegistryFile {
-    #[serde(default)]
-    view: Vec<RawView>,
-    /// Server settings live in the same file; the config module reads them.
-    #[serde(default)]
-    #[allow(dead_code)]
-    server: Option<toml::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawView {
+pub(super) struct RawView {
     name: String,
     version: u32,
     ttl: String,
@@ -297,7 +298,7 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
     Some(View {
         id,
         schema_id: fingerprint(raw.version, &features),
-        key_prefix: Bytes::from(format!("fp:{}:v{}:", raw.name, raw.version)),
+        layout: Layout::Packed(Packed::new(&raw.name, raw.version, row_bytes, ttl?)),
         name: raw.name,
         version: raw.version,
         ttl: ttl?,
@@ -383,7 +384,8 @@ features = [
         assert_eq!(r.by_id(1).unwrap().name, "a");
         assert!(r.by_id(0).is_none() && r.by_id(2).is_none());
         assert_eq!(v.row_bytes, 13);
-        assert_eq!(&v.key_prefix[..], b"fp:a:v2:");
+        let Layout::Packed(packed) = &v.layout;
+        assert_eq!(packed.key_prefix(), b"fp:a:v2:");
         assert_eq!(v.hot_cache_ttl, Duration::from_secs(1));
         let mut want = 1.5f32.to_le_bytes().to_vec();
         want.extend_from_slice(&(-3i64).to_le_bytes());

@@ -1,8 +1,65 @@
-//! A small writer for the Prometheus text exposition format (version 0.0.4).
+//! `/metrics`: the metric table ([`crate::telemetry::metrics::METRICS`]) in the Prometheus
+//! text exposition format (version 0.0.4), through a small writer of that format.
 
 use std::fmt::{Display, Write as _};
 
 use hdrhistogram::Histogram;
+
+use crate::telemetry::metrics::{Samples, Scrape, Value, METRICS};
+use crate::telemetry::Sources;
+
+/// One scrape of every metric, in the table's order.
+pub fn metrics(src: &Sources) -> String {
+    let scrape = Scrape::new(src);
+    let mut p = Prom::default();
+    for m in METRICS {
+        p.family(m.name, m.kind.name(), m.help);
+        m.read(
+            &scrape,
+            &mut Family {
+                prom: &mut p,
+                name: m.name,
+                labels: m.labels,
+            },
+        );
+    }
+    p.finish()
+}
+
+/// The samples of one family: label values are paired with the family's label names here.
+struct Family<'a> {
+    prom: &'a mut Prom,
+    name: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Family<'_> {
+    fn pairs<'v>(&self, values: &[&'v str]) -> Vec<(&'static str, &'v str)> {
+        debug_assert_eq!(
+            values.len(),
+            self.labels.len(),
+            "{}: label values",
+            self.name
+        );
+        self.labels
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .collect()
+    }
+}
+
+impl Samples for Family<'_> {
+    fn sample(&mut self, labels: &[&str], value: Value) {
+        let pairs = self.pairs(labels);
+        self.prom.sample(self.name, &pairs, value);
+    }
+
+    fn histogram(&mut self, labels: &[&str], h: &Histogram<u64>, unit: f64, bounds: &[f64]) {
+        let pairs = self.pairs(labels);
+        self.prom.histogram(self.name, &pairs, h, unit, bounds);
+    }
+}
 
 /// Builds one scrape's worth of text.
 #[derive(Default)]

@@ -1,4 +1,4 @@
-//! A circuit breaker per shard and Redis endpoint.
+//! A circuit breaker per shard and store node.
 //!
 //! While Redis fails, every read that waits for it spends its caller's deadline for nothing. The
 //! breaker notices a run of failures and stops calling Redis for a while: reads get DEGRADED
@@ -8,7 +8,8 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-/// When to open and when to try again.
+/// When to open and when to try again. The defaults are the `breaker_*` settings'
+/// ([`crate::config::settings::defaults`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Failures are counted over this sliding window.
@@ -21,18 +22,6 @@ pub struct BreakerConfig {
     pub reset_timeout: Duration,
     /// Probe calls allowed while half-open; all must succeed to close.
     pub probes: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            window: Duration::from_secs(10),
-            min_failures: 5,
-            failure_ratio: 0.5,
-            reset_timeout: Duration::from_millis(500),
-            probes: 3,
-        }
-    }
 }
 
 /// The breaker's state, as reported to operators.
@@ -58,6 +47,15 @@ impl BreakerState {
             BreakerState::Closed => 0,
             BreakerState::Open => 1,
             BreakerState::HalfOpen => 2,
+        }
+    }
+
+    /// The state a gauge value stands for (the inverse of [`BreakerState::gauge`]).
+    pub fn from_gauge(gauge: u8) -> BreakerState {
+        match gauge {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
         }
     }
 }

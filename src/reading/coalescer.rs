@@ -1,8 +1,9 @@
-//! Coalesced, single-flight Redis reads for one shard.
+//! Coalesced, single-flight store reads for one shard.
 //!
-//! Requests hand their keys to the coalescer and wait. Keys collect in the shard's next batch
-//! until the shard has no more ready work (the flusher yields once to let every runnable task add
-//! its keys) or the batch reaches its size cap; then the whole batch goes out as one MGET. There
+//! Requests hand their read keys to the coalescer and wait. Keys collect in the shard's next
+//! batch until the shard has no more ready work (the flusher yields once to let every runnable
+//! task add its keys) or the batch reaches its size cap; then the whole batch goes to the backend
+//! at once (one MGET on a standalone Redis). There
 //! is no timer that waits to collect more: at low load a key leaves on the next turn of the event
 //! loop, and batches grow only when load does. A key already on its way to Redis is not asked for
 //! twice: a later request joins the read in flight (single-flight).
@@ -13,25 +14,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::backend::BackendError;
-use crate::guarded::GuardedRedis;
-use crate::stats::ShardStats;
+use crate::store::{Backend, Fetched, ReadKey};
+use crate::telemetry::counters::ShardStats;
 
-/// The outcome of one MGET: a value (or None) per key, or why there is none.
-pub type BatchResult = Result<Vec<Option<Bytes>>, BackendError>;
+/// The outcome of one batch: what the store answered for each key, in order.
+pub type BatchResult = Vec<Fetched>;
 
-/// One MGET on its way: the keys it carries and, once it lands, its result.
+/// One batch of reads on its way: the keys it carries and, once it lands, its outcomes.
 pub struct Batch {
-    keys: RefCell<Vec<Bytes>>,
+    keys: RefCell<Vec<ReadKey>>,
     result: RefCell<Option<Rc<BatchResult>>>,
     done: Notify,
     /// Slots whose key was written while this read was in flight: their values may predate the
     /// write, so they are served to the requests that were already waiting but never cached.
     written_meanwhile: RefCell<Vec<usize>>,
-    /// The latest deadline of the requests waiting on this batch: the MGET may take until then.
+    /// The latest deadline of the requests waiting on this batch: the read may take until then.
     deadline: Cell<Option<Instant>>,
 }
 
@@ -92,12 +91,13 @@ struct State {
     open: Rc<Batch>,
     /// Batches full or closed, waiting for the flusher.
     sealed: Vec<Rc<Batch>>,
-    /// Keys on their way to Redis, so a second request joins instead of asking again.
-    in_flight: HashMap<Bytes, Pending>,
+    /// Keys on their way to the store, so a second request joins instead of asking again.
+    in_flight: HashMap<ReadKey, Pending>,
 }
 
+/// A shard's coalescer: batches and deduplicates the reads of every request on the shard.
 pub struct Coalescer {
-    redis: Rc<GuardedRedis>,
+    backend: Rc<dyn Backend>,
     stats: Arc<ShardStats>,
     batch_cap: usize,
     state: RefCell<State>,
@@ -105,9 +105,13 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    pub fn new(redis: Rc<GuardedRedis>, stats: Arc<ShardStats>, batch_cap: usize) -> Rc<Coalescer> {
+    pub fn new(
+        backend: Rc<dyn Backend>,
+        stats: Arc<ShardStats>,
+        batch_cap: usize,
+    ) -> Rc<Coalescer> {
         Rc::new(Coalescer {
-            redis,
+            backend,
             stats,
             batch_cap: batch_cap.max(1),
             state: RefCell::new(State {
@@ -120,7 +124,7 @@ impl Coalescer {
     }
 
     /// Queues a read of `key` (or joins one in flight) and says where its value will land.
-    pub fn enqueue(&self, key: Bytes, deadline: Instant) -> Pending {
+    pub fn enqueue(&self, key: ReadKey, deadline: Instant) -> Pending {
         let mut st = self.state.borrow_mut();
         if let Some(p) = st.in_flight.get(&key) {
             self.stats.singleflight_joins.inc();
@@ -148,7 +152,7 @@ impl Coalescer {
 
     /// Forgets reads in flight for these keys, so a request that starts after a write does not
     /// join a read that may have been answered before the write landed.
-    pub fn forget(&self, keys: &[Bytes]) {
+    pub fn forget(&self, keys: &[ReadKey]) {
         let mut st = self.state.borrow_mut();
         for k in keys {
             if let Some(p) = st.in_flight.remove(k) {
@@ -187,7 +191,7 @@ impl Coalescer {
                 d.saturating_duration_since(Instant::now())
             })
             .max(Duration::from_millis(1));
-        let result = self.redis.read(&keys, timeout).await;
+        let result = self.backend.read(&keys, timeout).await;
         {
             let mut st = self.state.borrow_mut();
             for k in &keys {

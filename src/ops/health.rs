@@ -1,0 +1,54 @@
+//! `/health` (is every shard connected, every breaker closed?) and `/ready` (has Redis answered
+//! at least one shard?), for load balancers and orchestrators.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::store::breaker::BreakerState;
+use crate::telemetry::counters::ShardStats;
+
+/// `(status code, content type, body)` of an answer.
+pub type Answer = (u16, &'static str, String);
+
+/// 200 once Redis has answered some shard, else 503.
+pub fn ready(shards: &[Arc<ShardStats>]) -> Answer {
+    if shards.iter().any(|s| s.redis_connected.load(Relaxed)) {
+        (200, "application/json", "{\"ready\":true}\n".into())
+    } else {
+        let body = "{\"ready\":false,\"reason\":\"Redis has not answered yet\"}\n";
+        (503, "application/json", body.into())
+    }
+}
+
+/// 200 while every shard is connected with its breaker closed, else 503 naming the shards.
+pub fn health(shards: &[Arc<ShardStats>]) -> Answer {
+    let open: Vec<u16> = shards
+        .iter()
+        .filter(|s| s.breaker() == BreakerState::Open)
+        .map(|s| s.shard)
+        .collect();
+    let disconnected: Vec<u16> = shards
+        .iter()
+        .filter(|s| !s.redis_connected.load(Relaxed))
+        .map(|s| s.shard)
+        .collect();
+    if open.is_empty() && disconnected.is_empty() {
+        return (200, "application/json", "{\"status\":\"ok\"}\n".into());
+    }
+    let mut reasons = Vec::new();
+    if !disconnected.is_empty() {
+        reasons.push(format!("Redis unreachable from shards {disconnected:?}"));
+    }
+    if !open.is_empty() {
+        reasons.push(format!("circuit breaker open on shards {open:?}"));
+    }
+    let body = json!({
+        "status": "degraded",
+        "reason": reasons.join("; "),
+        "breakers_open": open,
+        "redis_disconnected": disconnected,
+    });
+    (503, "application/json", body.to_string() + "\n")
+}

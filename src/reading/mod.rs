@@ -1,0 +1,322 @@
+//! The reading stage: a view and a batch of entity keys in, one status, age and row per entity
+//! out. Rows come from the shard's hot [`cache`] or through the [`coalescer`] from the store,
+//! are judged by [`freshness`], and stay coherent with writes through [`coherence`].
+//!
+//! This stage never names Redis: it sees the store only through [`crate::store`]'s seam (a
+//! view's [`Layout`](crate::store::Layout) and the shard's [`Backend`]).
+
+pub mod cache;
+pub mod coalescer;
+pub mod coherence;
+pub mod freshness;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
+
+use crate::config::registry::{Registry, View};
+use crate::store::{Backend, Change, Fetched, Stored, ViewId};
+use crate::telemetry::counters::{CacheGauges, ShardStats};
+use crate::telemetry::histograms::ShardHistograms;
+use cache::{CachedRow, HotCache};
+use coalescer::{Coalescer, Pending};
+
+/// What a GET is answered with: one status, age and row per entity, in request order.
+pub struct Answers {
+    pub statuses: Vec<EntityStatus>,
+    pub ages: Vec<u32>,
+    /// Slices of the store's read buffers, of the cache's copies or the view's default row: no
+    /// row bytes are copied until the reply is encoded.
+    pub rows: Vec<Bytes>,
+}
+
+/// One shard's reading stage. Owned by the shard's thread: nothing here is shared with another
+/// shard, so no lock is ever taken.
+pub struct Reader {
+    shard: u16,
+    registry: Arc<Registry>,
+    cache: RefCell<HotCache>,
+    coalescer: Rc<Coalescer>,
+    backend: Rc<dyn Backend>,
+    stats: Arc<ShardStats>,
+    histograms: Rc<RefCell<ShardHistograms>>,
+    /// Where a cache key is built for each lookup, reused so a lookup allocates nothing.
+    scratch: RefCell<Vec<u8>>,
+}
+
+/// Where one entity's answer comes from.
+enum Source {
+    Cached(CachedRow),
+    Store(Pending),
+    /// The breaker of the node holding the entity is open: defaults without asking.
+    Unavailable,
+}
+
+impl Reader {
+    pub fn new(
+        shard: u16,
+        registry: Arc<Registry>,
+        cache: HotCache,
+        coalescer: Rc<Coalescer>,
+        backend: Rc<dyn Backend>,
+        stats: Arc<ShardStats>,
+        histograms: Rc<RefCell<ShardHistograms>>,
+    ) -> Reader {
+        Reader {
+            shard,
+            registry,
+            cache: RefCell::new(cache),
+            coalescer,
+            backend,
+            stats,
+            histograms,
+            scratch: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Every entity gets a row and a status, by `deadline` at the latest: what has not come from
+    /// the store by then is served its defaults as DEGRADED.
+    pub async fn read(
+        &self,
+        view: &View,
+        entities: &[Bytes],
+        use_cache: bool,
+        deadline: Instant,
+    ) -> Answers {
+        let sources = self.lookup(view, entities, use_cache, deadline);
+        wait_until(&sources, deadline).await;
+        self.answer(view, entities, &sources)
+    }
+
+    /// Where each entity's answer will come from: the hot cache, a read queued in the
+    /// coalescer, or nowhere while its node's breaker is open.
+    fn lookup(
+        &self,
+        view: &View,
+        entities: &[Bytes],
+        use_cache: bool,
+        deadline: Instant,
+    ) -> Vec<Source> {
+        let view_stats = self.stats.view(view.id);
+        let mut cache = self.cache.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        let now = Instant::now();
+        // The store keys of the misses, built into one buffer allocated at the first miss.
+        let mut keys = BytesMut::new();
+        entities
+            .iter()
+            .enumerate()
+            .map(|(i, entity)| {
+                if use_cache {
+                    let hit = cache.get(cache_key(&mut scratch, view.id, entity), now);
+                    if let Some(vs) = view_stats {
+                        match hit {
+                            Some(_) => vs.cache_hits.inc(),
+                            None => vs.cache_misses.inc(),
+                        }
+                    }
+                    if let Some(hit) = hit {
+                        return Source::Cached(hit);
+                    }
+                }
+                if keys.capacity() == 0 {
+                    let rest: usize = entities[i..].iter().map(|e| e.len() + 48).sum();
+                    keys.reserve(rest);
+                }
+                let key = view.layout.read_key(&mut keys, entity);
+                if self.backend.admits(&key, now) {
+                    Source::Store(self.coalescer.enqueue(key, deadline))
+                } else {
+                    Source::Unavailable
+                }
+            })
+            .collect()
+    }
+
+    /// Judges what each entity got, fills the cache with what the store answered, and counts.
+    fn answer(&self, view: &View, entities: &[Bytes], sources: &[Source]) -> Answers {
+        let n = entities.len();
+        let mut out = Answers {
+            statuses: Vec::with_capacity(n),
+            ages: Vec::with_capacity(n),
+            rows: Vec::with_capacity(n),
+        };
+        let now_ms = freshness::now_ms();
+        let view_stats = self.stats.view(view.id);
+        let mut cache = self.cache.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        let cache_now = Instant::now();
+        let mut histograms = self.histograms.borrow_mut();
+        for (entity, source) in entities.iter().zip(sources) {
+            let Answer {
+                status,
+                age,
+                row,
+                computed_at_ms,
+            } = resolve(view, source, now_ms);
+            let cached = matches!(source, Source::Cached(_)) && !status.is_default();
+            if let (Source::Store(p), Status::Fresh | Status::Stale) = (source, status) {
+                if p.batch.cacheable(p.index) {
+                    let key = cache_key(&mut scratch, view.id, entity);
+                    cache.insert(key, computed_at_ms, &row, view.hot_cache_ttl, cache_now);
+                }
+            }
+            if let Some(vs) = view_stats {
+                vs.served(status, cached);
+            }
+            if computed_at_ms != 0 {
+                histograms.record_age(view.id, age);
+            }
+            out.statuses.push(EntityStatus::new(status, cached));
+            out.ages.push(age);
+            out.rows.push(row);
+        }
+        publish(&self.stats.cache, &cache);
+        out
+    }
+
+    /// Drops whatever this shard holds for rows that changed in the store.
+    pub fn apply(&self, change: Change) {
+        match change {
+            Change::Rows { view, entities } => self.invalidate(view, &entities),
+            Change::Everything { why } => self.flush(why),
+        }
+    }
+
+    /// Drops these entities of `view` from this shard's cache and from its reads in flight, so
+    /// that a read which starts after a write sees the write.
+    pub fn invalidate(&self, view: ViewId, entities: &[Bytes]) {
+        let Some(view) = self.registry.by_id(view) else {
+            return;
+        };
+        let mut cache = self.cache.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        let mut keys = BytesMut::new();
+        let mut reads = Vec::with_capacity(entities.len());
+        for entity in entities {
+            cache.invalidate(cache_key(&mut scratch, view.id, entity));
+            reads.push(view.layout.read_key(&mut keys, entity));
+        }
+        publish(&self.stats.cache, &cache);
+        drop(cache);
+        self.coalescer.forget(&reads);
+    }
+
+    /// Drops the whole cache: after the store was flushed, or when writes may have been missed.
+    pub fn flush(&self, why: &str) {
+        let mut cache = self.cache.borrow_mut();
+        let entries = cache.entries();
+        cache.clear();
+        publish(&self.stats.cache, &cache);
+        tracing::debug!(shard = self.shard, entries, why, "hot cache flushed");
+    }
+}
+
+/// The cache key of an entity: its view's id, then its key. Built in `buf`, which is reused.
+fn cache_key<'b>(buf: &'b mut Vec<u8>, view: ViewId, entity: &[u8]) -> &'b [u8] {
+    buf.clear();
+    buf.extend_from_slice(&view.to_le_bytes());
+    buf.extend_from_slice(entity);
+    buf
+}
+
+/// Copies the cache's own counts to the shard's gauges, for the operators' endpoint.
+fn publish(gauges: &CacheGauges, cache: &HotCache) {
+    let c = cache.counts();
+    gauges.admissions.store(c.admissions, Relaxed);
+    gauges.rejections.store(c.rejections, Relaxed);
+    gauges.evictions.store(c.evictions, Relaxed);
+    gauges.expirations.store(c.expirations, Relaxed);
+    gauges.invalidations.store(c.invalidations, Relaxed);
+    gauges.bytes.store(cache.bytes() as u64, Relaxed);
+    gauges.entries.store(cache.entries() as u64, Relaxed);
+    gauges.capacity.store(cache.capacity() as u64, Relaxed);
+}
+
+/// Waits for every batch the request depends on, up to the deadline. Past it, whatever has not
+/// landed is served as DEGRADED.
+async fn wait_until(sources: &[Source], deadline: Instant) {
+    let mut last: Option<&Rc<coalescer::Batch>> = None;
+    for p in sources.iter().filter_map(|s| match s {
+        Source::Store(p) => Some(p),
+        _ => None,
+    }) {
+        if last.is_some_and(|b| Rc::ptr_eq(b, &p.batch)) || p.batch.result().is_some() {
+            continue;
+        }
+        last = Some(&p.batch);
+        if tokio::time::timeout_at(deadline.into(), p.batch.wait())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// What one entity is answered with.
+struct Answer {
+    status: Status,
+    age: u32,
+    row: Bytes,
+    /// When the stored value was computed; 0 where there is none.
+    computed_at_ms: u64,
+}
+
+impl Answer {
+    fn defaults(view: &View, status: Status) -> Answer {
+        Answer {
+            status,
+            age: AGE_UNKNOWN,
+            row: view.default_row.clone(),
+            computed_at_ms: 0,
+        }
+    }
+}
+
+/// The status, age and row served for one entity.
+fn resolve(view: &View, source: &Source, now_ms: u64) -> Answer {
+    let p = match source {
+        Source::Unavailable => return Answer::defaults(view, Status::Degraded),
+        Source::Cached(hit) => return judge(view, hit.computed_at_ms, hit.row.clone(), now_ms),
+        Source::Store(p) => p,
+    };
+    let Some(result) = p.batch.result() else {
+        return Answer::defaults(view, Status::Degraded);
+    };
+    match result.get(p.index) {
+        None | Some(Fetched::Failed(_)) => Answer::defaults(view, Status::Degraded),
+        Some(Fetched::Absent) => Answer::defaults(view, Status::Missing),
+        Some(Fetched::Value(value)) => match view.layout.decode(value) {
+            Stored::Invalid => Answer::defaults(view, Status::Invalid),
+            Stored::Row {
+                computed_at_ms,
+                row,
+            } => judge(view, computed_at_ms, row, now_ms),
+        },
+    }
+}
+
+/// FRESH or STALE with the row, or EXPIRED with the defaults, by the value's age.
+fn judge(view: &View, computed_at_ms: u64, row: Bytes, now_ms: u64) -> Answer {
+    let age = freshness::age_ms(now_ms, computed_at_ms);
+    match freshness::freshness(view, age) {
+        Status::Expired => Answer {
+            status: Status::Expired,
+            age,
+            row: view.default_row.clone(),
+            computed_at_ms,
+        },
+        status => Answer {
+            status,
+            age,
+            row,
+            computed_at_ms,
+        },
+    }
+}

@@ -1,0 +1,135 @@
+//! Taking connections: the shard's own listener on the shared port (SO_REUSEPORT, so the kernel
+//! spreads new connections across shards), the per-shard connection limit, and the drain at
+//! shutdown.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tracing::warn;
+
+use super::connection;
+use super::Serving;
+use crate::telemetry::counters::ShardStats;
+
+/// Opens a listening socket with SO_REUSEPORT, so every shard can bind the same address and the
+/// kernel spreads new connections across them.
+pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Serves every connection `listener` takes until `shutdown`, then waits up to the drain
+/// timeout for the open ones to finish.
+pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watch::Receiver<bool>) {
+    let stats = serving.stats.clone();
+    let shard = serving.shard;
+    let max_connections = serving.settings.max_connections_per_shard;
+    let open = Rc::new(OpenConnections::default());
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(shard, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        stats.connections_accepted.inc();
+        if open.count.get() >= max_connections {
+            stats.connections_refused.inc();
+            tokio::task::spawn_local(refuse(stream, max_connections));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let guard = open.enter(&stats);
+        let (serving, shutdown) = (serving.clone(), shutdown.clone());
+        tokio::task::spawn_local(async move {
+            connection::serve(stream, serving, shutdown).await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(serving.settings.drain_timeout, open.drained())
+        .await
+        .is_err()
+    {
+        warn!(
+            shard,
+            still_open = open.count.get(),
+            "drain timeout passed with requests in flight; closing them"
+        );
+    }
+}
+
+/// Tells a connection over the limit why it is closed, without waiting on a slow peer.
+async fn refuse(mut stream: TcpStream, max_connections: usize) {
+    let err = ProtocolError::new(
+        ErrorCode::Overloaded,
+        format!(
+            "this shard already serves {max_connections} connections (max_connections_per_shard); retry later or reuse connections"
+        ),
+    );
+    let mut out = bytes::BytesMut::new();
+    Response::Error(err).encode(&mut out, 0);
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&out)).await;
+}
+
+/// Counts this shard's open connections so shutdown can wait for them.
+#[derive(Default)]
+struct OpenConnections {
+    count: Cell<usize>,
+    zero: Notify,
+}
+
+struct OpenGuard {
+    open: Rc<OpenConnections>,
+    stats: Arc<ShardStats>,
+}
+
+impl OpenConnections {
+    fn enter(self: &Rc<Self>, stats: &Arc<ShardStats>) -> OpenGuard {
+        self.count.set(self.count.get() + 1);
+        stats.connections_open.inc();
+        OpenGuard {
+            open: self.clone(),
+            stats: stats.clone(),
+        }
+    }
+
+    async fn drained(&self) {
+        while self.count.get() > 0 {
+            self.zero.notified().await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.count.set(self.open.count.get() - 1);
+        self.stats.connections_open.dec();
+        if self.open.count.get() == 0 {
+            self.open.zero.notify_waiters();
+        }
+    }
+}

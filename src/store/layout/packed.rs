@@ -1,0 +1,142 @@
+//! Our own layout: one Redis string per entity.
+//!
+//! Key: `fp:{view}:v{version}:{entity_key}`; two versions of a view live side by side during a
+//! migration. Value: `u8 format` (1), `u64 computed_at_ms` (LE), then the row bytes.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::store::{ReadCommand, ReadKey, Stored, WriteItem};
+
+/// The only value format v1 writes and reads.
+pub const FORMAT_V1: u8 = 1;
+/// Bytes before the row in a stored value.
+pub const VALUE_HEADER: usize = 9;
+/// Every key of this layout starts with this.
+pub const TRACKING_PREFIX: &str = "fp:";
+
+/// A view stored in the packed layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    /// `fp:{name}:v{version}:`, the prefix of every key of the view.
+    key_prefix: Bytes,
+    /// Bytes in one row of the view.
+    row_bytes: usize,
+    /// Redis expiry of rows written by PUT.
+    ttl: Duration,
+}
+
+impl Packed {
+    pub fn new(view: &str, version: u32, row_bytes: usize, ttl: Duration) -> Packed {
+        Packed {
+            key_prefix: Bytes::from(format!("{TRACKING_PREFIX}{view}:v{version}:")),
+            row_bytes,
+            ttl,
+        }
+    }
+
+    /// The prefix of every key of the view.
+    pub fn key_prefix(&self) -> &[u8] {
+        &self.key_prefix
+    }
+
+    fn key_into(&self, buf: &mut BytesMut, entity: &[u8]) -> Bytes {
+        buf.reserve(self.key_prefix.len() + entity.len());
+        buf.put_slice(&self.key_prefix);
+        buf.put_slice(entity);
+        buf.split().freeze()
+    }
+
+    pub(super) fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> ReadKey {
+        ReadKey {
+            key: self.key_into(buf, entity),
+            command: ReadCommand::Value,
+        }
+    }
+
+    /// Anything but format 1 with exactly `row_bytes` of row is INVALID.
+    pub(super) fn decode(&self, value: &Bytes) -> Stored {
+        if value.len() != VALUE_HEADER + self.row_bytes || value[0] != FORMAT_V1 {
+            return Stored::Invalid;
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&value[1..9]);
+        Stored::Row {
+            computed_at_ms: u64::from_le_bytes(ts),
+            row: value.slice(VALUE_HEADER..),
+        }
+    }
+
+    pub(super) fn write(
+        &self,
+        keys: &mut BytesMut,
+        values: &mut BytesMut,
+        entity: &[u8],
+        computed_at_ms: u64,
+        row: &[u8],
+    ) -> WriteItem {
+        values.reserve(VALUE_HEADER + row.len());
+        values.put_u8(FORMAT_V1);
+        values.put_u64_le(computed_at_ms);
+        values.put_slice(row);
+        WriteItem::Value {
+            key: self.key_into(keys, entity),
+            value: values.split().freeze(),
+            ttl: self.ttl,
+        }
+    }
+
+    pub(super) fn value_len(&self) -> usize {
+        VALUE_HEADER + self.row_bytes
+    }
+
+    pub(super) fn entity_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        key.strip_prefix(&self.key_prefix[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::registry::Registry;
+    use crate::store::Layout;
+
+    fn layout() -> Layout {
+        let r = Registry::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/features.toml"
+        ))
+        .unwrap();
+        r.by_name("user_features").unwrap().layout.clone()
+    }
+
+    #[test]
+    fn value_round_trips_and_wrong_lengths_are_invalid() {
+        let v = layout();
+        let row = vec![7u8; 64];
+        let (mut kbuf, mut vbuf) = (BytesMut::new(), BytesMut::new());
+        let WriteItem::Value { key, value, .. } = v.write(&mut kbuf, &mut vbuf, b"u1", 1234, &row);
+        assert_eq!(value.len(), 73);
+        assert_eq!(
+            v.decode(&value),
+            Stored::Row {
+                computed_at_ms: 1234,
+                row: Bytes::from(row)
+            }
+        );
+        let short = Layout::Packed(Packed::new("user_features", 1, 60, Duration::from_secs(1)));
+        assert_eq!(short.decode(&value), Stored::Invalid);
+        assert_eq!(v.decode(&value.slice(..72)), Stored::Invalid);
+        let mut bad = value.to_vec();
+        bad[0] = 2;
+        assert_eq!(v.decode(&Bytes::from(bad)), Stored::Invalid);
+        assert_eq!(&key[..], b"fp:user_features:v1:u1");
+        assert_eq!(
+            &v.read_key(&mut kbuf, b"u1").key[..],
+            b"fp:user_features:v1:u1"
+        );
+        assert_eq!(v.entity_of(b"fp:user_features:v1:u1"), Some(&b"u1"[..]));
+        assert_eq!(v.entity_of(b"fp:user_features:v2:u1"), None);
+    }
+}

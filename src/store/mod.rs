@@ -1,0 +1,139 @@
+//! The storage seam: how the reading stage and PUT talk to the online store without knowing
+//! what it is.
+//!
+//! Two things plug in beneath it:
+//! - a [`Layout`] (in [`layout`]) says how a view's rows sit in the store: the key of an entity,
+//!   the command that reads it, how a reply decodes into a [`Stored`] row, what a PUT writes;
+//! - a [`Backend`] (in [`redis`]) runs reads and writes against real servers: a batch of
+//!   [`ReadKey`]s in, one [`Fetched`] per key out, so that a failure degrades only the keys it
+//!   touched. Each backend node has its own circuit breaker, asked per key.
+//!
+//! The coalescer and the hot cache see only these types: a Redis Cluster backend or Feast's
+//! layout is a new implementation here, not a change there.
+
+pub mod breaker;
+pub mod layout;
+pub mod redis;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+
+pub use layout::Layout;
+
+/// A view's id: its 1-based position in the registry file, as GET and PUT carry it.
+pub type ViewId = u16;
+
+/// One read the backend can run, made by a view's layout for one entity. Two equal read keys are
+/// the same read: the coalescer sends it once (single-flight).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadKey {
+    /// The key in the store.
+    pub key: Bytes,
+    pub command: ReadCommand,
+}
+
+/// What to ask the store for under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadCommand {
+    /// The whole value (GET; many of them go out as one MGET). Layouts that keep a row in a
+    /// hash (Feast's) add a variant with the fields to read (HMGET).
+    Value,
+}
+
+/// The store's answer for one [`ReadKey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The stored bytes: a slice of the backend's read buffer, not a copy.
+    Value(Bytes),
+    /// Nothing is stored under the key.
+    Absent,
+    /// No answer for this key; the entity is served its defaults as DEGRADED.
+    Failed(Failure),
+}
+
+/// Why one key got no answer. Copy, so a failed batch costs no allocation per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The node did not answer within the read's deadline.
+    Timeout,
+    /// The node's connection is down or it answered with an error.
+    Unavailable,
+    /// The node's circuit breaker is open: not asked at all.
+    BreakerOpen,
+}
+
+/// A row as the layout decoded it from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A readable row: when it was computed (Unix ms) and its bytes (a slice of the read buffer).
+    Row { computed_at_ms: u64, row: Bytes },
+    /// Something is stored but it is not a row of this view (wrong format or length).
+    Invalid,
+}
+
+/// One write of a PUT, as the view's layout encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteItem {
+    /// Store `value` under `key`, expiring after `ttl` (SET PX).
+    Value {
+        key: Bytes,
+        value: Bytes,
+        ttl: Duration,
+    },
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Redis is unavailable: circuit breaker open: Redis failed recently; retry after it recovers")]
+    BreakerOpen,
+}
+
+impl StoreError {
+    /// The per-key failure this error means for a read.
+    pub fn failure(&self) -> Failure {
+        match self {
+            StoreError::Timeout(_) => Failure::Timeout,
+            StoreError::Unavailable(_) => Failure::Unavailable,
+            StoreError::BreakerOpen => Failure::BreakerOpen,
+        }
+    }
+}
+
+/// Rows that changed in the store behind the reading stage's back: whatever it holds for them
+/// (cached rows, reads in flight) may be older than the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// These entities of this view were written.
+    Rows { view: ViewId, entities: Vec<Bytes> },
+    /// Anything may have changed (the store was flushed, or notices of writes were lost).
+    Everything { why: &'static str },
+}
+
+/// The store's servers, as the reading stage and PUT use them. Implemented per deployment
+/// (standalone Redis today); the reading stage holds it as `Rc<dyn Backend>`.
+pub trait Backend {
+    /// False while a read of `key` would be refused without asking, because the breaker of the
+    /// node that holds it is open: the caller serves defaults at once instead of queueing.
+    fn admits(&self, key: &ReadKey, now: Instant) -> bool;
+
+    /// Reads every key, giving up after `timeout`; one outcome per key, in `keys`' order.
+    fn read<'a>(
+        &'a self,
+        keys: &'a [ReadKey],
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Vec<Fetched>>;
+
+    /// Runs every write; Ok only once the store acknowledged each of them.
+    fn write(
+        &self,
+        items: Vec<WriteItem>,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'_, Result<(), StoreError>>;
+}

@@ -1,0 +1,258 @@
+//! One Redis server as the proxy uses it from one shard: a fred client (pipelined, connected on
+//! the shard's own thread), the circuit breaker in front of it, and the counting of every call.
+//! A backend is built from nodes: the standalone backend has one; a cluster has one per server.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+use fred::types::{Expiration, Key};
+use tracing::{info, warn};
+
+use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
+use crate::store::{Fetched, ReadKey, StoreError, WriteItem};
+use crate::telemetry::counters::ShardStats;
+use crate::telemetry::histograms::ShardHistograms;
+
+/// Most commands fred queues while the connection is down; past it calls fail at once instead
+/// of piling up (fred issue #340).
+const MAX_QUEUED_COMMANDS: usize = 50_000;
+
+/// One Redis server behind its breaker.
+pub struct Node {
+    client: Client,
+    command_timeout: Duration,
+    breaker: Breaker,
+    stats: Arc<ShardStats>,
+    histograms: Rc<RefCell<ShardHistograms>>,
+}
+
+fn from_fred(e: fred::error::Error, timeout: Duration) -> StoreError {
+    match e.kind() {
+        fred::error::ErrorKind::Timeout => StoreError::Timeout(timeout),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Node {
+    /// Builds the client and starts connecting in the background, on the current runtime (so the
+    /// connection lives on this shard's thread). Does not wait: a proxy whose Redis is down still
+    /// starts and serves defaults, and reconnects on its own.
+    pub fn start(
+        url: &str,
+        command_timeout: Duration,
+        breaker: BreakerConfig,
+        stats: Arc<ShardStats>,
+        histograms: Rc<RefCell<ShardHistograms>>,
+    ) -> Result<Rc<Node>, StoreError> {
+        let config = Config::from_url(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_millis(500);
+                c.internal_command_timeout = Duration::from_secs(1);
+                // A failed read is answered with defaults at once; retrying behind the caller's
+                // back would only spend its deadline.
+                c.max_command_attempts = 1;
+                c.max_command_buffer_len = MAX_QUEUED_COMMANDS;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(2)),
+                    interval: Duration::from_millis(500),
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        client.connect();
+        let node = Rc::new(Node {
+            client,
+            command_timeout,
+            breaker: Breaker::new(breaker),
+            stats,
+            histograms,
+        });
+        tokio::task::spawn_local(node.clone().watch_connection());
+        Ok(node)
+    }
+
+    /// Waits until the first connection is up (for readiness), or fails.
+    pub async fn wait_connected(&self) -> Result<(), StoreError> {
+        self.client
+            .wait_for_connect()
+            .await
+            .map_err(|e| from_fred(e, self.command_timeout))
+    }
+
+    /// False while the breaker is open: callers serve defaults without queueing a read.
+    pub fn admits(&self, now: Instant) -> bool {
+        !self.breaker.rejects(now)
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Reads `keys` with one MGET, unless the breaker is open. Values are slices of fred's read
+    /// buffer (no copy).
+    pub async fn mget(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
+        let result = self
+            .guarded(keys.len(), 1, self.raw_mget(keys, timeout))
+            .await;
+        match result {
+            Ok(values) => values
+                .into_iter()
+                .map(|v| v.map_or(Fetched::Absent, Fetched::Value))
+                .collect(),
+            Err(e) => vec![Fetched::Failed(e.failure()); keys.len()],
+        }
+    }
+
+    async fn raw_mget(
+        &self,
+        keys: &[ReadKey],
+        timeout: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        // Cloning a `Bytes` bumps a reference count; the key bytes are not copied.
+        let keys: Vec<Key> = keys.iter().map(|k| Key::from(k.key.clone())).collect();
+        let opts = Options {
+            fail_fast: true,
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        self.client
+            .with_options(&opts)
+            .mget::<Vec<Option<Bytes>>, _>(keys)
+            .await
+            .map_err(|e| from_fred(e, timeout))
+    }
+
+    /// Runs every write, all queued at once so they leave in one socket write; Ok only once Redis
+    /// acknowledged every one. Refused while the breaker is open.
+    pub async fn write(&self, items: Vec<WriteItem>, timeout: Duration) -> Result<(), StoreError> {
+        let n = items.len();
+        self.guarded(n, n, self.raw_write(items, timeout)).await
+    }
+
+    async fn raw_write(&self, items: Vec<WriteItem>, timeout: Duration) -> Result<(), StoreError> {
+        let opts = Options {
+            fail_fast: true,
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        let client = self.client.with_options(&opts);
+        let writes = items.into_iter().map(|item| match item {
+            WriteItem::Value { key, value, ttl } => {
+                let px = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
+                client.set::<(), _, _>(Key::from(key), value, Some(Expiration::PX(px)), None, false)
+            }
+        });
+        for r in futures::future::join_all(writes).await {
+            r.map_err(|e| from_fred(e, timeout))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `call` if the breaker admits it, counting `commands` commands carrying `keys` keys,
+    /// its latency and its outcome.
+    async fn guarded<T>(
+        &self,
+        keys: usize,
+        commands: usize,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.breaker.try_acquire(Instant::now()) {
+            Ok(t) => self.note(t),
+            Err(_rejected) => {
+                self.stats.breaker_rejections.inc();
+                return Err(StoreError::BreakerOpen);
+            }
+        }
+        self.stats.redis_commands.add(commands as u64);
+        self.stats.redis_keys.add(keys as u64);
+        let started = Instant::now();
+        let result = call.await;
+        self.histograms.borrow_mut().record_redis(started.elapsed());
+        self.finish(result.as_ref().err());
+        result
+    }
+
+    fn finish(&self, error: Option<&StoreError>) {
+        match error {
+            Some(StoreError::Timeout(_)) => self.stats.redis_timeouts.inc(),
+            Some(StoreError::Unavailable(_)) => self.stats.redis_unavailable.inc(),
+            Some(StoreError::BreakerOpen) | None => {}
+        }
+        let t = self.breaker.record(Instant::now(), error.is_none());
+        if let (
+            Some(Transition {
+                to: BreakerState::Open,
+                ..
+            }),
+            Some(StoreError::Timeout(_)),
+        ) = (t, error)
+        {
+            // A frozen server keeps its connection "up" and fred's own checks miss it under
+            // steady traffic: drop the connection so the reconnect logic takes over.
+            let client = self.client.clone();
+            tokio::task::spawn_local(async move {
+                let _ = client.force_reconnection().await;
+            });
+        }
+        self.note(t);
+    }
+
+    fn note(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        self.stats.breaker_transitions.inc();
+        self.stats.breaker_state.store(t.to.gauge(), Relaxed);
+        let shard = self.stats.shard;
+        match t.to {
+            BreakerState::Open => warn!(
+                shard,
+                from = t.from.name(),
+                "circuit breaker opened: Redis calls fail; reads get defaults (DEGRADED), writes BACKEND_UNAVAILABLE"
+            ),
+            BreakerState::HalfOpen => info!(shard, "circuit breaker half-open: probing Redis"),
+            BreakerState::Closed => info!(shard, "circuit breaker closed: Redis answers again"),
+        }
+    }
+
+    /// Keeps `redis_connected` current and logs when Redis goes away and comes back.
+    async fn watch_connection(self: Rc<Self>) {
+        let shard = self.stats.shard;
+        let mut was = None;
+        loop {
+            let now = self.client.is_connected();
+            self.stats.redis_connected.store(now, Relaxed);
+            if was != Some(now) {
+                match (was, now) {
+                    (_, true) => info!(shard, "connected to Redis"),
+                    (Some(true), false) => warn!(
+                        shard,
+                        "lost the Redis connection; reconnecting, reads get defaults meanwhile"
+                    ),
+                    (None, false) => info!(shard, "connecting to Redis"),
+                    _ => {}
+                }
+                was = Some(now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}

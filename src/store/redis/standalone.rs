@@ -1,0 +1,49 @@
+//! The backend for one standalone Redis server (with or without replicas behind it): every key
+//! lives on the one node, so a batch is one MGET and the node's breaker covers every key.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+
+use super::node::Node;
+use crate::store::{Backend, Fetched, ReadCommand, ReadKey, StoreError, WriteItem};
+
+/// A standalone Redis behind the storage seam.
+pub struct Standalone {
+    node: Rc<Node>,
+}
+
+impl Standalone {
+    pub fn new(node: Rc<Node>) -> Standalone {
+        Standalone { node }
+    }
+
+    pub fn node(&self) -> &Rc<Node> {
+        &self.node
+    }
+}
+
+impl Backend for Standalone {
+    fn admits(&self, _key: &ReadKey, now: Instant) -> bool {
+        self.node.admits(now)
+    }
+
+    fn read<'a>(
+        &'a self,
+        keys: &'a [ReadKey],
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Vec<Fetched>> {
+        debug_assert!(keys.iter().all(|k| k.command == ReadCommand::Value));
+        self.node.mget(keys, timeout).boxed_local()
+    }
+
+    fn write(
+        &self,
+        items: Vec<WriteItem>,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+        self.node.write(items, timeout).boxed_local()
+    }
+}

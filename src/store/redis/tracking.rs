@@ -1,0 +1,120 @@
+//! Redis client-side caching (RESP3 `CLIENT TRACKING ... BCAST PREFIX`): Redis tells each shard
+//! about every write to a feature key, whoever made it, and the shard drops the row from its hot
+//! cache and from its reads in flight at once. Without it, a row written behind the proxy's back
+//! would be served from the cache until the view's hot-cache TTL; with it, the TTL is only the
+//! backstop.
+//!
+//! Tracking is per connection and lost when it drops: on every reconnect everything counts as
+//! changed (writes may have been missed meanwhile) and tracking is armed again. A null
+//! invalidation (FLUSHALL) and a lagging receiver also mean everything changed.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::RespVersion;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info, warn};
+
+use crate::config::registry::Registry;
+use crate::store::Change;
+use crate::telemetry::counters::ShardStats;
+
+/// Runs the shard's tracking connection until the shard stops, telling `changed` about every
+/// write Redis reports under the views' tracking prefixes.
+pub async fn run(
+    url: String,
+    registry: Arc<Registry>,
+    stats: Arc<ShardStats>,
+    mut changed: impl FnMut(Change),
+) {
+    let shard = stats.shard;
+    let client = match build(&url) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(shard, error = %e, "Redis client-side caching unavailable: writes behind the proxy show after the hot-cache TTL");
+            return;
+        }
+    };
+    let mut prefixes: Vec<&'static str> = registry
+        .views()
+        .iter()
+        .map(|v| v.layout.tracking_prefix())
+        .collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut invalidations = client.invalidation_rx();
+    let mut reconnects = client.reconnect_rx();
+    // fred announces every connection, the first one included, on the reconnect channel: tracking
+    // is armed from there, once per connection.
+    client.connect();
+    loop {
+        tokio::select! {
+            msg = invalidations.recv() => match msg {
+                Ok(inv) if inv.keys.is_empty() => changed(Change::Everything { why: "Redis was flushed" }),
+                Ok(inv) => {
+                    for key in inv.keys {
+                        let key = key.into_bytes();
+                        for (view, entity) in registry.locate(&key) {
+                            changed(Change::Rows { view, entities: vec![key.slice_ref(entity)] });
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    changed(Change::Everything { why: "missed invalidations" });
+                    debug!(shard, missed = n, "invalidation receiver lagged");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    changed(Change::Everything { why: "tracking connection re-established" });
+                    arm(&client, &prefixes, &stats).await;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+fn build(url: &str) -> Result<Client, fred::error::Error> {
+    let mut config = Config::from_url(url)?;
+    config.version = RespVersion::RESP3;
+    Builder::from_config(config)
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(1);
+            // Room for bursts of invalidations before the receiver counts as lagging.
+            p.broadcast_channel_capacity = 4096;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_millis(500);
+            c.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            };
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+        .build()
+}
+
+async fn arm(client: &Client, prefixes: &[&'static str], stats: &ShardStats) {
+    let shard = stats.shard;
+    match client
+        .start_tracking(prefixes.to_vec(), true, false, false, false)
+        .await
+    {
+        Ok(()) => {
+            stats.tracking_armed.store(true, Relaxed);
+            info!(
+                shard,
+                prefixes = ?prefixes,
+                "Redis client-side caching on: writes under these prefixes invalidate the hot cache at once"
+            );
+        }
+        Err(e) => {
+            stats.tracking_armed.store(false, Relaxed);
+            warn!(shard, error = %e, "could not turn on Redis client tracking; the hot-cache TTL bounds staleness");
+        }
+    }
+}

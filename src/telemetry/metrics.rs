@@ -1,0 +1,524 @@
+//! Every metric the proxy serves, defined once: its name, kind, help, labels and how its samples
+//! are read from the shards' counters ([`super::counters`]) and histograms. The operators'
+//! endpoint renders [`METRICS`] in one loop; a new counter is a field in `counters.rs` and a row
+//! here. A test checks that each name is unique and documented in the README.
+
+use std::cell::OnceCell;
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+
+use featureproxy_protocol::{ErrorCode, Status};
+use hdrhistogram::Histogram;
+
+use super::counters::{CloseReason, ShardStats, ViewStats, OPS};
+use super::histograms::ShardHistograms;
+use super::Sources;
+
+/// A Prometheus metric kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One sample's value: counts stay integers, durations and ratios are reals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Count(u64),
+    Real(f64),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Count(n) => write!(f, "{n}"),
+            Value::Real(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// Where a metric's samples go; label values come in the order of [`Metric::labels`].
+pub trait Samples {
+    fn sample(&mut self, labels: &[&str], value: Value);
+    /// A histogram recorded in `unit` seconds per count, with cumulative buckets at `bounds`
+    /// seconds.
+    fn histogram(&mut self, labels: &[&str], h: &Histogram<u64>, unit: f64, bounds: &[f64]);
+}
+
+/// What one scrape reads: the sources, and the shards' histograms merged once, on first use.
+pub struct Scrape<'a> {
+    pub src: &'a Sources,
+    merged: OnceCell<(ShardHistograms, ShardHistograms)>,
+}
+
+impl<'a> Scrape<'a> {
+    pub fn new(src: &'a Sources) -> Scrape<'a> {
+        Scrape {
+            src,
+            merged: OnceCell::new(),
+        }
+    }
+
+    /// Histograms summed over shards: since start.
+    pub fn total(&self) -> &ShardHistograms {
+        &self.merged().0
+    }
+
+    /// Histograms summed over shards: the last one-second interval.
+    pub fn last(&self) -> &ShardHistograms {
+        &self.merged().1
+    }
+
+    fn merged(&self) -> &(ShardHistograms, ShardHistograms) {
+        self.merged.get_or_init(|| self.src.merged_histograms())
+    }
+
+    fn sum(&self, f: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.src.shards.iter().map(|s| f(s)).sum()
+    }
+}
+
+/// How a metric's samples are read.
+pub enum Read {
+    /// One sample: the sum over shards.
+    Total(fn(&ShardStats) -> u64),
+    /// One sample per shard, labelled `shard`.
+    PerShard(fn(&ShardStats) -> u64),
+    /// One sample per view, labelled `view`, summed over shards.
+    PerView(fn(&ViewStats) -> u64),
+    /// Samples with labels of their own (ops, codes, statuses, histograms).
+    Custom(fn(&Scrape, &mut dyn Samples)),
+}
+
+/// One metric family.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// The labels every sample carries, in order.
+    pub labels: &'static [&'static str],
+    pub read: Read,
+}
+
+impl Metric {
+    /// Writes this metric's samples.
+    pub fn read(&self, scrape: &Scrape, out: &mut dyn Samples) {
+        match &self.read {
+            Read::Total(f) => out.sample(&[], Value::Count(scrape.sum(f))),
+            Read::PerShard(f) => {
+                for s in &scrape.src.shards {
+                    out.sample(&[&s.shard.to_string()], Value::Count(f(s)));
+                }
+            }
+            Read::PerView(f) => {
+                for view in scrape.src.registry.views() {
+                    let v = scrape.sum(|s| s.view(view.id).map_or(0, f));
+                    out.sample(&[&view.name], Value::Count(v));
+                }
+            }
+            Read::Custom(f) => f(scrape, out),
+        }
+    }
+}
+
+/// Sub-millisecond buckets for request and Redis latency, in seconds.
+pub const LATENCY_BOUNDS: [f64; 13] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
+];
+/// Feature age buckets, in seconds: from a second to a day.
+pub const AGE_BOUNDS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    read: Read,
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        help,
+        labels,
+        read,
+    }
+}
+
+const fn gauge(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    read: Read,
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        help,
+        labels,
+        read,
+    }
+}
+
+const fn histogram(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    read: fn(&Scrape, &mut dyn Samples),
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Histogram,
+        help,
+        labels,
+        read: Read::Custom(read),
+    }
+}
+
+/// Every metric, in the order `/metrics` shows them.
+pub static METRICS: &[Metric] = &[
+    counter(
+        "featureproxy_requests_total",
+        "Requests answered, by op and outcome (ok, or error: an ERROR frame).",
+        &["op", "outcome"],
+        Read::Custom(|sc, out| {
+            for op in OPS {
+                let name = op.name().to_lowercase();
+                let ok = sc.sum(|s| s.requests_ok.of(op).get());
+                let failed = sc.sum(|s| s.requests_failed.of(op).get());
+                out.sample(&[&name, "ok"], Value::Count(ok));
+                out.sample(&[&name, "error"], Value::Count(failed));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_errors_total",
+        "ERROR frames sent, by code (protocol errors included).",
+        &["code"],
+        Read::Custom(|sc, out| {
+            for code in ErrorCode::ALL {
+                let v = sc.sum(|s| s.errors(code).get());
+                out.sample(&[&code.name().to_lowercase()], Value::Count(v));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_entities_total",
+        "Entities served by GET, by view and status.",
+        &["view", "status"],
+        Read::Custom(|sc, out| {
+            for view in sc.src.registry.views() {
+                for st in Status::ALL {
+                    let v = sc.sum(|s| {
+                        s.view(view.id)
+                            .map_or(0, |vs| vs.entities[st as usize].get())
+                    });
+                    out.sample(&[&view.name, st.name()], Value::Count(v));
+                }
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_entities_cached_total",
+        "Entities served from the hot cache (status bit 0x80).",
+        &["view"],
+        Read::PerView(|v| v.cached.get()),
+    ),
+    counter(
+        "featureproxy_cache_hits_total",
+        "Hot-cache lookups that found the entity.",
+        &["view"],
+        Read::PerView(|v| v.cache_hits.get()),
+    ),
+    counter(
+        "featureproxy_cache_misses_total",
+        "Hot-cache lookups that did not.",
+        &["view"],
+        Read::PerView(|v| v.cache_misses.get()),
+    ),
+    counter(
+        "featureproxy_cache_admissions_total",
+        "Entries admitted to the hot cache.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.admissions.load(Relaxed)),
+    ),
+    counter(
+        "featureproxy_cache_rejections_total",
+        "Entries dropped from the probation FIFO without a second read (one-hit wonders, scans).",
+        &["shard"],
+        Read::PerShard(|s| s.cache.rejections.load(Relaxed)),
+    ),
+    counter(
+        "featureproxy_cache_evictions_total",
+        "Entries evicted from the main FIFO to make room.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.evictions.load(Relaxed)),
+    ),
+    counter(
+        "featureproxy_cache_expirations_total",
+        "Entries dropped at their hot-cache TTL.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.expirations.load(Relaxed)),
+    ),
+    counter(
+        "featureproxy_cache_invalidations_total",
+        "Entries dropped because a PUT wrote the key.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.invalidations.load(Relaxed)),
+    ),
+    gauge(
+        "featureproxy_cache_bytes",
+        "Bytes charged to the hot cache (keys, rows, per-entry overhead).",
+        &["shard"],
+        Read::PerShard(|s| s.cache.bytes.load(Relaxed)),
+    ),
+    gauge(
+        "featureproxy_cache_entries",
+        "Entries in the hot cache.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.entries.load(Relaxed)),
+    ),
+    gauge(
+        "featureproxy_cache_capacity_bytes",
+        "The hot cache's byte bound.",
+        &["shard"],
+        Read::PerShard(|s| s.cache.capacity.load(Relaxed)),
+    ),
+    counter(
+        "featureproxy_client_gets_total",
+        "GET requests received (coalescing input).",
+        &[],
+        Read::Total(|s| {
+            s.requests_ok.of(featureproxy_protocol::Op::Get).get()
+                + s.requests_failed.of(featureproxy_protocol::Op::Get).get()
+        }),
+    ),
+    counter(
+        "featureproxy_entities_requested_total",
+        "Entities asked for in GETs.",
+        &[],
+        Read::Total(|s| s.entities_requested.get()),
+    ),
+    counter(
+        "featureproxy_redis_commands_total",
+        "Commands sent to Redis (one MGET per coalesced batch, one SET per written row).",
+        &[],
+        Read::Total(|s| s.redis_commands.get()),
+    ),
+    counter(
+        "featureproxy_redis_keys_total",
+        "Keys carried by Redis commands; divided by commands, the keys per command.",
+        &[],
+        Read::Total(|s| s.redis_keys.get()),
+    ),
+    counter(
+        "featureproxy_singleflight_joins_total",
+        "Entity reads that joined a Redis read already in flight.",
+        &[],
+        Read::Total(|s| s.singleflight_joins.get()),
+    ),
+    counter(
+        "featureproxy_breaker_transitions_total",
+        "Circuit breaker state changes.",
+        &[],
+        Read::Total(|s| s.breaker_transitions.get()),
+    ),
+    counter(
+        "featureproxy_connections_accepted_total",
+        "Client connections accepted.",
+        &[],
+        Read::Total(|s| s.connections_accepted.get()),
+    ),
+    counter(
+        "featureproxy_connections_refused_total",
+        "Client connections refused at max_connections_per_shard (OVERLOADED).",
+        &[],
+        Read::Total(|s| s.connections_refused.get()),
+    ),
+    counter(
+        "featureproxy_bytes_in_total",
+        "Bytes read from clients.",
+        &[],
+        Read::Total(|s| s.bytes_in.get()),
+    ),
+    counter(
+        "featureproxy_bytes_out_total",
+        "Bytes written to clients.",
+        &[],
+        Read::Total(|s| s.bytes_out.get()),
+    ),
+    counter(
+        "featureproxy_redis_errors_total",
+        "Redis commands that failed, by kind (timeout; unavailable: connection down).",
+        &["kind"],
+        Read::Custom(|sc, out| {
+            out.sample(
+                &["timeout"],
+                Value::Count(sc.sum(|s| s.redis_timeouts.get())),
+            );
+            out.sample(
+                &["unavailable"],
+                Value::Count(sc.sum(|s| s.redis_unavailable.get())),
+            );
+        }),
+    ),
+    counter(
+        "featureproxy_breaker_rejections_total",
+        "Redis calls not made because the shard's breaker was open (reads got DEGRADED defaults).",
+        &[],
+        Read::Total(|s| s.breaker_rejections.get()),
+    ),
+    gauge(
+        "featureproxy_view_stale_after_seconds",
+        "Each view's stale_after: older values are served as STALE.",
+        &["view"],
+        Read::Custom(|sc, out| {
+            for v in sc.src.registry.views() {
+                out.sample(&[&v.name], Value::Real(v.stale_after.as_secs_f64()));
+            }
+        }),
+    ),
+    gauge(
+        "featureproxy_view_max_staleness_seconds",
+        "Each view's max_staleness: older values are withheld (EXPIRED defaults).",
+        &["view"],
+        Read::Custom(|sc, out| {
+            for v in sc.src.registry.views() {
+                out.sample(&[&v.name], Value::Real(v.max_staleness.as_secs_f64()));
+            }
+        }),
+    ),
+    gauge(
+        "featureproxy_build_info",
+        "Always 1; the version label says which build runs.",
+        &["version"],
+        Read::Custom(|_, out| out.sample(&[env!("CARGO_PKG_VERSION")], Value::Count(1))),
+    ),
+    gauge(
+        "featureproxy_start_time_seconds",
+        "Unix time the process started, to spot restarts.",
+        &[],
+        Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.started_unix_s))),
+    ),
+    counter(
+        "featureproxy_connections_closed_total",
+        "Client connections closed, by reason.",
+        &["reason"],
+        Read::Custom(|sc, out| {
+            for r in CloseReason::ALL {
+                let v = sc.sum(|s| s.connections_closed[r as usize].get());
+                out.sample(&[r.name()], Value::Count(v));
+            }
+        }),
+    ),
+    gauge(
+        "featureproxy_connections_open",
+        "Client connections open now.",
+        &[],
+        Read::Total(|s| s.connections_open.get()),
+    ),
+    gauge(
+        "featureproxy_inflight_requests",
+        "GET and PUT requests in flight now.",
+        &[],
+        Read::Total(|s| s.inflight_requests.get()),
+    ),
+    gauge(
+        "featureproxy_breaker_state",
+        "Circuit breaker state per shard: 0 closed, 1 open, 2 half-open.",
+        &["shard"],
+        Read::PerShard(|s| s.breaker().gauge() as u64),
+    ),
+    gauge(
+        "featureproxy_cache_tracking",
+        "1 while Redis client tracking keeps the shard's hot cache coherent with writes made behind the proxy.",
+        &["shard"],
+        Read::PerShard(|s| s.tracking_armed.load(Relaxed) as u64),
+    ),
+    gauge(
+        "featureproxy_redis_connected",
+        "1 while the shard's Redis connection is up.",
+        &["shard"],
+        Read::PerShard(|s| s.redis_connected.load(Relaxed) as u64),
+    ),
+    histogram(
+        "featureproxy_request_duration_seconds",
+        "Server-side latency, from a request read to its reply queued, by op and view.",
+        &["op", "view"],
+        |sc, out| {
+            let total = sc.total();
+            for view in sc.src.registry.views() {
+                let i = view.id as usize - 1;
+                out.histogram(&["get", &view.name], &total.get_us[i], 1e-6, &LATENCY_BOUNDS);
+                out.histogram(&["put", &view.name], &total.put_us[i], 1e-6, &LATENCY_BOUNDS);
+            }
+        },
+    ),
+    histogram(
+        "featureproxy_feature_age_seconds",
+        "Age (now - computed_at) of every stored value found, by view.",
+        &["view"],
+        |sc, out| {
+            let total = sc.total();
+            for view in sc.src.registry.views() {
+                let h = &total.age_ms[view.id as usize - 1];
+                out.histogram(&[&view.name], h, 1e-3, &AGE_BOUNDS);
+            }
+        },
+    ),
+    gauge(
+        "featureproxy_feature_age_max_seconds",
+        "Oldest value served per view over the last one-second interval.",
+        &["view"],
+        Read::Custom(|sc, out| {
+            let last = sc.last();
+            for view in sc.src.registry.views() {
+                let h = &last.age_ms[view.id as usize - 1];
+                out.sample(&[&view.name], Value::Real(h.max() as f64 / 1000.0));
+            }
+        }),
+    ),
+    histogram(
+        "featureproxy_redis_command_duration_seconds",
+        "Redis command latency as the proxy sees it.",
+        &[],
+        |sc, out| out.histogram(&[], &sc.total().redis_us, 1e-6, &LATENCY_BOUNDS),
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::METRICS;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_metric_name_is_unique_and_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let mut seen = HashSet::new();
+        for m in METRICS {
+            assert!(seen.insert(m.name), "{} is defined twice", m.name);
+            assert!(
+                m.name.starts_with("featureproxy_"),
+                "{}: every metric name starts with featureproxy_",
+                m.name
+            );
+            assert!(
+                readme.contains(m.name),
+                "{} is served but README.md does not document it",
+                m.name
+            );
+            assert!(!m.help.is_empty(), "{} has no help text", m.name);
+        }
+    }
+}
