@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Checks that the metrics deploy/ refers to are the metrics featureproxy serves.
 
-    python3 deploy/check_metrics.py                       # names, against src/telemetry/metrics.rs
+    python3 deploy/check_metrics.py                       # names, against src/ops/metrics.rs
     python3 deploy/check_metrics.py --scrape URL_OR_FILE  # also labels and label values,
                                                           # against a real /metrics answer
 
 1. Every `featureproxy_*` metric name in deploy/ (rules, dashboard, README) must be a family
-   declared in src/telemetry/metrics.rs, or `_bucket`/`_sum`/`_count` of a histogram family there.
+   declared in src/ops/metrics.rs, or `_bucket`/`_sum`/`_count` of a histogram family there.
    Recording-rule names (`level:featureproxy_x:op`) are not metric names and are skipped.
 2. With --scrape (a URL such as http://127.0.0.1:7071/metrics, or a saved file), every label
    matcher in a PromQL expression of the rules and dashboard must name a label that metric
@@ -26,7 +26,7 @@ from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
-SOURCE = ROOT / "src" / "telemetry" / "metrics.rs"
+SOURCE = ROOT / "src" / "ops" / "metrics.rs"
 SELF = Path(__file__).resolve()
 
 NAME = re.compile(r"(?<![:\w])featureproxy_[a-z0-9_]+(?![:\w])")
@@ -119,9 +119,9 @@ def main():
             used.setdefault(n, set()).add(str(p.relative_to(ROOT)))
     for n in sorted(used):
         if n not in served:
-            problems.append(f"{n}: not served by src/telemetry/metrics.rs (used in {', '.join(sorted(used[n]))})")
+            problems.append(f"{n}: not served by src/ops/metrics.rs (used in {', '.join(sorted(used[n]))})")
     print(f"{len(used)} metric names referenced in deploy/, "
-          f"{len(served)} served (families and histogram series) by src/telemetry/metrics.rs")
+          f"{len(served)} served (families and histogram series) by src/ops/metrics.rs")
     families = {f for f in served if not any(f == h + s for h in histograms for s in ("_bucket", "_sum", "_count"))}
     unused = sorted(f for f in families if not any(u == f or u.startswith(f + "_") for u in used))
     if unused:
@@ -164,7 +164,7 @@ def main():
         print("MISMATCH:", pr)
     if problems:
         sys.exit(1)
-    print("OK: every metric named in deploy/ is served by src/telemetry/metrics.rs")
+    print("OK: every metric named in deploy/ is served by src/ops/metrics.rs")
 
 
 if __name__ == "__main__":

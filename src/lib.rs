@@ -7,8 +7,8 @@
 //! - [`store`]: the seam (`Layout`, `Backend`), our packed layout, and Redis beneath it;
 //!
 //! and back up with one status, age and row per entity. Beside the path: [`config`] (the config
-//! file, read once), [`telemetry`] (counters, histograms, the metric table) and [`ops`] (the
-//! operators' HTTP endpoint). [`shard`] wires one thread's worth of the stages together and
+//! file, read once), [`telemetry`] (counters and histograms) and [`ops`] (the operators' HTTP
+//! endpoint and the metric table). [`shard`] wires one thread's worth of the stages together and
 //! [`server`] starts the shards.
 
 pub mod config;

@@ -8,13 +8,13 @@ use tracing::{error, info};
 use crate::config::registry::Registry;
 use crate::config::settings::{Settings, SettingsError};
 use crate::ops;
+use crate::ops::Sources;
 use crate::reading::freshness::now_ms;
 use crate::serving::accept::reuseport_listener;
 use crate::shard::{self, ShardSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms;
-use crate::telemetry::Sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

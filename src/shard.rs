@@ -101,9 +101,14 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     });
     if settings.client_tracking && settings.hot_cache_bytes > 0 {
         let on_change = reader.clone();
+        let prefixes = registry
+            .views()
+            .iter()
+            .map(|v| v.layout.tracking_prefix())
+            .collect();
         tokio::task::spawn_local(tracking::run(
             redis_url.clone(),
-            registry.clone(),
+            prefixes,
             stats.clone(),
             move |change| on_change.apply(change),
         ));

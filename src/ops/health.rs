@@ -26,7 +26,7 @@ pub fn ready(shards: &[Arc<ShardStats>]) -> Answer {
 pub fn health(shards: &[Arc<ShardStats>]) -> Answer {
     let open: Vec<u16> = shards
         .iter()
-        .filter(|s| s.breaker() == BreakerState::Open)
+        .filter(|s| BreakerState::from_gauge(s.breaker_state.load(Relaxed)) == BreakerState::Open)
         .map(|s| s.shard)
         .collect();
     let disconnected: Vec<u16> = shards

@@ -6,6 +6,7 @@
 //! them up per scrape.
 
 pub mod health;
+pub mod metrics;
 pub mod prom;
 pub mod stats_json;
 
@@ -15,7 +16,35 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::telemetry::Sources;
+use crate::config::registry::Registry;
+use crate::telemetry::counters::ShardStats;
+use crate::telemetry::histograms::{ShardHistograms, SharedAggregate};
+
+/// Everything the endpoint reads.
+pub struct Sources {
+    pub shards: Vec<Arc<ShardStats>>,
+    pub registry: Arc<Registry>,
+    pub histograms: SharedAggregate,
+    /// Unix seconds when the process started.
+    pub started_unix_s: u64,
+}
+
+impl Sources {
+    /// Histograms summed over shards: (since start, last interval).
+    pub fn merged_histograms(&self) -> (ShardHistograms, ShardHistograms) {
+        let n = self.registry.views().len();
+        let (mut total, mut last) = (ShardHistograms::new(n), ShardHistograms::new(n));
+        if let Ok(agg) = self.histograms.lock() {
+            for h in &agg.total {
+                total.add(h);
+            }
+            for h in &agg.last {
+                last.add(h);
+            }
+        }
+        (total, last)
+    }
+}
 
 /// At most this many scrapes are answered at once; more are closed at once.
 const MAX_CONCURRENT: usize = 16;

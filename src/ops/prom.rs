@@ -1,12 +1,12 @@
-//! `/metrics`: the metric table ([`crate::telemetry::metrics::METRICS`]) in the Prometheus
+//! `/metrics`: the metric table ([`super::metrics::METRICS`]) in the Prometheus
 //! text exposition format (version 0.0.4), through a small writer of that format.
 
 use std::fmt::{Display, Write as _};
 
 use hdrhistogram::Histogram;
 
-use crate::telemetry::metrics::{Samples, Scrape, Value, METRICS};
-use crate::telemetry::Sources;
+use super::metrics::{Samples, Scrape, Value, METRICS};
+use super::Sources;
 
 /// One scrape of every metric, in the table's order.
 pub fn metrics(src: &Sources) -> String {

@@ -7,10 +7,11 @@ use featureproxy_protocol::Status;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::Sources;
 use crate::config::registry::Registry;
+use crate::store::breaker::BreakerState;
 use crate::telemetry::counters::{ShardStats, OPS};
 use crate::telemetry::histograms::ShardHistograms;
-use crate::telemetry::Sources;
 
 /// p50, p90, p99, p99.9 and max of a histogram, in its unit scaled by `scale`.
 fn sum(shards: &[std::sync::Arc<ShardStats>], f: impl Fn(&ShardStats) -> u64) -> u64 {
@@ -63,7 +64,7 @@ fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
             )
         })
         .collect();
-    let breaker = s.breaker().name();
+    let breaker = BreakerState::from_gauge(s.breaker_state.load(Relaxed)).name();
     json!({
         "shard": s.shard,
         "redis_connected": s.redis_connected.load(Relaxed),

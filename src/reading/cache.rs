@@ -7,7 +7,7 @@
 //! key that comes back soon goes straight to main. Hits only bump a 2-bit counter.
 //!
 //! Bounded in bytes: every entry is charged its key, its row and [`ENTRY_OVERHEAD`]. Rows are
-//! stored as compact copies, never as the `Bytes` fred hands out (those pin the whole read
+//! stored as compact copies, never as the `Bytes` the backend hands out (those pin its whole read
 //! buffer). Every entry expires after its view's hot-cache TTL, so rows written behind the proxy's
 //! back are picked up within that TTL; writes through the proxy invalidate at once.
 
@@ -80,7 +80,8 @@ impl Slot {
     }
 }
 
-/// A byte-bounded S3-FIFO cache of rows by Redis key.
+/// A byte-bounded S3-FIFO cache of rows by cache key (the reading stage makes it from the view
+/// id and the entity key).
 pub struct HotCache {
     capacity: usize,
     small_target: usize,
@@ -191,7 +192,7 @@ impl HotCache {
                 return;
             }
             if computed_at_ms == slot.computed_at_ms && &slot.data[slot.key_len..] == row {
-                // Redis confirmed the same row again: it is current as of now.
+                // The store confirmed the same row again: it is current as of now.
                 slot.expires_at = now + ttl;
                 return;
             }

@@ -3,10 +3,9 @@
 //! Requests hand their read keys to the coalescer and wait. Keys collect in the shard's next
 //! batch until the shard has no more ready work (the flusher yields once to let every runnable
 //! task add its keys) or the batch reaches its size cap; then the whole batch goes to the backend
-//! at once (one MGET on a standalone Redis). There
-//! is no timer that waits to collect more: at low load a key leaves on the next turn of the event
-//! loop, and batches grow only when load does. A key already on its way to Redis is not asked for
-//! twice: a later request joins the read in flight (single-flight).
+//! at once. There is no timer that waits to collect more: at low load a key leaves on the next
+//! turn of the event loop, and batches grow only when load does. A key already on its way to the
+//! store is not asked for twice: a later request joins the read in flight (single-flight).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -183,7 +183,13 @@ impl Reader {
     /// Drops whatever this shard holds for rows that changed in the store.
     pub fn apply(&self, change: Change) {
         match change {
-            Change::Rows { view, entities } => self.invalidate(view, &entities),
+            Change::Keys(keys) => {
+                for key in &keys {
+                    for (view, entity) in self.registry.locate(key) {
+                        self.invalidate(view, &[key.slice_ref(entity)]);
+                    }
+                }
+            }
             Change::Everything { why } => self.flush(why),
         }
     }
@@ -318,5 +324,169 @@ fn judge(view: &View, computed_at_ms: u64, row: Bytes, now_ms: u64) -> Answer {
             row,
             computed_at_ms,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reading stage against a backend of the test's own: the seam promises one outcome per
+    //! key, so a failure or an open breaker on some keys must degrade those keys only. (Redis
+    //! itself is exercised by the integration tests, against a real server.)
+
+    use std::cell::RefCell;
+    use std::time::{Duration, Instant};
+
+    use futures::future::LocalBoxFuture;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::store::{Failure, Layout, ReadKey, StoreError, WriteItem};
+
+    /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
+    /// breaker (never asked), anything else a fresh row of 7.0s.
+    struct ByName {
+        view: View,
+        asked: RefCell<Vec<Bytes>>,
+    }
+
+    impl ByName {
+        fn entity<'k>(&self, key: &'k ReadKey) -> &'k [u8] {
+            self.view.layout.entity_of(&key.key).unwrap()
+        }
+    }
+
+    impl Backend for ByName {
+        fn admits(&self, key: &ReadKey, _now: Instant) -> bool {
+            !self.entity(key).starts_with(b"open-")
+        }
+
+        fn read<'a>(
+            &'a self,
+            keys: &'a [ReadKey],
+            _timeout: Duration,
+        ) -> LocalBoxFuture<'a, Vec<Fetched>> {
+            let out = keys
+                .iter()
+                .map(|k| {
+                    let entity = self.entity(k);
+                    self.asked.borrow_mut().push(Bytes::copy_from_slice(entity));
+                    if entity.starts_with(b"down-") {
+                        Fetched::Failed(Failure::Unavailable)
+                    } else if entity.starts_with(b"gone-") {
+                        Fetched::Absent
+                    } else {
+                        let row: Vec<u8> = (0..16).flat_map(|_| 7.0f32.to_le_bytes()).collect();
+                        let (mut kb, mut vb) = (BytesMut::new(), BytesMut::new());
+                        let WriteItem::Value { value, .. } = self.view.layout.write(
+                            &mut kb,
+                            &mut vb,
+                            entity,
+                            freshness::now_ms(),
+                            &row,
+                        );
+                        Fetched::Value(value)
+                    }
+                })
+                .collect();
+            async move { out }.boxed_local()
+        }
+
+        fn write(
+            &self,
+            _items: Vec<WriteItem>,
+            _timeout: Duration,
+        ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed_local()
+        }
+    }
+
+    fn statuses(a: &Answers) -> Vec<(Status, bool)> {
+        a.statuses.iter().map(|s| (s.status, s.cached)).collect()
+    }
+
+    #[test]
+    fn a_failure_degrades_only_the_keys_it_touched() {
+        let registry = Arc::new(
+            Registry::load(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/features.toml"
+            ))
+            .unwrap(),
+        );
+        let view = registry.by_name("user_features").unwrap().clone();
+        let backend = Rc::new(ByName {
+            view: view.clone(),
+            asked: RefCell::new(Vec::new()),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let stats = Arc::new(ShardStats::new(0, registry.views().len()));
+            let coalescer = Coalescer::new(backend.clone(), stats.clone(), 1024);
+            tokio::task::spawn_local(coalescer.clone().run_flusher());
+            let reader = Reader::new(
+                0,
+                registry.clone(),
+                HotCache::new(1 << 20),
+                coalescer,
+                backend.clone(),
+                stats,
+                Rc::new(RefCell::new(ShardHistograms::new(registry.views().len()))),
+            );
+            let entities: Vec<Bytes> = ["u1", "down-1", "gone-1", "open-1", "u2"]
+                .into_iter()
+                .map(|e| Bytes::from_static(e.as_bytes()))
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let first = reader.read(&view, &entities, true, deadline).await;
+            assert_eq!(
+                statuses(&first),
+                [
+                    (Status::Fresh, false),
+                    (Status::Degraded, false),
+                    (Status::Missing, false),
+                    (Status::Degraded, false),
+                    (Status::Fresh, false),
+                ]
+            );
+            assert_eq!(&first.rows[0][..4], &7.0f32.to_le_bytes());
+            assert_eq!(first.rows[1], view.default_row);
+            assert_eq!(first.rows[3], view.default_row);
+            let asked: Vec<Bytes> = backend.asked.borrow().clone();
+            assert_eq!(
+                asked,
+                ["u1", "down-1", "gone-1", "u2"],
+                "open-1 is never asked"
+            );
+
+            // Served rows are cached; defaults never are, so the failed keys are asked again.
+            backend.asked.borrow_mut().clear();
+            let second = reader.read(&view, &entities, true, deadline).await;
+            assert_eq!(
+                statuses(&second),
+                [
+                    (Status::Fresh, true),
+                    (Status::Degraded, false),
+                    (Status::Missing, false),
+                    (Status::Degraded, false),
+                    (Status::Fresh, true),
+                ]
+            );
+            assert_eq!(*backend.asked.borrow(), ["down-1", "gone-1"]);
+
+            // A notice of a write drops that row, and only that row, from the cache.
+            let Layout::Packed(p) = &view.layout;
+            let key = Bytes::from([p.key_prefix(), b"u2"].concat());
+            reader.apply(Change::Keys(vec![key]));
+            backend.asked.borrow_mut().clear();
+            let third = reader.read(&view, &entities[..1], true, deadline).await;
+            assert_eq!(statuses(&third), [(Status::Fresh, true)]);
+            let u2 = reader.read(&view, &entities[4..], true, deadline).await;
+            assert_eq!(statuses(&u2), [(Status::Fresh, false)]);
+            assert_eq!(*backend.asked.borrow(), ["u2"]);
+        });
     }
 }

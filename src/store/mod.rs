@@ -106,12 +106,12 @@ impl StoreError {
     }
 }
 
-/// Rows that changed in the store behind the reading stage's back: whatever it holds for them
-/// (cached rows, reads in flight) may be older than the store.
+/// A notice from the store of writes made behind the reading stage's back: whatever it holds
+/// for those rows (cached rows, reads in flight) may be older than the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// These entities of this view were written.
-    Rows { view: ViewId, entities: Vec<Bytes> },
+    /// These store keys were written; the views' layouts say whose rows they hold.
+    Keys(Vec<Bytes>),
     /// Anything may have changed (the store was flushed, or notices of writes were lost).
     Everything { why: &'static str },
 }

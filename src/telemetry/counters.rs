@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 
-use crate::store::breaker::BreakerState;
-
 use featureproxy_protocol::{ErrorCode, Op, Status};
 
 /// A monotonically increasing count, or a gauge, written by one shard.
@@ -196,11 +194,6 @@ impl ShardStats {
     /// The counters of the view with this id (ids are 1-based); None for an unknown id.
     pub fn view(&self, view_id: u16) -> Option<&ViewStats> {
         self.views.get((view_id as usize).checked_sub(1)?)
-    }
-
-    /// The breaker's state as last published.
-    pub fn breaker(&self) -> BreakerState {
-        BreakerState::from_gauge(self.breaker_state.load(Relaxed))
     }
 
     /// Requests answered with an ERROR frame carrying `code`.

@@ -99,16 +99,16 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::registry::Registry;
     use crate::store::Layout;
 
+    /// user_features of examples/features.toml: 16 f32.
     fn layout() -> Layout {
-        let r = Registry::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/features.toml"
+        Layout::Packed(Packed::new(
+            "user_features",
+            1,
+            64,
+            Duration::from_secs(3600),
         ))
-        .unwrap();
-        r.by_name("user_features").unwrap().layout.clone()
     }
 
     #[test]

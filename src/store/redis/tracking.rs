@@ -17,15 +17,14 @@ use fred::types::RespVersion;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
-use crate::config::registry::Registry;
 use crate::store::Change;
 use crate::telemetry::counters::ShardStats;
 
 /// Runs the shard's tracking connection until the shard stops, telling `changed` about every
-/// write Redis reports under the views' tracking prefixes.
+/// write Redis reports under `prefixes` (the views' layouts give them).
 pub async fn run(
     url: String,
-    registry: Arc<Registry>,
+    mut prefixes: Vec<&'static str>,
     stats: Arc<ShardStats>,
     mut changed: impl FnMut(Change),
 ) {
@@ -37,11 +36,6 @@ pub async fn run(
             return;
         }
     };
-    let mut prefixes: Vec<&'static str> = registry
-        .views()
-        .iter()
-        .map(|v| v.layout.tracking_prefix())
-        .collect();
     prefixes.sort_unstable();
     prefixes.dedup();
     let mut invalidations = client.invalidation_rx();
@@ -53,14 +47,7 @@ pub async fn run(
         tokio::select! {
             msg = invalidations.recv() => match msg {
                 Ok(inv) if inv.keys.is_empty() => changed(Change::Everything { why: "Redis was flushed" }),
-                Ok(inv) => {
-                    for key in inv.keys {
-                        let key = key.into_bytes();
-                        for (view, entity) in registry.locate(&key) {
-                            changed(Change::Rows { view, entities: vec![key.slice_ref(entity)] });
-                        }
-                    }
-                }
+                Ok(inv) => changed(Change::Keys(inv.keys.into_iter().map(|k| k.into_bytes()).collect())),
                 Err(RecvError::Lagged(n)) => {
                     changed(Change::Everything { why: "missed invalidations" });
                     debug!(shard, missed = n, "invalidation receiver lagged");

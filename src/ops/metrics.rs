@@ -1,7 +1,7 @@
 //! Every metric the proxy serves, defined once: its name, kind, help, labels and how its samples
-//! are read from the shards' counters ([`super::counters`]) and histograms. The operators'
-//! endpoint renders [`METRICS`] in one loop; a new counter is a field in `counters.rs` and a row
-//! here. A test checks that each name is unique and documented in the README.
+//! are read from the shards' counters ([`crate::telemetry::counters`]) and histograms. `/metrics`
+//! renders [`METRICS`] in one loop ([`super::prom`]); a new counter is a field in `counters.rs`
+//! and a row here. A test checks that each name is unique and documented in the README.
 
 use std::cell::OnceCell;
 use std::fmt;
@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use featureproxy_protocol::{ErrorCode, Status};
 use hdrhistogram::Histogram;
 
-use super::counters::{CloseReason, ShardStats, ViewStats, OPS};
-use super::histograms::ShardHistograms;
 use super::Sources;
+use crate::telemetry::counters::{CloseReason, ShardStats, ViewStats, OPS};
+use crate::telemetry::histograms::ShardHistograms;
 
 /// A Prometheus metric kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +438,7 @@ pub static METRICS: &[Metric] = &[
         "featureproxy_breaker_state",
         "Circuit breaker state per shard: 0 closed, 1 open, 2 half-open.",
         &["shard"],
-        Read::PerShard(|s| s.breaker().gauge() as u64),
+        Read::PerShard(|s| s.breaker_state.load(Relaxed) as u64),
     ),
     gauge(
         "featureproxy_cache_tracking",
