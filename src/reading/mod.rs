@@ -49,6 +49,27 @@ pub struct Reader {
     scratch: RefCell<Vec<u8>>,
 }
 
+/// A read under way: where each entity's answer will come from.
+pub struct Lookup {
+    sources: Vec<Source>,
+}
+
+impl Lookup {
+    /// True when no answer waits on the store: every entity came from the cache, or gets its
+    /// defaults, or its batch has already landed.
+    pub fn is_ready(&self) -> bool {
+        self.sources.iter().all(|s| match s {
+            Source::Store(p) => p.batch.is_done(),
+            Source::Cached(_) | Source::Unavailable => true,
+        })
+    }
+
+    /// Waits for the store's answers, up to `deadline`.
+    pub async fn wait(&self, deadline: Instant) {
+        wait_until(&self.sources, deadline).await
+    }
+}
+
 /// Where one entity's answer comes from.
 enum Source {
     Cached(CachedRow),
@@ -88,13 +109,31 @@ impl Reader {
         use_cache: bool,
         deadline: Instant,
     ) -> Answers {
-        let sources = self.lookup(view, entities, use_cache, deadline);
-        wait_until(&sources, deadline).await;
-        self.answer(view, entities, &sources)
+        let lookup = self.start(view, entities, use_cache, deadline);
+        lookup.wait(deadline).await;
+        self.finish(view, entities, &lookup)
     }
 
-    /// Where each entity's answer will come from: the hot cache, a read queued in the
-    /// coalescer, or nowhere while its node's breaker is open.
+    /// Starts a read: finds each entity in the hot cache, or queues its read in the coalescer,
+    /// or (while its node's breaker is open) settles for its defaults. When the returned lookup
+    /// [is ready](Lookup::is_ready), [`Reader::finish`] answers at once, without waiting.
+    pub fn start(
+        &self,
+        view: &View,
+        entities: &[Bytes],
+        use_cache: bool,
+        deadline: Instant,
+    ) -> Lookup {
+        Lookup {
+            sources: self.lookup(view, entities, use_cache, deadline),
+        }
+    }
+
+    /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
+    pub fn finish(&self, view: &View, entities: &[Bytes], lookup: &Lookup) -> Answers {
+        self.answer(view, entities, &lookup.sources)
+    }
+
     fn lookup(
         &self,
         view: &View,
@@ -252,7 +291,7 @@ async fn wait_until(sources: &[Source], deadline: Instant) {
         Source::Store(p) => Some(p),
         _ => None,
     }) {
-        if last.is_some_and(|b| Rc::ptr_eq(b, &p.batch)) || p.batch.result().is_some() {
+        if last.is_some_and(|b| Rc::ptr_eq(b, &p.batch)) || p.batch.is_done() {
             continue;
         }
         last = Some(&p.batch);

@@ -1,16 +1,20 @@
-//! One client connection: read frames, pass each through the session's handshake and dispatch
-//! it; replies leave through the connection's outbox. Past `max_inflight_per_connection`
-//! requests in flight the reader stops reading from the socket: TCP backpressure, not an
-//! unbounded queue.
+//! One client connection, served by one task that owns the socket. Each turn it decodes every
+//! complete frame it has read, answers what it can on the spot (replies go into the outbox),
+//! writes all the turn's replies with one write, then waits for more bytes or for a request
+//! that waited on the store to answer. No task per request that is ready, no writer task.
+//!
+//! Backpressure: past `max_inflight_per_connection` requests waiting on the store, or once
+//! `max_frame` bytes of replies wait for a client that does not read them, the connection stops
+//! reading from its socket (TCP pushes back on the client) instead of queueing without bound.
 
 use std::rc::Rc;
-use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use featureproxy_protocol::{decode_frame, Limits, ProtocolError, Request};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use super::dispatch::dispatch;
 use super::outbox::Outbox;
@@ -18,41 +22,49 @@ use super::session::Session;
 use super::Serving;
 use crate::telemetry::counters::CloseReason;
 
+/// Room kept free in the read buffer before each read.
+const READ_ROOM: usize = 4096;
+/// What the read buffer grows by when it runs short of room.
+const READ_CHUNK: usize = 16 * 1024;
+/// A reply buffer larger than this is released once written, not kept for the next turn.
+const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// Serves one connection until the peer leaves, a fatal protocol error, or shutdown.
-pub async fn serve(stream: TcpStream, serving: Rc<Serving>, mut shutdown: watch::Receiver<bool>) {
-    let (mut rd, wr) = stream.into_split();
-    let outbox = Rc::new(Outbox::default());
-    let writer = tokio::task::spawn_local(outbox.clone().run_writer(wr, serving.stats.clone()));
+pub async fn serve(
+    mut stream: TcpStream,
+    serving: Rc<Serving>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let settings = serving.settings.clone();
     let stats = serving.stats.clone();
-    let max_inflight = settings.max_inflight_per_connection;
-    let permits = Arc::new(Semaphore::new(max_inflight));
     let limits = Limits {
         max_frame: settings.max_frame,
         max_batch: settings.max_batch,
     };
+    let max_inflight = settings.max_inflight_per_connection;
+    let max_waiting = settings.max_frame as usize;
     let token = settings.auth_token.as_deref();
     let mut session = Session::new(token.is_some());
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    let mut reason = CloseReason::Peer;
+    let outbox = Rc::new(Outbox::default());
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // None while the connection still reads; Some(why) once it only finishes what is in flight.
+    let mut closing: Option<CloseReason> = None;
+    // Borrowed halves of the one socket, so one select can wait on either direction.
+    let (mut rd, mut wr) = stream.split();
 
-    'read: loop {
-        loop {
+    loop {
+        // Serve every complete frame, unless the connection is at one of its limits.
+        while closing.is_none() && outbox.inflight() < max_inflight && outbox.len() < max_waiting {
             match decode_frame(&mut rbuf, limits.max_frame) {
                 Ok(Some(frame)) => {
-                    outbox.room(limits.max_frame as usize).await;
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break 'read;
-                    };
-                    let started = std::time::Instant::now();
+                    let started = Instant::now();
                     let rid = frame.request_id;
                     match session.admit(Request::decode(&frame, &limits), token) {
-                        Ok(req) => dispatch(&serving, &outbox, req, rid, started, permit),
+                        Ok(req) => dispatch(&serving, &outbox, req, rid, started),
                         Err(refusal) => {
                             outbox.error(&stats, refusal.error, rid);
                             if refusal.close {
-                                reason = CloseReason::ProtocolError;
-                                break 'read;
+                                closing = Some(CloseReason::ProtocolError);
                             }
                         }
                     }
@@ -60,64 +72,74 @@ pub async fn serve(stream: TcpStream, serving: Rc<Serving>, mut shutdown: watch:
                 Ok(None) => break,
                 Err((request_id, err)) => {
                     outbox.error(&stats, err, request_id);
-                    reason = CloseReason::ProtocolError;
-                    break 'read;
+                    closing = Some(CloseReason::ProtocolError);
                 }
             }
         }
-        if outbox.is_dead() {
-            reason = CloseReason::Io;
+
+        // Write what is ready: normally all of it, in one write.
+        if !outbox.is_empty() {
+            let mut out = outbox.pending();
+            match wr.try_write(&out) {
+                Ok(n) if n > 0 => {
+                    stats.bytes_out.add(n as u64);
+                    if n < out.len() {
+                        out.advance(n);
+                    } else if out.capacity() > KEEP_WRITE_BUFFER {
+                        // One huge reply must not pin its buffer for the connection's life.
+                        *out = BytesMut::new();
+                    } else {
+                        out.clear();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(_) | Err(_) => {
+                    drop(out);
+                    closing = Some(CloseReason::Io);
+                    break;
+                }
+            }
+        }
+        if closing.is_some() && outbox.inflight() == 0 && outbox.is_empty() {
             break;
         }
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(16 * 1024);
+
+        let reading =
+            closing.is_none() && outbox.inflight() < max_inflight && outbox.len() < max_waiting;
+        // Part of a frame is in: the rest must follow within frame_timeout, so a peer cannot
+        // hold a half frame (and its buffer) open forever.
+        let half_frame = reading && !rbuf.is_empty();
+        if reading && rbuf.capacity() - rbuf.len() < READ_ROOM {
+            rbuf.reserve(READ_CHUNK);
         }
-        let read = if rbuf.is_empty() {
-            tokio::select! {
-                r = rd.read_buf(&mut rbuf) => r,
-                _ = shutdown.changed() => {
-                    reason = CloseReason::Shutdown;
+        tokio::select! {
+            biased;
+            _ = outbox.woken() => {}
+            r = wr.writable(), if !outbox.is_empty() => {
+                if r.is_err() {
+                    closing = Some(CloseReason::Io);
                     break;
                 }
             }
-        } else {
-            // Part of a frame is in: the rest must follow within frame_timeout, so a peer
-            // cannot hold a half frame (and its buffer) open forever.
-            tokio::select! {
-                r = tokio::time::timeout(settings.frame_timeout, rd.read_buf(&mut rbuf)) => match r {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let msg = format!(
-                            "frame incomplete after {:?}: {} bytes of a frame received, the rest never came",
-                            settings.frame_timeout,
-                            rbuf.len()
-                        );
-                        outbox.error(&stats, ProtocolError::malformed(msg), 0);
-                        reason = CloseReason::FrameTimeout;
-                        break;
-                    }
-                },
-                _ = shutdown.changed() => {
-                    reason = CloseReason::Shutdown;
-                    break;
-                }
+            r = rd.read_buf(&mut rbuf), if reading => match r {
+                Ok(0) => closing = Some(CloseReason::Peer),
+                Ok(n) => stats.bytes_in.add(n as u64),
+                Err(_) => closing = Some(CloseReason::Io),
+            },
+            _ = tokio::time::sleep(settings.frame_timeout), if half_frame => {
+                let msg = format!(
+                    "frame incomplete after {:?}: {} bytes of a frame received, the rest never came",
+                    settings.frame_timeout,
+                    rbuf.len()
+                );
+                outbox.error(&stats, ProtocolError::malformed(msg), 0);
+                closing = Some(CloseReason::FrameTimeout);
             }
-        };
-        match read {
-            Ok(0) => break,
-            Ok(n) => stats.bytes_in.add(n as u64),
-            Err(_) => {
-                reason = CloseReason::Io;
-                break;
-            }
+            _ = shutdown.changed(), if closing.is_none() => closing = Some(CloseReason::Shutdown),
         }
     }
-    // Let requests in flight finish (shutdown waits for them up to its drain timeout).
-    let _ = permits.acquire_many(max_inflight as u32).await;
     outbox.close();
-    let _ = writer.await;
-    if outbox.write_failed() {
-        reason = CloseReason::Io;
-    }
+    let _ = wr.shutdown().await;
+    let reason = closing.unwrap_or(CloseReason::Peer);
     stats.connections_closed[reason as usize].inc();
 }

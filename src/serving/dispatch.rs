@@ -1,11 +1,11 @@
-//! Routing one admitted request: HELLO, PING and SCHEMA are answered on the spot; GET and PUT,
-//! which wait on the store, run as tasks of their own holding the connection's in-flight permit.
+//! Routing one admitted request. HELLO, PING, SCHEMA, and GETs whose rows are all at hand are
+//! answered on the spot, in the connection's own turn. A GET that waits on the store, and every
+//! PUT, runs as a task of its own and hands its reply to the outbox when done.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use featureproxy_protocol::{Op, ProtocolError, Request, Response};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::outbox::Outbox;
 use super::Serving;
@@ -17,60 +17,65 @@ pub fn dispatch(
     req: Request,
     rid: u32,
     started: Instant,
-    permit: OwnedSemaphorePermit,
 ) {
     let op = req.op();
-    match req {
-        Request::Hello(_) => outbox.response(&serving.hello_reply(), rid),
-        Request::Ping => outbox.response(&Response::Pong, rid),
-        Request::Schema { view } => match serving.schema(&view) {
-            Ok(r) => outbox.response(&r, rid),
-            Err(e) => {
-                serving.stats.request_failed(op);
-                outbox.error(&serving.stats, e, rid);
+    let answered = match req {
+        Request::Hello(_) => Ok(serving.hello_reply()),
+        Request::Ping => Ok(Response::Pong),
+        Request::Schema { view } => serving.schema(&view),
+        Request::Get(get) => match serving.begin_get(get, started) {
+            Ok(work) if work.is_ready() => {
+                outbox.push(|b| serving.finish_get(work, b, rid));
+                serving.stats.request_ok(op);
                 return;
             }
-        },
-        Request::Get(get) => {
-            let work = {
-                let (serving, outbox) = (serving.clone(), outbox.clone());
-                async move {
-                    let reply = serving.get(get, started).await?;
-                    outbox.push(|b| reply.encode(b, rid));
+            Ok(work) => {
+                let serving2 = serving.clone();
+                let out = outbox.clone();
+                spawn_request(serving, outbox, op, rid, async move {
+                    work.wait().await;
+                    out.push(|b| serving2.finish_get(work, b, rid));
                     Ok(())
-                }
-            };
-            spawn_request(serving, outbox, op, rid, permit, work);
+                });
+                return;
+            }
+            Err(e) => Err(e),
+        },
+        Request::Put(put) => {
+            let (serving2, out) = (serving.clone(), outbox.clone());
+            spawn_request(serving, outbox, op, rid, async move {
+                let resp = serving2.put(put, started).await?;
+                out.response(&resp, rid);
+                Ok(())
+            });
             return;
         }
-        Request::Put(put) => {
-            let work = {
-                let (serving, outbox) = (serving.clone(), outbox.clone());
-                async move {
-                    let resp = serving.put(put, started).await?;
-                    outbox.response(&resp, rid);
-                    Ok(())
-                }
-            };
-            spawn_request(serving, outbox, op, rid, permit, work);
-            return;
+    };
+    match answered {
+        Ok(resp) => {
+            outbox.response(&resp, rid);
+            serving.stats.request_ok(op);
+        }
+        Err(e) => {
+            serving.stats.request_failed(op);
+            outbox.error(&serving.stats, e, rid);
         }
     }
-    serving.stats.request_ok(op);
 }
 
-/// Runs a request that waits on the store as a task of its own, holding its in-flight permit
-/// until it has answered. `work` queues the reply itself; an error becomes an ERROR frame.
+/// Runs a request that waits on the store as a task of its own, counted in flight on its
+/// connection until it has answered. `work` queues the reply itself; an error becomes an ERROR
+/// frame.
 fn spawn_request(
     serving: &Rc<Serving>,
     outbox: &Rc<Outbox>,
     op: Op,
     rid: u32,
-    permit: OwnedSemaphorePermit,
     work: impl std::future::Future<Output = Result<(), ProtocolError>> + 'static,
 ) {
     let (serving, outbox) = (serving.clone(), outbox.clone());
     serving.stats.inflight_requests.inc();
+    outbox.begin_request();
     tokio::task::spawn_local(async move {
         match work.await {
             Ok(()) => serving.stats.request_ok(op),
@@ -80,6 +85,6 @@ fn spawn_request(
             }
         }
         serving.stats.inflight_requests.dec();
-        drop(permit);
+        outbox.end_request();
     });
 }

@@ -1,26 +1,44 @@
-//! GET: every entity gets a row and a status; only a bad request fails as a whole.
+//! GET: every entity gets a row and a status; only a bad request fails as a whole. A GET whose
+//! rows are all at hand (hot cache, defaults) is answered in the connection's own turn; one that
+//! waits on the store finishes when its batches land or its deadline passes.
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{
     encode_get_response, get_response_len, ErrorCode, GetRequest, ProtocolError,
     GET_FLAG_BYPASS_CACHE,
 };
 
 use super::Serving;
-use crate::config::registry::View;
-use crate::reading::Answers;
+use crate::reading::{Answers, Lookup};
+use crate::store::ViewId;
+
+/// A checked GET whose read has started.
+pub struct GetWork {
+    view: ViewId,
+    entities: Vec<Bytes>,
+    lookup: Lookup,
+    deadline: Instant,
+    started: Instant,
+}
+
+impl GetWork {
+    /// True when the answer needs nothing more from the store.
+    pub fn is_ready(&self) -> bool {
+        self.lookup.is_ready()
+    }
+
+    /// Waits for the store's answers, up to the request's deadline.
+    pub async fn wait(&self) {
+        self.lookup.wait(self.deadline).await
+    }
+}
 
 impl Serving {
-    /// Checks the request, has the reading stage answer every entity by the request's deadline,
-    /// and returns the reply ready to encode. `started` is when the request was read, for the
-    /// latency histogram.
-    pub async fn get(
-        &self,
-        req: GetRequest,
-        started: Instant,
-    ) -> Result<GetReply<'_>, ProtocolError> {
+    /// Checks the request and starts reading its entities. `started` is when the request was
+    /// read: the deadline and the latency histogram count from there.
+    pub fn begin_get(&self, req: GetRequest, started: Instant) -> Result<GetWork, ProtocolError> {
         let view = self.view(req.view_id, req.schema_id)?;
         let n = req.keys.len();
         let reply_len = get_response_len(n, view.row_bytes);
@@ -33,39 +51,47 @@ impl Serving {
                 ),
             ));
         }
-        let deadline = Instant::now()
+        let deadline = started
             + match req.deadline_us {
                 0 => self.settings.default_deadline,
                 us => Duration::from_micros(us as u64),
             };
         self.stats.entities_requested.add(n as u64);
         let use_cache = req.flags & GET_FLAG_BYPASS_CACHE == 0 && !view.hot_cache_ttl.is_zero();
-        let answers = self.reader.read(view, &req.keys, use_cache, deadline).await;
+        let lookup = self.reader.start(view, &req.keys, use_cache, deadline);
+        Ok(GetWork {
+            view: view.id,
+            entities: req.keys,
+            lookup,
+            deadline,
+            started,
+        })
+    }
+
+    /// Answers a started GET with what has arrived (what has not is DEGRADED) and encodes the
+    /// reply into `out`.
+    pub fn finish_get(&self, work: GetWork, out: &mut BytesMut, request_id: u32) {
+        let view = self
+            .registry
+            .by_id(work.view)
+            .expect("begin_get checked the view");
+        let Answers {
+            statuses,
+            ages,
+            rows,
+        } = self.reader.finish(view, &work.entities, &work.lookup);
         self.histograms
             .borrow_mut()
-            .record_get(view.id, started.elapsed());
-        Ok(GetReply { view, answers })
-    }
-}
-
-/// A GET's answer, ready to encode.
-pub struct GetReply<'a> {
-    view: &'a View,
-    answers: Answers,
-}
-
-impl GetReply<'_> {
-    pub fn encode(&self, out: &mut BytesMut, request_id: u32) {
-        let a = &self.answers;
+            .record_get(view.id, work.started.elapsed());
         encode_get_response(
             out,
             request_id,
-            self.view.id,
-            self.view.schema_id,
-            self.view.row_bytes as u32,
-            &a.statuses,
-            &a.ages,
-            a.rows.iter().map(|r| &r[..]),
+            view.id,
+            view.schema_id,
+            view.row_bytes as u32,
+            &statuses,
+            &ages,
+            rows.iter().map(|r| &r[..]),
         );
     }
 }

@@ -1,40 +1,37 @@
-//! A connection's outbox: replies are appended as they are ready, in any order, and a writer
-//! task sends whatever has piled up in one write. Bounded: past a limit of bytes waiting, the
-//! connection's reader stops reading (see [`Outbox::room`]).
+//! A connection's outbox: the replies waiting to be written, the requests still in flight, and
+//! the wake-up of the connection's task when a request that waited on the store has answered.
+//! Owned by one shard's thread, so plain cells: no lock, no atomic.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-use std::sync::Arc;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
 
 use bytes::BytesMut;
 use featureproxy_protocol::{ProtocolError, Response};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::telemetry::counters::ShardStats;
 
-/// Replies waiting to be written, and whether the connection is closing.
+/// Replies waiting to be written, in the order they were answered.
 #[derive(Default)]
 pub struct Outbox {
     buf: RefCell<BytesMut>,
-    wake: Notify,
-    /// Signalled after each write to the socket, for a reader waiting for room.
-    drained: Notify,
-    closing: Cell<bool>,
-    dead: Cell<bool>,
-    write_failed: Cell<bool>,
+    /// Requests answered by tasks of their own that have not answered yet.
+    inflight: Cell<usize>,
+    /// Set when a request task answered (or finished) since the connection task last looked.
+    woken: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    /// The connection is gone: late replies are dropped.
+    closed: Cell<bool>,
 }
 
 impl Outbox {
-    /// Appends a reply encoded by `f`; dropped if the connection is dead.
+    /// Appends a reply encoded by `f` (the connection task's own replies: it writes them at
+    /// the end of its turn, so there is nobody to wake).
     pub fn push(&self, f: impl FnOnce(&mut BytesMut)) {
-        if self.dead.get() {
-            return;
+        if !self.closed.get() {
+            f(&mut self.buf.borrow_mut());
         }
-        f(&mut self.buf.borrow_mut());
-        self.wake.notify_one();
     }
 
     pub fn response(&self, resp: &Response, request_id: u32) {
@@ -48,57 +45,61 @@ impl Outbox {
         self.response(&Response::Error(err), request_id);
     }
 
-    /// True once the writer stopped (the socket failed or the connection closed).
-    pub fn is_dead(&self) -> bool {
-        self.dead.get()
+    /// A request is about to run as a task of its own.
+    pub fn begin_request(&self) {
+        self.inflight.set(self.inflight.get() + 1);
     }
 
-    /// True if a write to the socket failed.
-    pub fn write_failed(&self) -> bool {
-        self.write_failed.get()
+    /// A request task is done (its reply, if any, pushed): the connection task writes it and may
+    /// read again if it had stopped at the in-flight limit.
+    pub fn end_request(&self) {
+        self.inflight.set(self.inflight.get() - 1);
+        self.wake();
     }
 
-    /// Waits until fewer than `limit` bytes of replies wait to be written. A client that sends
-    /// requests but does not read its replies stops being read from here, instead of making the
-    /// proxy buffer its replies without bound.
-    pub async fn room(&self, limit: usize) {
-        loop {
-            let drained = self.drained.notified();
-            if self.buf.borrow().len() < limit || self.dead.get() {
-                return;
-            }
-            drained.await;
-        }
+    pub fn inflight(&self) -> usize {
+        self.inflight.get()
     }
 
-    /// Flush what is queued, then close.
+    /// Bytes of replies waiting.
+    pub fn len(&self) -> usize {
+        self.buf.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.borrow().is_empty()
+    }
+
+    /// The waiting replies, for the connection task to write and then [`Outbox::written`].
+    pub fn pending(&self) -> std::cell::RefMut<'_, BytesMut> {
+        self.buf.borrow_mut()
+    }
+
+    /// The connection task is gone; replies that come later are dropped.
     pub fn close(&self) {
-        self.closing.set(true);
-        self.wake.notify_one();
+        self.closed.set(true);
+        self.buf.borrow_mut().clear();
     }
 
-    /// Writes replies as they pile up until the outbox closes or the socket fails.
-    pub async fn run_writer(self: Rc<Self>, mut wr: OwnedWriteHalf, stats: Arc<ShardStats>) {
-        loop {
-            let chunk = {
-                let mut b = self.buf.borrow_mut();
-                (!b.is_empty()).then(|| b.split())
-            };
-            match chunk {
-                Some(c) => {
-                    if wr.write_all(&c).await.is_err() {
-                        self.write_failed.set(true);
-                        break;
-                    }
-                    stats.bytes_out.add(c.len() as u64);
-                    self.drained.notify_waiters();
-                }
-                None if self.closing.get() => break,
-                None => self.wake.notified().await,
-            }
+    fn wake(&self) {
+        self.woken.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
         }
-        self.dead.set(true);
-        self.drained.notify_waiters();
-        let _ = wr.shutdown().await;
+    }
+
+    /// Waits until a request task has answered or finished since the last call.
+    pub async fn woken(&self) {
+        poll_fn(|cx| {
+            if self.woken.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut slot = self.waker.borrow_mut();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
