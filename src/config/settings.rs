@@ -46,6 +46,10 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default: 10 s.
     pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default: 25 ms, half the default GET deadline: a request that waits longer than that
+    /// before it is read would rarely still meet its deadline, and a client that keeps a few
+    /// dozen requests in flight per connection never queues that long.
+    pub const SHED_QUEUE_DELAY: Duration = Duration::from_millis(25);
     /// Default: 10 s.
     pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
     /// Default: 5 failures.
@@ -101,6 +105,11 @@ pub struct Settings {
     /// A frame that stays incomplete this long closes its connection.
     #[serde(deserialize_with = "duration")]
     pub frame_timeout: Duration,
+    /// While the requests waiting on a connection would take longer than this to serve, its
+    /// GETs are answered OVERLOADED instead of queueing (see `serving::overload`); "0s" never
+    /// sheds.
+    #[serde(deserialize_with = "duration")]
+    pub shed_queue_delay: Duration,
     /// The circuit breaker counts failures over this sliding window.
     #[serde(deserialize_with = "duration")]
     pub breaker_window: Duration,
@@ -134,6 +143,7 @@ impl Default for Settings {
             auth_token: None,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             frame_timeout: defaults::FRAME_TIMEOUT,
+            shed_queue_delay: defaults::SHED_QUEUE_DELAY,
             breaker_window: defaults::BREAKER_WINDOW,
             breaker_min_failures: defaults::BREAKER_MIN_FAILURES,
             breaker_failure_ratio: defaults::BREAKER_FAILURE_RATIO,

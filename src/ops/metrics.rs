@@ -428,6 +428,12 @@ pub static METRICS: &[Metric] = &[
         &[],
         Read::Total(|s| s.connections_open.get()),
     ),
+    counter(
+        "featureproxy_requests_shed_total",
+        "GETs answered OVERLOADED, unserved, because their connection's queue would take longer than shed_queue_delay to serve.",
+        &[],
+        Read::Total(|s| s.requests_shed.get()),
+    ),
     gauge(
         "featureproxy_inflight_requests",
         "GET and PUT requests in flight now.",

@@ -6,18 +6,21 @@
 //! Backpressure: past `max_inflight_per_connection` requests waiting on the store, or once
 //! `max_frame` bytes of replies wait for a client that does not read them, the connection stops
 //! reading from its socket (TCP pushes back on the client) instead of queueing without bound.
+//! Overload: while the connection's queue would take longer than `shed_queue_delay` to serve,
+//! its GETs are shed ([`super::overload`]).
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use featureproxy_protocol::{decode_frame, Limits, ProtocolError, Request};
+use featureproxy_protocol::{decode_frame, ErrorCode, Limits, Op, ProtocolError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::dispatch::dispatch;
 use super::outbox::Outbox;
+use super::overload::Backlog;
 use super::session::Session;
 use super::Serving;
 use crate::telemetry::counters::CloseReason;
@@ -49,13 +52,24 @@ pub async fn serve(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     // None while the connection still reads; Some(why) once it only finishes what is in flight.
     let mut closing: Option<CloseReason> = None;
+    let mut backlog = Backlog::new(settings.shed_queue_delay, max_inflight);
     // Borrowed halves of the one socket, so one select can wait on either direction.
     let (mut rd, mut wr) = stream.split();
 
     loop {
         // Serve every complete frame, unless the connection is at one of its limits.
+        let mut shed = 0;
         while closing.is_none() && outbox.inflight() < max_inflight && outbox.len() < max_waiting {
-            match decode_frame(&mut rbuf, limits.max_frame) {
+            let before = rbuf.len();
+            let decoded = decode_frame(&mut rbuf, limits.max_frame);
+            backlog.consumed(before - rbuf.len());
+            match decoded {
+                Ok(Some(frame))
+                    if backlog.shedding() && frame.op == Op::Get as u8 && session.is_open() =>
+                {
+                    backlog.shed(&mut outbox.pending(), frame.request_id);
+                    shed += 1;
+                }
                 Ok(Some(frame)) => {
                     let started = Instant::now();
                     let rid = frame.request_id;
@@ -75,6 +89,11 @@ pub async fn serve(
                     closing = Some(CloseReason::ProtocolError);
                 }
             }
+        }
+        if shed > 0 {
+            stats.requests_shed.add(shed);
+            stats.errors(ErrorCode::Overloaded).add(shed);
+            stats.requests_failed.of(Op::Get).add(shed);
         }
 
         // Write what is ready: normally all of it, in one write.
@@ -112,6 +131,7 @@ pub async fn serve(
         if reading && rbuf.capacity() - rbuf.len() < READ_ROOM {
             rbuf.reserve(READ_CHUNK);
         }
+        let room = rbuf.capacity() - rbuf.len();
         tokio::select! {
             biased;
             _ = outbox.woken() => {}
@@ -123,7 +143,10 @@ pub async fn serve(
             }
             r = rd.read_buf(&mut rbuf), if reading => match r {
                 Ok(0) => closing = Some(CloseReason::Peer),
-                Ok(n) => stats.bytes_in.add(n as u64),
+                Ok(n) => {
+                    stats.bytes_in.add(n as u64);
+                    backlog.after_read(rd.as_ref(), n, room, rbuf.len());
+                }
                 Err(_) => closing = Some(CloseReason::Io),
             },
             _ = tokio::time::sleep(settings.frame_timeout), if half_frame => {

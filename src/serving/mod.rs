@@ -9,6 +9,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod get;
 pub mod outbox;
+pub mod overload;
 pub mod put;
 pub mod session;
 

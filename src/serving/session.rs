@@ -30,6 +30,11 @@ impl Session {
         }
     }
 
+    /// True once the handshake is done (or none is required): frames may be served, or shed.
+    pub fn is_open(&self) -> bool {
+        self.authenticated
+    }
+
     /// Admits one decoded frame (or its decoding error) against the handshake rules.
     pub fn admit(
         &mut self,

@@ -132,6 +132,8 @@ pub struct ShardStats {
     /// Requests answered with an ERROR frame, by op (decodable ones only).
     pub requests_failed: PerOp,
     pub inflight_requests: Counter,
+    /// GETs answered OVERLOADED because their connection's queue was too long.
+    pub requests_shed: Counter,
     /// The hot cache's own counts, published by the shard after each request.
     pub cache: CacheGauges,
 }
@@ -175,6 +177,7 @@ impl ShardStats {
             bytes_out: Counter::default(),
             requests_failed: Default::default(),
             inflight_requests: Counter::default(),
+            requests_shed: Counter::default(),
             cache: CacheGauges::default(),
         }
     }

@@ -1,0 +1,175 @@
+//! Shedding instead of queueing. When a connection sends faster than its shard serves it, the
+//! excess waits in the kernel's socket buffers, out of the proxy's sight, and every request
+//! behind it is late: a burst above capacity would queue for seconds. Each connection therefore
+//! estimates how long the bytes waiting for it (in the kernel and in its read buffer) will take
+//! to serve, at the pace it has been serving them while behind. While more requests wait than
+//! the connection may have in flight anyway (`max_inflight_per_connection`: a client that keeps
+//! a bounded number outstanding is never shed) and they would take longer than
+//! `shed_queue_delay` to serve, it answers GETs with a pre-encoded OVERLOADED frame instead of
+//! serving them. A shed costs a header decode and a 70-byte copy, a small fraction of a served
+//! GET, so shedding drains the queue quickly and the shard keeps serving at capacity. The oldest
+//! requests (at the front of the queue, already late) are the ones shed. Per connection: a client
+//! that floods sheds its own requests, not other clients'.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
+
+/// Weight of the newest pace sample in the moving average.
+const PACE_WEIGHT: f64 = 0.25;
+
+/// One connection's view of its own backlog.
+pub struct Backlog {
+    target: Duration,
+    /// Requests that may wait without being shed, whatever their wait.
+    allowance: usize,
+    /// Bytes of frames consumed (served or shed) since the last full read.
+    consumed_since: usize,
+    /// Frames and bytes consumed over the connection's life, for the average frame size.
+    frames_total: u64,
+    bytes_total: u64,
+    /// When the last read that filled its buffer returned; None once the connection caught up.
+    last_full: Option<Instant>,
+    /// Bytes per second consumed while behind (moving average); None until measured.
+    pace: Option<f64>,
+    shedding: bool,
+    /// The OVERLOADED frame, with request id 0 (patched per shed).
+    reply: Bytes,
+}
+
+/// Where the request id sits in a frame header.
+const REQUEST_ID_AT: usize = 8;
+
+impl Backlog {
+    /// A connection that sheds while more than `allowance` requests wait and they would take
+    /// longer than `target` to serve; a zero target never sheds.
+    pub fn new(target: Duration, allowance: usize) -> Backlog {
+        let mut reply = BytesMut::new();
+        Response::Error(ProtocolError::new(
+            ErrorCode::Overloaded,
+            "shed: this connection's queue is longer than shed_queue_delay; retry with backoff or spread the load",
+        ))
+        .encode(&mut reply, 0);
+        Backlog {
+            target,
+            allowance,
+            consumed_since: 0,
+            frames_total: 0,
+            bytes_total: 0,
+            last_full: None,
+            pace: None,
+            shedding: false,
+            reply: reply.freeze(),
+        }
+    }
+
+    /// True while GETs are to be shed.
+    pub fn shedding(&self) -> bool {
+        self.shedding
+    }
+
+    /// Counts one frame of `bytes` consumed (served or shed).
+    pub fn consumed(&mut self, bytes: usize) {
+        self.consumed_since += bytes;
+        self.frames_total += 1;
+        self.bytes_total += bytes as u64;
+    }
+
+    /// After a read of `read` bytes into `room` bytes of free buffer, with `buffered` bytes now
+    /// unserved: re-judges whether to shed. Only a read that filled its room can have left more
+    /// in the kernel, so only then is the kernel asked (one ioctl).
+    pub fn after_read(&mut self, socket: &impl AsRawFd, read: usize, room: usize, buffered: usize) {
+        if self.target.is_zero() {
+            return;
+        }
+        if read < room {
+            // The kernel had nothing more: the connection has caught up.
+            self.shedding = false;
+            self.last_full = None;
+            return;
+        }
+        let now = Instant::now();
+        // Between two full reads the connection was never idle for want of bytes: what it
+        // consumed over that time is its pace, other connections' turns included.
+        if let Some(then) = self.last_full.replace(now) {
+            let dt = now.saturating_duration_since(then).as_secs_f64();
+            if dt > 0.0 {
+                let sample = self.consumed_since as f64 / dt;
+                self.pace = Some(match self.pace {
+                    Some(p) => p + PACE_WEIGHT * (sample - p),
+                    None => sample,
+                });
+            }
+        }
+        self.consumed_since = 0;
+        let Some(pace) = self.pace.filter(|p| *p > 0.0) else {
+            return;
+        };
+        if self.frames_total == 0 {
+            return;
+        }
+        let frame_len = self.bytes_total as f64 / self.frames_total as f64;
+        let waiting = (buffered + unread_bytes(socket)) as f64;
+        let frames = waiting / frame_len;
+        let wait = waiting / pace;
+        self.shedding = frames > self.allowance as f64 && wait > self.target.as_secs_f64();
+    }
+
+    /// Appends the OVERLOADED reply for request `request_id` to `out`.
+    pub fn shed(&self, out: &mut BytesMut, request_id: u32) {
+        let start = out.len();
+        out.put_slice(&self.reply);
+        out[start + REQUEST_ID_AT..start + REQUEST_ID_AT + 4]
+            .copy_from_slice(&request_id.to_le_bytes());
+    }
+}
+
+/// Bytes received on `socket` that the proxy has not read yet (FIONREAD); 0 if unknown.
+fn unread_bytes(socket: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to a live c_int.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use featureproxy_protocol::{decode_frame, Frame, Limits};
+
+    #[test]
+    fn the_shed_reply_is_an_overloaded_error_with_the_request_id() {
+        let b = Backlog::new(Duration::from_millis(10), 128);
+        let mut out = BytesMut::new();
+        b.shed(&mut out, 7);
+        b.shed(&mut out, 0xdead_beef);
+        for want in [7, 0xdead_beef] {
+            let frame: Frame = decode_frame(&mut out, 1 << 20).unwrap().unwrap();
+            assert_eq!(frame.request_id, want);
+            let limits = Limits {
+                max_frame: 1 << 20,
+                max_batch: 4096,
+            };
+            match Response::decode(&frame, &limits).unwrap() {
+                Response::Error(e) => assert_eq!(e.code, ErrorCode::Overloaded),
+                other => panic!("not an error: {other:?}"),
+            }
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_read_that_did_not_fill_its_room_stops_shedding() {
+        let mut b = Backlog::new(Duration::from_millis(10), 128);
+        b.shedding = true;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.after_read(&sock, 10, 4096, 0);
+        assert!(!b.shedding());
+    }
+}

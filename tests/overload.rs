@@ -1,0 +1,77 @@
+//! Shedding: a connection that sends faster than its shard serves it gets OVERLOADED for the
+//! excess instead of a queue that grows for seconds. Every request is still answered exactly
+//! once, the connection stays usable, and the sheds are counted.
+
+mod common;
+
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use common::{Proxy, RawConn, Redis};
+use featureproxy_protocol::{ErrorCode, GetRequest, Limits, Request, Response};
+
+#[test]
+fn a_flood_on_one_connection_is_shed_and_every_request_answered() {
+    let redis = Redis::start();
+    // A target this small sheds whenever anything at all waits: the test needs no timing.
+    let proxy = Proxy::start(&redis, 1, "shed_queue_delay = \"1us\"");
+    let mut conn = RawConn::connect(proxy.port);
+    let schema = conn.schema("user_features");
+    let n: u32 = 20_000;
+    let mut flood = BytesMut::new();
+    for id in 1..=n {
+        Request::Get(GetRequest {
+            view_id: schema.view_id,
+            flags: 0,
+            schema_id: schema.schema_id,
+            deadline_us: 0,
+            keys: vec![Bytes::from_static(b"u1")],
+        })
+        .encode(&mut flood, id);
+    }
+    // Sent from a thread of its own while this one reads, so neither side's buffers fill up.
+    let mut writer = conn.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&flood).unwrap());
+
+    let limits = Limits {
+        max_frame: u32::MAX,
+        max_batch: u32::MAX,
+    };
+    let mut answered = vec![false; n as usize + 1];
+    let (mut served, mut shed) = (0u32, 0u32);
+    for _ in 0..n {
+        let frame = conn.recv().expect("the connection stays open");
+        let id = frame.request_id as usize;
+        assert!(
+            (1..=n as usize).contains(&id) && !answered[id],
+            "request {id} answered twice or never sent"
+        );
+        answered[id] = true;
+        match Response::decode(&frame, &limits).unwrap() {
+            Response::Get(_) => served += 1,
+            Response::Error(e) if e.code == ErrorCode::Overloaded => {
+                assert!(e.message.contains("shed_queue_delay"), "{}", e.message);
+                shed += 1;
+            }
+            other => panic!("request {id}: unexpected {other:?}"),
+        }
+    }
+    sender.join().unwrap();
+    assert!(shed > 0, "a flood of {n} GETs with a 1us target sheds some");
+    assert!(
+        served > 0,
+        "frames read before the pace is known are served"
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_requests_shed_total", &[]),
+        shed as f64
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_errors_total", &[("code", "overloaded")]),
+        shed as f64
+    );
+    assert!(
+        matches!(conn.call(&Request::Ping), Response::Pong),
+        "the connection is kept"
+    );
+}
