@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Compares two featureproxy builds side by side: the same Redis, the same seeded rows, the same
+# closed-loop loads, interleaved round by round (the order flips every round) so that drift on a
+# shared box hits both builds alike. For each build and load it reports the median over rounds
+# of throughput and of the proxy's CPU per request (utime+stime from /proc/PID/stat over the
+# measured window, divided by the requests answered in it).
+#
+#   benches/compare_builds.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds)
+#
+# Loads (the ones the architecture and cost issues quote):
+#   one:   1 entity per GET, 50 connections x 1 in flight (50 inference threads calling in turn)
+#   batch: 100 entities per GET, 16 connections x 1 in flight
+# over 1,000,000 seeded entities of user_features, Zipf 0.99, the hot cache on, default shards.
+# Needs redis-server on PATH and a release loadgen (cargo build --release -p loadgen).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OLD=${1:?usage: compare_builds.sh OLD_BINARY NEW_BINARY [ROUNDS]}
+NEW=${2:?usage: compare_builds.sh OLD_BINARY NEW_BINARY [ROUNDS]}
+ROUNDS=${3:-3}
+LOADGEN=${LOADGEN:-$ROOT/target/release/loadgen}
+ENTITIES=${ENTITIES:-1000000}
+DUR=${DUR:-8}
+WARM=${WARM:-2}
+[ -x "$LOADGEN" ] || { echo "no loadgen at $LOADGEN: cargo build --release -p loadgen" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/fp-compare.XXXXXX)
+REDIS_PID=""; PROXY_PID=""
+cleanup() {
+  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
+  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 500); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing listens on $1" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+REDIS_PID=$!
+wait_port "$REDIS_PORT"
+
+start_proxy() {
+  PORT=$(free_port); STATS=$(free_port)
+  "$1" serve --config "$ROOT/examples/features.toml" --listen "127.0.0.1:$PORT" \
+    --stats-listen "127.0.0.1:$STATS" --redis "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/proxy.log" &
+  PROXY_PID=$!
+  wait_port "$PORT"
+}
+stop_proxy() { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""; }
+
+echo "seeding $ENTITIES entities through the new build" >&2
+start_proxy "$NEW"
+"$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null
+stop_proxy
+
+TICK=$(getconf CLK_TCK)
+RESULTS="$WORK/results.tsv"
+# One measured run: prints build, load, requests/s, entities/s, proxy CPU us per request.
+measure() {
+  local build=$1 bin=$2 load=$3; shift 3
+  start_proxy "$bin"
+  "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed \
+    --duration "${DUR}s" --warmup "${WARM}s" --no-timeline --json "$WORK/run.json" "$@" >/dev/null &
+  local lg=$!
+  sleep "$WARM"
+  local t0 c0 t1 c1
+  t0=$(date +%s.%N); c0=$(cpu_ticks "$PROXY_PID")
+  wait "$lg"
+  t1=$(date +%s.%N); c1=$(cpu_ticks "$PROXY_PID")
+  stop_proxy
+  python3 - "$WORK/run.json" "$build" "$load" "$t0" "$t1" "$c0" "$c1" "$TICK" >>"$RESULTS" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+build, load = sys.argv[2], sys.argv[3]
+t0, t1, c0, c1, tick = map(float, sys.argv[4:9])
+rps = j["achieved_rps"]
+cpu_us = (c1 - c0) / tick * 1e6
+print(f"{build}\t{load}\t{rps:.0f}\t{j['entities_per_s']:.0f}\t{cpu_us / (rps * (t1 - t0)):.2f}\t{j['errors_total']}")
+EOF
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then order="old new"; else order="new old"; fi
+  for b in $order; do
+    bin=$OLD; [ "$b" = new ] && bin=$NEW
+    echo "round $r: $b" >&2
+    measure "$b" "$bin" one --connections 50 --inflight 1 --batch 1
+    measure "$b" "$bin" batch --connections 16 --inflight 1 --batch 100
+  done
+done
+
+python3 - "$RESULTS" "$ROUNDS" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+print(f"medians of {sys.argv[2]} interleaved rounds (per-round values in brackets)")
+print("load   build  req/s     entities/s   proxy CPU us/req   errors")
+for load in ("one", "batch"):
+    med = {}
+    for build in ("old", "new"):
+        rs = [r for r in rows if r[0] == build and r[1] == load]
+        rps = statistics.median(float(r[2]) for r in rs)
+        eps = statistics.median(float(r[3]) for r in rs)
+        cpu = statistics.median(float(r[4]) for r in rs)
+        med[build] = (rps, cpu)
+        print(f"{load:6} {build:6} {rps:9.0f} {eps:12.0f} {cpu:12.2f}   {sum(int(r[5]) for r in rs):6}"
+              f"   [{', '.join(r[2] for r in rs)} req/s; {', '.join(r[4] for r in rs)} us]")
+    print(f"{load:6} new/old throughput {med['new'][0] / med['old'][0]:.3f}, CPU per request {med['new'][1] / med['old'][1]:.3f}")
+EOF
