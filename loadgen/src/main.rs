@@ -43,7 +43,25 @@ enum Cmd {
     Selftest(SelftestArgs),
     /// Write a trace of entity ids (one per line) drawn like `run` draws them, for --trace.
     Trace(TraceArgs),
+    /// Serve protocol v1 as cheaply as possible (canned rows): the cost floor to compare a proxy
+    /// against. Drive it with `run --verify-every 0`.
+    #[command(long_about = FLOOR_ABOUT)]
+    Floor(FloorArgs),
 }
+
+const FLOOR_ABOUT: &str = "Serve featureproxy's protocol v1 as cheaply as it can be served: the \
+cost floor a proxy is compared against (`run --server-pid` on each gives CPU per request). One \
+thread (a bare current-thread tokio loop, one task per connection), one view, no storage: HELLO, \
+PING and SCHEMA are answered for the view (by default user_features' schema, 16 x f32, view id \
+1), and every GET with a canned reply of the right size: FRESH, age 0, rows of zeros. Each read \
+is decoded whole with featureproxy-protocol's decoder and answered with one write. PUT is \
+refused, so seed the proxy, not the floor.
+
+The rows are canned, not the values `seed` writes: run against it with --verify-every 0, or \
+every 16th reply counts as a wrong_value error.
+
+  loadgen floor --listen 127.0.0.1:7090 &
+  loadgen run --target 127.0.0.1:7090 --closed --duration 10s --verify-every 0 --server-pid $!";
 
 #[derive(Args)]
 struct KeyArgs {
@@ -141,7 +159,8 @@ struct RunArgs {
     /// Ask the proxy to skip its hot cache.
     #[arg(long)]
     bypass_cache: bool,
-    /// Compare the rows of every Nth reply with the seeded values (0: never).
+    /// Compare the rows of every Nth reply with the seeded values (0: never; give 0 against
+    /// `loadgen floor`, whose rows are canned).
     #[arg(long, default_value_t = 16)]
     verify_every: u64,
     /// Fail (exit 3) unless these hold, e.g. p99=1ms,p999=5ms,max=50ms,errors=0.
@@ -162,6 +181,11 @@ struct RunArgs {
     /// Don't print the per-second timeline.
     #[arg(long)]
     no_timeline: bool,
+    /// A server process to charge: its CPU time (user + system, all threads, from
+    /// /proc/PID/stat) over the measured window is reported per request and per entity
+    /// answered. Repeat it for each process behind the target (e.g. the proxy and Redis).
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -179,6 +203,19 @@ struct SelftestArgs {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// HOST:PORT to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long)]
+    listen: String,
+    /// Bytes per row: ROW_BYTES/4 f32 features f0, f1, ... (plus bool features for a remainder).
+    #[arg(long, default_value_t = 64)]
+    row_bytes: u32,
+    /// The view name SCHEMA answers for.
+    #[arg(long, default_value = "user_features")]
+    view: String,
 }
 
 #[derive(Args)]
@@ -202,6 +239,7 @@ fn main() -> ExitCode {
         Cmd::Seed(a) => cmd_seed(a),
         Cmd::Run(a) => cmd_run(*a),
         Cmd::Selftest(a) => cmd_selftest(a),
+        Cmd::Floor(a) => cmd_floor(a),
         Cmd::Trace(a) => {
             write_trace(&a.out, a.entities, a.zipf_s, a.seed, a.count).map(|()| ExitCode::SUCCESS)
         }
@@ -336,6 +374,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         timeout: a.timeout.max(Duration::from_millis(1)),
         verify_every: if target.is_resp() { 0 } else { a.verify_every },
         progress: std::io::stderr().is_terminal(),
+        server_pids: a.server_pid.clone(),
     };
     let measured = driver::run(cfg.clone())?;
     let label = a.label.clone().unwrap_or_else(|| "loadgen run".into());
@@ -387,6 +426,38 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn cmd_floor(a: FloorArgs) -> Result<ExitCode, String> {
+    let cfg = loadgen::floor::FloorConfig {
+        view: a.view,
+        row_bytes: a.row_bytes,
+    };
+    cfg.validate()?;
+    let listener = loadgen::floor::bind(&a.listen)?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The name /proc/PID/comm shows, so `run --server-pid` reports say what they measured.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"loadgen-floor".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    println!(
+        "loadgen floor: view {:?} (view id {}, {}-byte rows of zeros, every GET answered FRESH) on {addr}, pid {}; drive it with --verify-every 0",
+        cfg.view,
+        loadgen::floor::VIEW_ID,
+        cfg.row_bytes,
+        std::process::id()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loadgen::floor::serve(listener, &cfg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_selftest(a: SelftestArgs) -> Result<ExitCode, String> {
     let (fp, resp) = loadgen::selftest::start_echo()?;
     let workload = Arc::new(Workload::new(1_000_000, 0.99, 1, a.batch, 0.0, None)?);
@@ -406,6 +477,7 @@ fn cmd_selftest(a: SelftestArgs) -> Result<ExitCode, String> {
         timeout: Duration::from_secs(2),
         verify_every: 0,
         progress: false,
+        server_pids: Vec::new(),
     };
     let fp_proto = Proto::Fp {
         view_id: 1,

@@ -6,6 +6,7 @@ use featureproxy_protocol::Status;
 use hdrhistogram::Histogram;
 
 use crate::driver::{Measured, RunConfig};
+use crate::server_cpu::{self, ServerCpu};
 use crate::spec::{fmt_us, Slo, SloInput};
 
 /// Percentiles every report shows.
@@ -91,6 +92,35 @@ impl Report {
         self.slo.as_ref().map(|(_, f)| f.is_empty())
     }
 
+    /// Each server's CPU over the measured window with its µs per request and per entity
+    /// answered in that window.
+    pub fn server_cpu(&self) -> Vec<(&ServerCpu, Option<f64>, Option<f64>)> {
+        self.m
+            .server_cpu
+            .iter()
+            .map(|c| {
+                let s = c.cpu_s.as_ref().ok().copied();
+                (
+                    c,
+                    server_cpu::per(s, self.m.in_window),
+                    server_cpu::per(s, self.m.in_window_entities),
+                )
+            })
+            .collect()
+    }
+
+    /// All servers together: (CPU s, µs per request, µs per entity); None when there are no
+    /// servers or one of them could not be measured.
+    pub fn server_cpu_total(&self) -> Option<(f64, Option<f64>, Option<f64>)> {
+        server_cpu::total(&self.m.server_cpu).map(|s| {
+            (
+                s,
+                server_cpu::per(Some(s), self.m.in_window),
+                server_cpu::per(Some(s), self.m.in_window_entities),
+            )
+        })
+    }
+
     fn mode(&self) -> String {
         match self.cfg.rate {
             Some(r) => format!("open loop at {r:.0} req/s"),
@@ -156,6 +186,28 @@ impl Report {
             self.offered_rps(),
             m.entities as f64 / self.duration_s()
         );
+        let window_s = m.server_cpu.first().map_or(0.0, |c| c.window_s);
+        let cost = |s: f64, req: Option<f64>, ent: Option<f64>| {
+            format!(
+                "{} us/request, {} us/entity, {s:.2} s over {window_s:.1} s",
+                req.map_or("-".into(), sig3),
+                ent.map_or("-".into(), sig3)
+            )
+        };
+        for (c, req, ent) in self.server_cpu() {
+            let what = match &c.cpu_s {
+                Ok(s) => cost(*s, req, ent),
+                Err(why) => why.clone(),
+            };
+            let _ = writeln!(o, "server cpu  {} (pid {}): {what}", c.name, c.pid);
+        }
+        if m.server_cpu.len() > 1 {
+            let what = match self.server_cpu_total() {
+                Some((s, req, ent)) => cost(s, req, ent),
+                None => "n/a (not every server could be measured)".into(),
+            };
+            let _ = writeln!(o, "server cpu  total: {what}");
+        }
         for (name, h, note) in [
             ("latency", &m.hist, "from the intended send time"),
             ("uncorrected", &m.uhist, "from the actual send time"),
@@ -298,6 +350,33 @@ impl Report {
             "entities_per_s",
             jnum(m.entities as f64 / self.duration_s()),
         );
+        let cpus: Vec<String> = self
+            .server_cpu()
+            .iter()
+            .map(|(c, req, ent)| {
+                let opt = |v: Option<f64>| v.map_or("null".into(), jnum);
+                format!(
+                    "{{\"pid\": {}, \"name\": {}, \"cpu_s\": {}, \"us_per_request\": {}, \"us_per_entity\": {}, \"window_s\": {}, \"error\": {}}}",
+                    c.pid,
+                    jstr(&c.name),
+                    opt(c.cpu_s.as_ref().ok().copied()),
+                    opt(*req),
+                    opt(*ent),
+                    jnum(c.window_s),
+                    c.cpu_s.as_ref().err().map_or("null".into(), |e| jstr(e))
+                )
+            })
+            .collect();
+        field("server_cpu", format!("[{}]", cpus.join(", ")));
+        let cpu_total = self.server_cpu_total();
+        field(
+            "server_cpu_us_per_request_total",
+            cpu_total.and_then(|t| t.1).map_or("null".into(), jnum),
+        );
+        field(
+            "server_cpu_us_per_entity_total",
+            cpu_total.and_then(|t| t.2).map_or("null".into(), jnum),
+        );
         field("latency_us", hist_json(&m.hist));
         field("uncorrected_latency_us", hist_json(&m.uhist));
         let errs: Vec<String> = m
@@ -378,7 +457,7 @@ impl Report {
     }
 
     /// Column names of [`Report::tsv_row`].
-    pub const TSV_HEADER: &'static str = "label\ttarget\tmode\trate\tachieved_rps\tentities_per_s\tp50_us\tp90_us\tp99_us\tp999_us\tp9999_us\tmax_us\tu_p99_us\terrors\terror_kinds\tfresh\tstale\tmissing\texpired\tdegraded\tinvalid\tcached_share\ttop1_share\tlate_share\tslo";
+    pub const TSV_HEADER: &'static str = "label\ttarget\tmode\trate\tachieved_rps\tentities_per_s\tp50_us\tp90_us\tp99_us\tp999_us\tp9999_us\tmax_us\tu_p99_us\terrors\terror_kinds\tfresh\tstale\tmissing\texpired\tdegraded\tinvalid\tcached_share\ttop1_share\tlate_share\tslo\tserver_cpu_us_per_request\tserver_cpu_us_per_entity\tserver_cpu";
 
     /// One tab-separated line with the headline numbers (see [`Report::TSV_HEADER`]).
     pub fn tsv_row(&self) -> String {
@@ -387,6 +466,24 @@ impl Report {
         let total = m.entities.max(1) as f64;
         let kinds: Vec<String> = m.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let share = |i: usize| format!("{:.4}", m.statuses[i] as f64 / total);
+        let cpu_total = self.server_cpu_total();
+        // NAME:PID=US_PER_REQUEST/US_PER_ENTITY per server, in --server-pid order, so a script
+        // can take them apart by position.
+        let cpus: Vec<String> = self
+            .server_cpu()
+            .iter()
+            .map(|(c, req, ent)| {
+                let name: String = c
+                    .name
+                    .chars()
+                    .map(|ch| if ":=,/\t ".contains(ch) { '_' } else { ch })
+                    .collect();
+                match (req, ent) {
+                    (Some(r), Some(e)) => format!("{name}:{}={r:.4}/{e:.4}", c.pid),
+                    _ => format!("{name}:{}=-/-", c.pid),
+                }
+            })
+            .collect();
         [
             self.label.clone(),
             self.cfg.target.to_string(),
@@ -425,6 +522,17 @@ impl Report {
                 Some(true) => "pass".into(),
                 Some(false) => "FAIL".into(),
                 None => "-".into(),
+            },
+            cpu_total
+                .and_then(|t| t.1)
+                .map_or("-".into(), |v| format!("{v:.4}")),
+            cpu_total
+                .and_then(|t| t.2)
+                .map_or("-".into(), |v| format!("{v:.4}")),
+            if cpus.is_empty() {
+                "-".into()
+            } else {
+                cpus.join(",")
             },
         ]
         .join("\t")
@@ -594,6 +702,19 @@ fn frame(o: &mut String, x: f64, y: f64, w: f64, h: f64) {
         o,
         r##"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="#333"/>"##
     );
+}
+
+/// Three significant digits, enough for a cost that is compared as a ratio.
+fn sig3(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn hist_json(h: &Histogram<u64>) -> String {

@@ -27,6 +27,7 @@ fn config(target: Target, proto: Proto, rate: Option<f64>, batch: BatchSpec) -> 
         timeout: Duration::from_secs(2),
         verify_every: 0,
         progress: false,
+        server_pids: Vec::new(),
     }
 }
 
@@ -108,4 +109,75 @@ fn closed_loop_and_connection_failures() {
     );
     let err = run(cfg).unwrap_err();
     assert!(err.contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn server_cpu_is_sampled_over_the_measured_window() {
+    // The echo server runs in this process, so this process is the server to charge.
+    let (fp_addr, _) = start_echo().unwrap();
+    let mut cfg = config(
+        Target::Proxy(fp_addr.to_string()),
+        fp(),
+        Some(2000.0),
+        BatchSpec { min: 1, max: 5 },
+    );
+    cfg.server_pids = vec![std::process::id()];
+    let m = run(cfg.clone()).unwrap();
+    assert_eq!(m.server_cpu.len(), 1);
+    let c = &m.server_cpu[0];
+    assert_eq!(c.pid, std::process::id());
+    let cpu = c.cpu_s.clone().unwrap();
+    assert!(cpu > 0.0 && cpu.is_finite(), "cpu {cpu}");
+    // The samples bracket the 1 s window (the main thread wakes for each).
+    assert!((0.95..1.5).contains(&c.window_s), "window {}", c.window_s);
+    assert!(m.in_window_entities >= m.in_window, "{m:?}");
+    let r = Report::new("t".into(), cfg, m, None);
+    let (_, req, ent) = r.server_cpu()[0];
+    let (req, ent) = (req.unwrap(), ent.unwrap());
+    assert!(
+        req > 0.0 && req.is_finite() && ent > 0.0 && ent < req,
+        "{req} {ent}"
+    );
+    assert!(r.text().contains("server cpu  "), "{}", r.text());
+    assert!(
+        r.json().contains("\"server_cpu\": [{\"pid\": "),
+        "{}",
+        r.json()
+    );
+    assert!(r.tsv_row().contains(&format!(":{}=", std::process::id())));
+}
+
+#[test]
+fn server_cpu_of_a_process_that_exits_or_never_was() {
+    let (fp_addr, _) = start_echo().unwrap();
+    let mut cfg = config(
+        Target::Proxy(fp_addr.to_string()),
+        fp(),
+        Some(500.0),
+        BatchSpec { min: 1, max: 1 },
+    );
+    // Exits 0.5 s in, inside the window (0.2 s warm-up, 1 s measured); unreaped until the end.
+    let mut child = std::process::Command::new("sleep")
+        .arg("0.5")
+        .spawn()
+        .unwrap();
+    cfg.server_pids = vec![std::process::id(), child.id()];
+    let m = run(cfg.clone()).unwrap();
+    let _ = child.wait();
+    assert!(m.server_cpu[0].cpu_s.is_ok());
+    let gone = m.server_cpu[1].cpu_s.clone().unwrap_err();
+    assert!(gone.contains("exited during the run"), "{gone}");
+    let r = Report::new("t".into(), cfg.clone(), m, None);
+    assert!(r.server_cpu_total().is_none());
+    let text = r.text();
+    assert!(text.contains("exited during the run"), "{text}");
+    assert!(text.contains("total: n/a"), "{text}");
+    assert!(r
+        .json()
+        .contains("\"server_cpu_us_per_request_total\": null"));
+
+    // A pid that is not there fails the run up front, naming it.
+    cfg.server_pids = vec![child.id()];
+    let err = run(cfg).unwrap_err();
+    assert!(err.contains(&child.id().to_string()), "{err}");
 }

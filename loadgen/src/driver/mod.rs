@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::server_cpu::ServerCpu;
 use crate::spec::{Burst, Target};
 use crate::workload::Workload;
 
@@ -96,6 +97,9 @@ pub struct RunConfig {
     pub verify_every: u64,
     /// Print a live progress line on stderr.
     pub progress: bool,
+    /// Server processes whose CPU time is sampled at the start and the end of the measured
+    /// window (`--server-pid`).
+    pub server_pids: Vec<u32>,
 }
 
 /// One second of the measured window (by completion time).
@@ -147,6 +151,9 @@ pub struct Measured {
     /// Replies that arrived inside the measured window.
     pub in_window: u64,
     pub entities: u64,
+    /// Entities of the replies that arrived inside the measured window: what the servers'
+    /// CPU time over that window paid for.
+    pub in_window_entities: u64,
     /// Entity statuses by [`Status`](featureproxy_protocol::Status) value, and how many were
     /// served from the hot cache.
     pub statuses: [u64; 6],
@@ -161,6 +168,8 @@ pub struct Measured {
     pub verify_example: Option<String>,
     /// Connections per proxy shard (from HELLO).
     pub shards: BTreeMap<u16, u64>,
+    /// CPU of each `--server-pid` over the measured window, in the order given.
+    pub server_cpu: Vec<ServerCpu>,
 }
 
 impl Measured {
@@ -173,6 +182,7 @@ impl Measured {
             responses: 0,
             in_window: 0,
             entities: 0,
+            in_window_entities: 0,
             statuses: [0; 6],
             cached: 0,
             errors: BTreeMap::new(),
@@ -184,6 +194,7 @@ impl Measured {
             verify_bad: 0,
             verify_example: None,
             shards: BTreeMap::new(),
+            server_cpu: Vec::new(),
         }
     }
 
@@ -215,6 +226,7 @@ impl Measured {
         self.responses += o.responses;
         self.in_window += o.in_window;
         self.entities += o.entities;
+        self.in_window_entities += o.in_window_entities;
         for i in 0..6 {
             self.statuses[i] += o.statuses[i];
         }

@@ -62,6 +62,9 @@ pub(super) fn on_fp_frame(
     match Response::decode(&frame, &sh.limits) {
         Ok(Response::Get(g)) => {
             st.entities += g.n as u64;
+            if now < sh.end_ns {
+                st.in_window_entities += g.n as u64;
+            }
             let mut degraded = 0;
             for &b in g.status_bytes() {
                 st.statuses[(b & 0x7f).min(5) as usize] += 1;
@@ -164,6 +167,9 @@ pub(super) fn on_resp_reply(
         sh.live_errors.fetch_add(1, Ordering::Relaxed);
         st.error(&format!("resp:{word}"), sec);
         return;
+    }
+    if now < sh.end_ns {
+        st.in_window_entities += elems.len() as u64;
     }
     for e in elems {
         st.entities += 1;

@@ -15,10 +15,12 @@ use super::receiver::receiver_main;
 use super::sender::sender_main;
 use super::shared::{Conn, Shared, Slot, Wake, Writer};
 use super::{Measured, RunConfig};
+use crate::server_cpu::Window;
 
 /// Runs the workload; returns what was measured. Fails only when the connections cannot be
 /// opened at the start.
 pub fn run(cfg: RunConfig) -> Result<Measured, String> {
+    let mut cpu = Window::new(&cfg.server_pids)?;
     let threads = cfg.threads.clamp(1, cfg.connections.max(1));
     let conns_total = cfg.connections.max(1);
     let warm_ns = cfg.warmup.as_nanos() as u64;
@@ -127,8 +129,28 @@ pub fn run(cfg: RunConfig) -> Result<Measured, String> {
     let progress = shared.cfg.progress && failure.is_none();
     let total_ns = end_ns;
     let mut last = Instant::now();
-    while receivers.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut server_cpu = None;
+    loop {
+        // The server CPU samples bracket the measured window as closely as this thread can wake:
+        // it sleeps until the window's start or end rather than waiting for the next tick.
+        let now = shared.now_ns();
+        if failure.is_none() && !cpu.is_open() && now >= warm_ns {
+            cpu.open();
+        }
+        if cpu.is_open() && server_cpu.is_none() && now >= end_ns {
+            server_cpu = Some(cpu.close());
+        }
+        if receivers.iter().all(|h| h.is_finished()) {
+            break;
+        }
+        let next = if now < warm_ns {
+            warm_ns
+        } else if now < end_ns {
+            end_ns
+        } else {
+            u64::MAX
+        };
+        std::thread::sleep(Duration::from_nanos((next - now).min(50_000_000)));
         if progress && last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             let now = shared.now_ns();
@@ -165,6 +187,7 @@ pub fn run(cfg: RunConfig) -> Result<Measured, String> {
             Err(_) => return Err("a receiver thread panicked".into()),
         }
     }
+    total.server_cpu = server_cpu.unwrap_or_else(|| cpu.close());
     match failure {
         Some(e) => Err(e),
         None => Ok(total),

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Overload: bursts above capacity, with shedding on (the default) and off, and Redis direct,
+# interleaved round by round. Reports medians over rounds of p99 and max latency (from the
+# intended send time), answered and goodput (FRESH + STALE per second), OVERLOADED answers and
+# the proxy's shed counter.
+#
+#   benches/overload.sh [ROUNDS]           (default 3; about 2 minutes per round)
+#
+# The load: 1 entity per GET, Zipf 0.99 over 1,000,000 seeded entities, open loop at RATE
+# (default 85000 req/s, 4 connections) with 4x bursts for the last 2 s of every 10 s
+# (`--burst 4x:2s/10s`, as in benches/scenarios.sh), 30 s measured after 3 s of warm-up.
+# `--inflight 4096`: the client does not cap its own queue (an open-loop population of callers
+# does not), so an overloaded server sees the whole queue. Needs redis-server and release builds
+# of featureproxy and loadgen (cargo build --release --workspace).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${1:-3}
+BIN=${FEATUREPROXY_BIN:-$ROOT/target/release/featureproxy}
+LOADGEN=${LOADGEN_BIN:-$ROOT/target/release/loadgen}
+RATE=${RATE:-85000}
+ENTITIES=${ENTITIES:-1000000}
+for b in "$BIN" "$LOADGEN"; do
+  [ -x "$b" ] || { echo "missing $b: cargo build --release --workspace" >&2; exit 2; }
+done
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/fp-overload.XXXXXX)
+REDIS_PID=""; PROXY_PID=""
+cleanup() {
+  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
+  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 500); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing listens on $1" >&2; exit 1; }
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+REDIS_PID=$!
+wait_port "$REDIS_PORT"
+
+# A config per variant: the example views, shedding at its default or off.
+cp "$ROOT/examples/features.toml" "$WORK/shed.toml"
+{ printf '[server]\nshed_queue_delay = "0s"\n\n'; cat "$ROOT/examples/features.toml"; } >"$WORK/noshed.toml"
+
+start_proxy() {
+  PORT=$(free_port); STATS=$(free_port)
+  "$BIN" serve --config "$1" --listen "127.0.0.1:$PORT" --stats-listen "127.0.0.1:$STATS" \
+    --redis "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/proxy.log" &
+  PROXY_PID=$!
+  wait_port "$PORT"
+}
+stop_proxy() { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""; }
+
+# Seeded just before the rounds so that rows stay FRESH (user_features turns STALE after 2 min
+# and EXPIRED after 10).
+echo "seeding $ENTITIES entities" >&2
+start_proxy "$WORK/shed.toml"
+"$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null 2>&1
+stop_proxy
+
+LOAD=(--entities "$ENTITIES" --rate "$RATE" --burst 4x:2s/10s --duration 30s --warmup 3s
+      --connections 4 --inflight 4096 --no-timeline)
+RESULTS="$WORK/results.tsv"
+run() {
+  local name=$1 target=$2 shed=""
+  "$LOADGEN" run --target "$target" "${LOAD[@]}" --json "$WORK/run.json" >/dev/null 2>&1 || true
+  if [ -n "$PROXY_PID" ]; then
+    shed=$(curl -s "127.0.0.1:$STATS/metrics" | awk '/^featureproxy_requests_shed_total/ {print $2}')
+  fi
+  python3 - "$WORK/run.json" "$name" "${shed:--}" >>"$RESULTS" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+lat, st = j["latency_us"], j["statuses"]
+good = (st["fresh"] + st["stale"]) / j["duration_s"]
+over = sum(v for k, v in j["errors"].items() if "OVERLOADED" in k)
+print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}")
+EOF
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  case $((r % 3)) in
+    1) order="shed noshed direct" ;; 2) order="noshed direct shed" ;; *) order="direct shed noshed" ;;
+  esac
+  for v in $order; do
+    echo "round $r: $v" >&2
+    case $v in
+      shed) start_proxy "$WORK/shed.toml"; run "proxy, shedding (default)" "127.0.0.1:$PORT"; stop_proxy ;;
+      noshed) start_proxy "$WORK/noshed.toml"; run "proxy, shed_queue_delay=0s" "127.0.0.1:$PORT"; stop_proxy ;;
+      direct) run "Redis direct" "resp://127.0.0.1:$REDIS_PORT" ;;
+    esac
+  done
+done
+
+python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}")
+print()
+print("| target | offered req/s | answered req/s | goodput (FRESH+STALE)/s | p99 | max | OVERLOADED answers | shed counter | other errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name in dict.fromkeys(r[0] for r in rows):
+    rs = [r for r in rows if r[0] == name]
+    med = lambda i: statistics.median(float(r[i]) for r in rs)
+    shed = "-" if rs[0][7] == "-" else f"{med(7):.0f}"
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(1):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} |")
+EOF
