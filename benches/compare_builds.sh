@@ -23,25 +23,9 @@ ENTITIES=${ENTITIES:-1000000}
 DUR=${DUR:-8}
 WARM=${WARM:-2}
 [ -x "$LOADGEN" ] || { echo "no loadgen at $LOADGEN: cargo build --release -p loadgen" >&2; exit 2; }
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
-
-WORK=$(mktemp -d /tmp/fp-compare.XXXXXX)
-REDIS_PID=""; PROXY_PID=""
-cleanup() {
-  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
-  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 500); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing listens on $1" >&2; exit 1; }
+# shellcheck source=benches/proc.sh
+source "$ROOT/benches/proc.sh"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-REDIS_PID=$!
-wait_port "$REDIS_PORT"
 
 start_proxy() {
   PORT=$(free_port); STATS=$(free_port)

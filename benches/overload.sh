@@ -19,28 +19,16 @@ ROUNDS=${1:-3}
 BIN=${FEATUREPROXY_BIN:-$ROOT/target/release/featureproxy}
 LOADGEN=${LOADGEN_BIN:-$ROOT/target/release/loadgen}
 RATE=${RATE:-85000}
+# Extra arguments: for loadgen run (e.g. "--bypass-cache", so every GET costs a Redis read) and
+# for the proxy (e.g. "--shards 1"), to put capacity where the load generator can exceed it.
+read -r -a LOAD_EXTRA <<<"${LOAD_EXTRA:-}"
+read -r -a PROXY_EXTRA <<<"${PROXY_EXTRA:-}"
 ENTITIES=${ENTITIES:-1000000}
 for b in "$BIN" "$LOADGEN"; do
   [ -x "$b" ] || { echo "missing $b: cargo build --release --workspace" >&2; exit 2; }
 done
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
-
-WORK=$(mktemp -d /tmp/fp-overload.XXXXXX)
-REDIS_PID=""; PROXY_PID=""
-cleanup() {
-  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
-  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 500); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing listens on $1" >&2; exit 1; }
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-REDIS_PID=$!
-wait_port "$REDIS_PORT"
+# shellcheck source=benches/proc.sh
+source "$ROOT/benches/proc.sh"
 
 # A config per variant: the example views, shedding at its default or off.
 cp "$ROOT/examples/features.toml" "$WORK/shed.toml"
@@ -49,7 +37,7 @@ cp "$ROOT/examples/features.toml" "$WORK/shed.toml"
 start_proxy() {
   PORT=$(free_port); STATS=$(free_port)
   "$BIN" serve --config "$1" --listen "127.0.0.1:$PORT" --stats-listen "127.0.0.1:$STATS" \
-    --redis "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/proxy.log" &
+    --redis "redis://127.0.0.1:$REDIS_PORT" ${PROXY_EXTRA[@]+"${PROXY_EXTRA[@]}"} 2>"$WORK/proxy.log" &
   PROXY_PID=$!
   wait_port "$PORT"
 }
@@ -63,7 +51,7 @@ start_proxy "$WORK/shed.toml"
 stop_proxy
 
 LOAD=(--entities "$ENTITIES" --rate "$RATE" --burst 4x:2s/10s --duration 30s --warmup 3s
-      --connections 4 --inflight 4096 --no-timeline)
+      --connections 4 --inflight 4096 --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"})
 RESULTS="$WORK/results.tsv"
 run() {
   local name=$1 target=$2 shed=""
@@ -95,10 +83,10 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" <<'EOF'
+python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}")
+print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}")
 print()
 print("| target | offered req/s | answered req/s | goodput (FRESH+STALE)/s | p99 | max | OVERLOADED answers | shed counter | other errors |")
 print("|---|---|---|---|---|---|---|---|---|")
