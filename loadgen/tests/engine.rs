@@ -156,9 +156,11 @@ fn server_cpu_of_a_process_that_exits_or_never_was() {
         Some(500.0),
         BatchSpec { min: 1, max: 1 },
     );
-    // Exits 0.5 s in, inside the window (0.2 s warm-up, 1 s measured); unreaped until the end.
+    // Exits 0.7 s in: the middle of the window (0.2 s warm-up, then 1 s measured), so a slow
+    // start or a slow end of the run still leaves it alive at the first sample and gone at the
+    // last; unreaped until the end.
     let mut child = std::process::Command::new("sleep")
-        .arg("0.5")
+        .arg("0.7")
         .spawn()
         .unwrap();
     cfg.server_pids = vec![std::process::id(), child.id()];

@@ -100,20 +100,6 @@ impl Reader {
         }
     }
 
-    /// Every entity gets a row and a status, by `deadline` at the latest: what has not come from
-    /// the store by then is served its defaults as DEGRADED.
-    pub async fn read(
-        &self,
-        view: &View,
-        entities: &[Bytes],
-        use_cache: bool,
-        deadline: Instant,
-    ) -> Answers {
-        let lookup = self.start(view, entities, use_cache, deadline);
-        lookup.wait(deadline).await;
-        self.finish(view, entities, &lookup)
-    }
-
     /// Starts a read: finds each entity in the hot cache, or queues its read in the coalescer,
     /// or (while its node's breaker is open) settles for its defaults. When the returned lookup
     /// [is ready](Lookup::is_ready), [`Reader::finish`] answers at once, without waiting.
@@ -439,6 +425,13 @@ mod tests {
         }
     }
 
+    /// Start, wait, finish: what a GET does across its turns.
+    async fn read(reader: &Reader, view: &View, entities: &[Bytes], deadline: Instant) -> Answers {
+        let lookup = reader.start(view, entities, true, deadline);
+        lookup.wait(deadline).await;
+        reader.finish(view, entities, &lookup)
+    }
+
     fn statuses(a: &Answers) -> Vec<(Status, bool)> {
         a.statuses.iter().map(|s| (s.status, s.cached)).collect()
     }
@@ -480,7 +473,7 @@ mod tests {
                 .map(|e| Bytes::from_static(e.as_bytes()))
                 .collect();
             let deadline = Instant::now() + Duration::from_secs(1);
-            let first = reader.read(&view, &entities, true, deadline).await;
+            let first = read(&reader, &view, &entities, deadline).await;
             assert_eq!(
                 statuses(&first),
                 [
@@ -503,7 +496,7 @@ mod tests {
 
             // Served rows are cached; defaults never are, so the failed keys are asked again.
             backend.asked.borrow_mut().clear();
-            let second = reader.read(&view, &entities, true, deadline).await;
+            let second = read(&reader, &view, &entities, deadline).await;
             assert_eq!(
                 statuses(&second),
                 [
@@ -521,9 +514,9 @@ mod tests {
             let key = Bytes::from([p.key_prefix(), b"u2"].concat());
             reader.apply(Change::Keys(vec![key]));
             backend.asked.borrow_mut().clear();
-            let third = reader.read(&view, &entities[..1], true, deadline).await;
+            let third = read(&reader, &view, &entities[..1], deadline).await;
             assert_eq!(statuses(&third), [(Status::Fresh, true)]);
-            let u2 = reader.read(&view, &entities[4..], true, deadline).await;
+            let u2 = read(&reader, &view, &entities[4..], deadline).await;
             assert_eq!(statuses(&u2), [(Status::Fresh, false)]);
             assert_eq!(*backend.asked.borrow(), ["u2"]);
         });

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{
-    encode_get_response, get_response_len, ErrorCode, GetRequest, ProtocolError,
+    encode_get_response, get_response_len, ErrorCode, GetRequest, ProtocolError, Response,
     GET_FLAG_BYPASS_CACHE,
 };
 
@@ -69,12 +69,17 @@ impl Serving {
     }
 
     /// Answers a started GET with what has arrived (what has not is DEGRADED) and encodes the
-    /// reply into `out`.
+    /// reply into `out`. The work keeps its view's id, not a borrow (it outlives this call's
+    /// borrow of `self` in a task of its own); the registry never changes, so the id resolves.
     pub fn finish_get(&self, work: GetWork, out: &mut BytesMut, request_id: u32) {
-        let view = self
-            .registry
-            .by_id(work.view)
-            .expect("begin_get checked the view");
+        let Some(view) = self.registry.by_id(work.view) else {
+            let err = ProtocolError::new(
+                ErrorCode::Internal,
+                format!("view id {} is no longer served", work.view),
+            );
+            Response::Error(err).encode(out, request_id);
+            return;
+        };
         let Answers {
             statuses,
             ages,

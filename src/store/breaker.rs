@@ -8,8 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-/// When to open and when to try again. The defaults are the `breaker_*` settings'
-/// ([`crate::config::settings::defaults`]).
+/// When to open and when to try again. The defaults live with the `breaker_*` server settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Failures are counted over this sliding window.

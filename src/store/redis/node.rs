@@ -100,10 +100,6 @@ impl Node {
         !self.breaker.rejects(now)
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
-    }
-
     /// Reads `keys` with one MGET, unless the breaker is open. Values are slices of fred's read
     /// buffer (no copy).
     pub async fn mget(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {

@@ -19,10 +19,6 @@ impl Standalone {
     pub fn new(node: Rc<Node>) -> Standalone {
         Standalone { node }
     }
-
-    pub fn node(&self) -> &Rc<Node> {
-        &self.node
-    }
 }
 
 impl Backend for Standalone {
