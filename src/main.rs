@@ -57,23 +57,26 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => {
-            match ConfigFile::load(&config) {
-                Ok(ConfigFile { registry: r, .. }) => {
-                    for v in r.views() {
-                        println!(
-                        "view {} (id {}, v{}): {} features, {} bytes per row, schema_id {:#010x}",
-                        v.name, v.id, v.version, v.features.len(), v.row_bytes, v.schema_id
-                    );
-                    }
-                    ExitCode::SUCCESS
+        Command::Check { config } => match ConfigFile::load(&config) {
+            Ok(ConfigFile { registry: r, .. }) => {
+                for v in r.views() {
+                    println!(
+                            "view {} (id {}, {} layout): {} features, {} bytes per row, schema_id {:#010x}",
+                            v.name,
+                            v.id,
+                            v.layout.name(),
+                            v.features.len(),
+                            v.row_bytes,
+                            v.schema_id
+                        );
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve {
             config,
             listen,

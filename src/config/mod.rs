@@ -1,6 +1,7 @@
 //! The config file, read once at start: the `[server]` [`settings`] and the views of the
 //! [`registry`], from one parse of one TOML file.
 
+mod layouts;
 pub mod registry;
 pub mod settings;
 

@@ -5,6 +5,7 @@
 //! problem is reported with its view and field, not just the first), then shared read-only by
 //! every shard.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use bytes::Bytes;
 use featureproxy_protocol::{Dtype, FeatureSpec, SchemaReply};
 use serde::Deserialize;
 
-use crate::store::layout::{Layout, Packed};
+use super::layouts::{self, LayoutName, RawFeast};
+use crate::store::layout::Layout;
 use crate::store::ViewId;
 
 /// One feature of a view, in row order.
@@ -25,16 +27,12 @@ pub struct Feature {
     pub default: [u8; 8],
 }
 
-/// A feature view: a named, versioned set of features stored as one packed row per entity.
+/// A feature view: a named set of features served as one packed row per entity.
 #[derive(Debug, Clone)]
 pub struct View {
     /// 1-based position in the registry file; what GET and PUT name the view by.
     pub id: ViewId,
     pub name: String,
-    /// Part of the view's keys in the store: two versions live side by side in a migration.
-    pub version: u32,
-    /// Redis expiry of rows written by PUT.
-    pub ttl: Duration,
     /// Older than this, a value is served as STALE.
     pub stale_after: Duration,
     /// Older than this, the value is withheld and the defaults are served as EXPIRED.
@@ -150,7 +148,10 @@ impl Registry {
 
     /// Which views' rows the store key `key` holds, and for which entity: how a notice of a
     /// write made behind the proxy's back finds what it changed.
-    pub fn locate<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = (ViewId, &'a [u8])> + 'a {
+    pub fn locate<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> impl Iterator<Item = (ViewId, Cow<'a, [u8]>)> + 'a {
         self.views
             .iter()
             .filter_map(move |v| Some((v.id, v.layout.entity_of(key)?)))
@@ -167,9 +168,13 @@ impl Registry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawView {
-    name: String,
-    version: u32,
-    ttl: String,
+    pub(super) name: String,
+    /// How the rows sit in the store; the layout's own keys are checked in [`super::layouts`].
+    #[serde(default)]
+    pub(super) layout: LayoutName,
+    pub(super) version: Option<u32>,
+    pub(super) ttl: Option<String>,
+    pub(super) feast: Option<RawFeast>,
     stale_after: String,
     max_staleness: String,
     #[serde(default = "default_hot_cache_ttl")]
@@ -190,7 +195,14 @@ struct RawFeature {
     default: toml::Value,
 }
 
-fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<View> {
+/// Parses a duration setting of a view, or says what is wrong with it.
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"2m\", \"7d\"")
+    })
+}
+
+fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Option<View> {
     let before = problems.len();
     let vname = raw.name.clone();
     let mut bad =
@@ -208,20 +220,13 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
                 .into(),
         );
     }
-    if raw.version == 0 {
-        bad("version", "must be 1 or more".into());
-    }
-    let mut dur = |field: &str, text: &str| match humantime::parse_duration(text) {
+    let mut dur = |field: &str, text: &str| match parse_duration(text) {
         Ok(d) => Some(d),
         Err(e) => {
-            bad(
-                field,
-                format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"2m\", \"7d\""),
-            );
+            bad(field, e);
             None
         }
     };
-    let ttl = dur("ttl", &raw.ttl);
     let stale_after = dur("stale_after", &raw.stale_after);
     let max_staleness = dur("max_staleness", &raw.max_staleness);
     let hot_cache_ttl = dur("hot_cache_ttl", &raw.hot_cache_ttl);
@@ -244,14 +249,6 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
             );
         }
     }
-    if let Some(t) = ttl {
-        if t < Duration::from_millis(1) {
-            bad(
-                "ttl",
-                "must be at least 1ms; rows written with no expiry would never leave Redis".into(),
-            );
-        }
-    }
     if raw.features.is_empty() {
         bad("features", "no features declared".into());
     }
@@ -263,7 +260,7 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
     }
     let mut features = Vec::with_capacity(raw.features.len());
     let mut seen = HashSet::new();
-    for f in raw.features {
+    for f in std::mem::take(&mut raw.features) {
         let field = format!("feature {:?}", f.name);
         if f.name.is_empty() || f.name.len() > 255 {
             bad(&field, "name must be 1 to 255 bytes".into());
@@ -272,10 +269,7 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
             bad(&field, "declared twice in this view".into());
         }
         let Some(dtype) = Dtype::from_name(&f.dtype) else {
-            bad(
-                &field,
-                format!("dtype {:?} is not one of f32, f64, i32, i64, bool", f.dtype),
-            );
+            bad(&field, layouts::unknown_dtype(&raw.layout, &f.dtype));
             continue;
         };
         match encode_default(dtype, &f.default) {
@@ -287,21 +281,26 @@ fn validate_view(id: u16, raw: RawView, problems: &mut Vec<String>) -> Option<Vi
             Err(msg) => bad(&field, format!("default {}: {msg}", f.default)),
         }
     }
+    let layout = layouts::build(
+        &raw,
+        &features,
+        row_bytes_of(&features),
+        &mut |field, msg| problems.push(format!("view {vname:?}, {field}: {msg}")),
+    );
     if problems.len() > before {
         return None;
     }
-    let row_bytes = features.iter().map(|f| f.dtype.width()).sum();
+    let row_bytes = row_bytes_of(&features);
     let mut default_row = Vec::with_capacity(row_bytes);
     for f in &features {
         default_row.extend_from_slice(&f.default[..f.dtype.width()]);
     }
+    let layout = layout?;
     Some(View {
         id,
-        schema_id: fingerprint(raw.version, &features),
-        layout: Layout::Packed(Packed::new(&raw.name, raw.version, row_bytes, ttl?)),
+        schema_id: fingerprint(&layouts::identity(&layout, raw.version), &features),
+        layout,
         name: raw.name,
-        version: raw.version,
-        ttl: ttl?,
         stale_after: stale_after?,
         max_staleness: max_staleness?,
         hot_cache_ttl: hot_cache_ttl?,
@@ -339,9 +338,13 @@ fn encode_default(dtype: Dtype, v: &toml::Value) -> Result<[u8; 8], String> {
     Ok(out)
 }
 
+fn row_bytes_of(features: &[Feature]) -> usize {
+    features.iter().map(|f| f.dtype.width()).sum()
+}
+
 /// FNV-1a over the parts of a view a client depends on; never 0, as 0 means "don't check".
-fn fingerprint(version: u32, features: &[Feature]) -> u32 {
-    let mut text = format!("v{version}");
+fn fingerprint(identity: &str, features: &[Feature]) -> u32 {
+    let mut text = identity.to_string();
     for f in features {
         let _ = write!(text, "|{}:{}:{:02x?}", f.name, f.dtype, f.default);
     }
@@ -384,7 +387,9 @@ features = [
         assert_eq!(r.by_id(1).unwrap().name, "a");
         assert!(r.by_id(0).is_none() && r.by_id(2).is_none());
         assert_eq!(v.row_bytes, 13);
-        let Layout::Packed(packed) = &v.layout;
+        let Layout::Packed(packed) = &v.layout else {
+            panic!("a view without a layout key is packed");
+        };
         assert_eq!(packed.key_prefix(), b"fp:a:v2:");
         assert_eq!(v.hot_cache_ttl, Duration::from_secs(1));
         let mut want = 1.5f32.to_le_bytes().to_vec();

@@ -10,6 +10,7 @@ pub mod coalescer;
 pub mod coherence;
 pub mod freshness;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -60,7 +61,7 @@ impl Lookup {
     pub fn is_ready(&self) -> bool {
         self.sources.iter().all(|s| match s {
             Source::Store(p) => p.batch.is_done(),
-            Source::Cached(_) | Source::Unavailable => true,
+            Source::Cached(_) | Source::Unavailable | Source::NoSuchKey => true,
         })
     }
 
@@ -76,6 +77,8 @@ enum Source {
     Store(Pending),
     /// The breaker of the node holding the entity is open: defaults without asking.
     Unavailable,
+    /// The entity key cannot name a row of the view (see [`Layout::read_key`]): INVALID.
+    NoSuchKey,
 }
 
 impl Reader {
@@ -153,7 +156,9 @@ impl Reader {
                     let rest: usize = entities[i..].iter().map(|e| e.len() + 48).sum();
                     keys.reserve(rest);
                 }
-                let key = view.layout.read_key(&mut keys, entity);
+                let Some(key) = view.layout.read_key(&mut keys, entity) else {
+                    return Source::NoSuchKey;
+                };
                 if self.backend.admits(&key, now) {
                     Source::Store(self.coalescer.enqueue(key, deadline))
                 } else {
@@ -211,7 +216,11 @@ impl Reader {
             Change::Keys(keys) => {
                 for key in &keys {
                     for (view, entity) in self.registry.locate(key) {
-                        self.invalidate(view, &[key.slice_ref(entity)]);
+                        let entity = match entity {
+                            Cow::Borrowed(e) => key.slice_ref(e),
+                            Cow::Owned(e) => Bytes::from(e),
+                        };
+                        self.invalidate(view, &[entity]);
                     }
                 }
             }
@@ -231,7 +240,7 @@ impl Reader {
         let mut reads = Vec::with_capacity(entities.len());
         for entity in entities {
             cache.invalidate(cache_key(&mut scratch, view.id, entity));
-            reads.push(view.layout.read_key(&mut keys, entity));
+            reads.extend(view.layout.read_key(&mut keys, entity));
         }
         publish(&self.stats.cache, &cache);
         drop(cache);
@@ -314,6 +323,7 @@ impl Answer {
 fn resolve(view: &View, source: &Source, now_ms: u64) -> Answer {
     let p = match source {
         Source::Unavailable => return Answer::defaults(view, Status::Degraded),
+        Source::NoSuchKey => return Answer::defaults(view, Status::Invalid),
         Source::Cached(hit) => return judge(view, hit.computed_at_ms, hit.row.clone(), now_ms),
         Source::Store(p) => p,
     };
@@ -322,8 +332,8 @@ fn resolve(view: &View, source: &Source, now_ms: u64) -> Answer {
     };
     match result.get(p.index) {
         None | Some(Fetched::Failed(_)) => Answer::defaults(view, Status::Degraded),
-        Some(Fetched::Absent) => Answer::defaults(view, Status::Missing),
-        Some(Fetched::Value(value)) => match view.layout.decode(value) {
+        Some(fetched) => match view.layout.decode(fetched) {
+            Stored::Absent => Answer::defaults(view, Status::Missing),
             Stored::Invalid => Answer::defaults(view, Status::Invalid),
             Stored::Row {
                 computed_at_ms,
@@ -375,8 +385,8 @@ mod tests {
     }
 
     impl ByName {
-        fn entity<'k>(&self, key: &'k ReadKey) -> &'k [u8] {
-            self.view.layout.entity_of(&key.key).unwrap()
+        fn entity(&self, key: &ReadKey) -> Vec<u8> {
+            self.view.layout.entity_of(&key.key).unwrap().into_owned()
         }
     }
 
@@ -394,7 +404,9 @@ mod tests {
                 .iter()
                 .map(|k| {
                     let entity = self.entity(k);
-                    self.asked.borrow_mut().push(Bytes::copy_from_slice(entity));
+                    self.asked
+                        .borrow_mut()
+                        .push(Bytes::copy_from_slice(&entity));
                     if entity.starts_with(b"down-") {
                         Fetched::Failed(Failure::Unavailable)
                     } else if entity.starts_with(b"gone-") {
@@ -402,13 +414,15 @@ mod tests {
                     } else {
                         let row: Vec<u8> = (0..16).flat_map(|_| 7.0f32.to_le_bytes()).collect();
                         let (mut kb, mut vb) = (BytesMut::new(), BytesMut::new());
-                        let WriteItem::Value { value, .. } = self.view.layout.write(
+                        let Ok(WriteItem::Value { value, .. }) = self.view.layout.write(
                             &mut kb,
                             &mut vb,
-                            entity,
+                            &entity,
                             freshness::now_ms(),
                             &row,
-                        );
+                        ) else {
+                            unreachable!("user_features is a packed view")
+                        };
                         Fetched::Value(value)
                     }
                 })
@@ -510,7 +524,9 @@ mod tests {
             assert_eq!(*backend.asked.borrow(), ["down-1", "gone-1"]);
 
             // A notice of a write drops that row, and only that row, from the cache.
-            let Layout::Packed(p) = &view.layout;
+            let Layout::Packed(p) = &view.layout else {
+                unreachable!("user_features is a packed view")
+            };
             let key = Bytes::from([p.key_prefix(), b"u2"].concat());
             reader.apply(Change::Keys(vec![key]));
             backend.asked.borrow_mut().clear();

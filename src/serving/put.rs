@@ -20,13 +20,24 @@ impl Serving {
         }
         let mut keys = BytesMut::new();
         let mut values = BytesMut::with_capacity(entries.len() * view.layout.value_len());
-        let items: Vec<WriteItem> = entries
+        let items = entries
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 view.layout
                     .write(&mut keys, &mut values, &e.key, e.computed_at_ms, &e.row)
+                    .map_err(|why| {
+                        ProtocolError::new(
+                            ErrorCode::BadRow,
+                            format!(
+                                "view {}: entry {i}: entity key {:?} {why}; nothing was written",
+                                view.name,
+                                String::from_utf8_lossy(&e.key)
+                            ),
+                        )
+                    })
             })
-            .collect();
+            .collect::<Result<Vec<WriteItem>, ProtocolError>>()?;
         let entities: Arc<[Bytes]> = entries.iter().map(|e| e.key.clone()).collect();
         let written = items.len() as u32;
         let result = self.backend.write(items, self.settings.write_timeout).await;

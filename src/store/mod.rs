@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod layout;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,11 +36,50 @@ pub struct ReadKey {
 }
 
 /// What to ask the store for under a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReadCommand {
-    /// The whole value (GET; many of them go out as one MGET). Layouts that keep a row in a
-    /// hash (Feast's) add a variant with the fields to read (HMGET).
+    /// The whole value (GET; many of them go out as one MGET).
     Value,
+    /// These fields of a hash (HMGET), answered as [`Fetched::Fields`].
+    Fields(FieldSet),
+}
+
+/// The hash fields a layout reads for every entity of a view. Built once per view and shared
+/// by its reads; two sets are the same read only when they are the same set (compared by
+/// identity, so a lookup hashes a pointer, not every field name).
+#[derive(Debug, Clone)]
+pub struct FieldSet(Arc<[Bytes]>);
+
+impl FieldSet {
+    pub fn new(fields: Vec<Bytes>) -> FieldSet {
+        FieldSet(Arc::from(fields))
+    }
+
+    pub fn fields(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq for FieldSet {
+    fn eq(&self, other: &FieldSet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FieldSet {}
+
+impl std::hash::Hash for FieldSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0) as *const u8, state)
+    }
 }
 
 /// The store's answer for one [`ReadKey`].
@@ -47,8 +87,13 @@ pub enum ReadCommand {
 pub enum Fetched {
     /// The stored bytes: a slice of the backend's read buffer, not a copy.
     Value(Bytes),
+    /// The asked fields of a hash, in the order asked; None where a field (or the whole hash)
+    /// is absent.
+    Fields(Vec<Option<Bytes>>),
     /// Nothing is stored under the key.
     Absent,
+    /// Something else than the read expects is stored under the key (Redis said WRONGTYPE).
+    WrongType,
     /// No answer for this key; the entity is served its defaults as DEGRADED.
     Failed(Failure),
 }
@@ -71,6 +116,8 @@ pub enum Stored {
     Row { computed_at_ms: u64, row: Bytes },
     /// Something is stored but it is not a row of this view (wrong format or length).
     Invalid,
+    /// No row of this view is stored for the entity.
+    Absent,
 }
 
 /// One write of a PUT, as the view's layout encodes it.
@@ -81,6 +128,13 @@ pub enum WriteItem {
         key: Bytes,
         value: Bytes,
         ttl: Duration,
+    },
+    /// Set these fields of the hash under `key` (HSET), then, when `expire` is given, make the
+    /// whole hash expire after it (EXPIRE, in whole seconds).
+    Fields {
+        key: Bytes,
+        fields: Vec<(Bytes, Bytes)>,
+        expire: Option<Duration>,
     },
 }
 

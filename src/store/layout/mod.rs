@@ -2,37 +2,51 @@
 //! one place. A view names its layout in the registry; the reading stage and PUT only call the
 //! methods here.
 //!
-//! Today there is one layout, [`Packed`]: one key per entity holding our packed row. A layout for
-//! Feast's hashes is a new variant of [`Layout`], implemented in a file of its own beside it.
+//! Two layouts: [`Packed`], ours (one key per entity holding the packed row), and [`Feast`],
+//! Feast's online store read and written unchanged (one hash per entity).
 
+pub mod feast;
 mod packed;
 
-use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 
+use bytes::BytesMut;
+
+pub use feast::{BadEntity, Feast};
 pub use packed::Packed;
 
-use super::{ReadKey, Stored, WriteItem};
+use super::{Fetched, ReadKey, Stored, WriteItem};
 
 /// A view's layout in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// `fp:{view}:v{version}:{entity}` holding a format byte, computed_at and the packed row.
     Packed(Packed),
+    /// Feast's serialized entity key + project, a hash with a field per feature and `_ts`.
+    Feast(Feast),
 }
 
 impl Layout {
-    /// The read that fetches `entity`'s row. The key is built into `buf` so that one request's
-    /// keys share one allocation.
-    pub fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> ReadKey {
+    /// The read that fetches `entity`'s row, or None when `entity` cannot be a key of this view
+    /// (a Feast view's integer join key that is not an integer). The key is built into `buf` so
+    /// that one request's keys share one allocation.
+    pub fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> Option<ReadKey> {
         match self {
-            Layout::Packed(p) => p.read_key(buf, entity),
+            Layout::Packed(p) => Some(p.read_key(buf, entity)),
+            Layout::Feast(f) => f.read_key(buf, entity),
         }
     }
 
-    /// Decodes what the store holds for one entity.
-    pub fn decode(&self, value: &Bytes) -> Stored {
+    /// Decodes what the store answered for one entity (never a [`Fetched::Failed`]: a failed
+    /// read is the reader's to judge).
+    pub fn decode(&self, fetched: &Fetched) -> Stored {
         match self {
-            Layout::Packed(p) => p.decode(value),
+            Layout::Packed(p) => match fetched {
+                Fetched::Value(v) => p.decode(v),
+                Fetched::Absent => Stored::Absent,
+                Fetched::Fields(_) | Fetched::WrongType | Fetched::Failed(_) => Stored::Invalid,
+            },
+            Layout::Feast(f) => f.decode(fetched),
         }
     }
 
@@ -44,9 +58,10 @@ impl Layout {
         entity: &[u8],
         computed_at_ms: u64,
         row: &[u8],
-    ) -> WriteItem {
+    ) -> Result<WriteItem, BadEntity> {
         match self {
-            Layout::Packed(p) => p.write(keys, values, entity, computed_at_ms, row),
+            Layout::Packed(p) => Ok(p.write(keys, values, entity, computed_at_ms, row)),
+            Layout::Feast(f) => f.write(keys, values, entity, computed_at_ms, row),
         }
     }
 
@@ -54,20 +69,32 @@ impl Layout {
     pub fn value_len(&self) -> usize {
         match self {
             Layout::Packed(p) => p.value_len(),
+            Layout::Feast(f) => f.value_len(),
         }
     }
 
     /// The key prefix that Redis client tracking watches for writes to this view's rows.
-    pub fn tracking_prefix(&self) -> &'static str {
+    pub fn tracking_prefix(&self) -> String {
         match self {
-            Layout::Packed(_) => packed::TRACKING_PREFIX,
+            Layout::Packed(_) => packed::TRACKING_PREFIX.to_string(),
+            Layout::Feast(f) => f.tracking_prefix(),
         }
     }
 
-    /// The entity whose row `key` holds, when `key` is one of this view's keys.
-    pub fn entity_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+    /// The entity (as a GET names it) whose row `key` holds, when `key` is one of this view's
+    /// keys.
+    pub fn entity_of<'k>(&self, key: &'k [u8]) -> Option<Cow<'k, [u8]>> {
         match self {
-            Layout::Packed(p) => p.entity_of(key),
+            Layout::Packed(p) => p.entity_of(key).map(Cow::Borrowed),
+            Layout::Feast(f) => f.entity_of(key).map(Cow::Owned),
+        }
+    }
+
+    /// "packed" or "feast": for operators' output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::Packed(_) => "packed",
+            Layout::Feast(_) => "feast",
         }
     }
 }

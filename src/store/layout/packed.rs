@@ -99,7 +99,7 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Layout;
+    use crate::store::{Fetched, Layout};
 
     /// user_features of examples/features.toml: 16 f32.
     fn layout() -> Layout {
@@ -116,27 +116,37 @@ mod tests {
         let v = layout();
         let row = vec![7u8; 64];
         let (mut kbuf, mut vbuf) = (BytesMut::new(), BytesMut::new());
-        let WriteItem::Value { key, value, .. } = v.write(&mut kbuf, &mut vbuf, b"u1", 1234, &row);
+        let Ok(WriteItem::Value { key, value, .. }) =
+            v.write(&mut kbuf, &mut vbuf, b"u1", 1234, &row)
+        else {
+            panic!("a packed write is one value");
+        };
         assert_eq!(value.len(), 73);
+        let decode = |l: &Layout, b: &Bytes| l.decode(&Fetched::Value(b.clone()));
         assert_eq!(
-            v.decode(&value),
+            decode(&v, &value),
             Stored::Row {
                 computed_at_ms: 1234,
                 row: Bytes::from(row)
             }
         );
         let short = Layout::Packed(Packed::new("user_features", 1, 60, Duration::from_secs(1)));
-        assert_eq!(short.decode(&value), Stored::Invalid);
-        assert_eq!(v.decode(&value.slice(..72)), Stored::Invalid);
+        assert_eq!(decode(&short, &value), Stored::Invalid);
+        assert_eq!(decode(&v, &value.slice(..72)), Stored::Invalid);
         let mut bad = value.to_vec();
         bad[0] = 2;
-        assert_eq!(v.decode(&Bytes::from(bad)), Stored::Invalid);
+        assert_eq!(decode(&v, &Bytes::from(bad)), Stored::Invalid);
+        assert_eq!(v.decode(&Fetched::Absent), Stored::Absent);
+        assert_eq!(v.decode(&Fetched::WrongType), Stored::Invalid);
         assert_eq!(&key[..], b"fp:user_features:v1:u1");
         assert_eq!(
-            &v.read_key(&mut kbuf, b"u1").key[..],
+            &v.read_key(&mut kbuf, b"u1").unwrap().key[..],
             b"fp:user_features:v1:u1"
         );
-        assert_eq!(v.entity_of(b"fp:user_features:v1:u1"), Some(&b"u1"[..]));
+        assert_eq!(
+            v.entity_of(b"fp:user_features:v1:u1").as_deref(),
+            Some(&b"u1"[..])
+        );
         assert_eq!(v.entity_of(b"fp:user_features:v2:u1"), None);
     }
 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
-use fred::types::{Expiration, Key};
+use fred::types::{Expiration, Key, Map};
+use futures::future::LocalBoxFuture;
 use tracing::{info, warn};
 
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use crate::store::{Fetched, ReadKey, StoreError, WriteItem};
+use crate::store::{Failure, Fetched, ReadCommand, ReadKey, StoreError, WriteItem};
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms::ShardHistograms;
 
@@ -100,9 +101,25 @@ impl Node {
         !self.breaker.rejects(now)
     }
 
-    /// Reads `keys` with one MGET, unless the breaker is open. Values are slices of fred's read
-    /// buffer (no copy).
-    pub async fn mget(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
+    /// Reads `keys`, unless the breaker is open: the whole values with one MGET, each hash with
+    /// an HMGET of its fields, all sent at once (fred writes them out together). Values are
+    /// slices of fred's read buffer (no copy).
+    pub async fn read(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
+        let hashes = keys
+            .iter()
+            .filter(|k| matches!(k.command, ReadCommand::Fields(_)))
+            .count();
+        if hashes == 0 {
+            return self.mget(keys, timeout).await;
+        }
+        let commands = hashes + usize::from(hashes < keys.len());
+        let result = self
+            .guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
+            .await;
+        result.unwrap_or_else(|e| vec![Fetched::Failed(e.failure()); keys.len()])
+    }
+
+    async fn mget(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
         let result = self
             .guarded(keys.len(), 1, self.raw_mget(keys, timeout))
             .await;
@@ -134,6 +151,58 @@ impl Node {
             .map_err(|e| from_fred(e, timeout))
     }
 
+    /// One MGET for the whole values, one HMGET per hash, reassembled in `keys`' order. A key
+    /// holding another type than its read expects is that key's problem (WRONGTYPE), not the
+    /// node's; any other error fails the call.
+    async fn raw_mixed(
+        &self,
+        keys: &[ReadKey],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, StoreError> {
+        let (values, hashes): (Vec<&ReadKey>, Vec<&ReadKey>) =
+            keys.iter().partition(|k| k.command == ReadCommand::Value);
+        let client = self.client.with_options(&Options {
+            fail_fast: true,
+            timeout: Some(timeout),
+            ..Default::default()
+        });
+        let mget = async {
+            if values.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<Key> = values.iter().map(|k| Key::from(k.key.clone())).collect();
+            client.mget::<Vec<Option<Bytes>>, _>(keys).await
+        };
+        let hmgets = futures::future::join_all(hashes.iter().map(|k| {
+            let fields: Vec<Key> = match &k.command {
+                ReadCommand::Fields(f) => f.fields().iter().map(|f| Key::from(f.clone())).collect(),
+                ReadCommand::Value => Vec::new(),
+            };
+            client.hmget::<Vec<Option<Bytes>>, _, _>(Key::from(k.key.clone()), fields)
+        }));
+        let (mget, hmgets) = futures::future::join(mget, hmgets).await;
+        let mut values = mget.map_err(|e| from_fred(e, timeout))?.into_iter();
+        let mut hmgets = hmgets.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(match k.command {
+                ReadCommand::Value => values
+                    .next()
+                    .flatten()
+                    .map_or(Fetched::Absent, Fetched::Value),
+                ReadCommand::Fields(_) => match hmgets.next() {
+                    Some(Ok(fields)) => Fetched::Fields(fields),
+                    Some(Err(e)) if e.kind() == &fred::error::ErrorKind::InvalidArgument => {
+                        Fetched::WrongType
+                    }
+                    Some(Err(e)) => return Err(from_fred(e, timeout)),
+                    None => Fetched::Failed(Failure::Unavailable),
+                },
+            });
+        }
+        Ok(out)
+    }
+
     /// Runs every write, all queued at once so they leave in one socket write; Ok only once Redis
     /// acknowledged every one. Refused while the breaker is open.
     pub async fn write(&self, items: Vec<WriteItem>, timeout: Duration) -> Result<(), StoreError> {
@@ -148,12 +217,40 @@ impl Node {
             ..Default::default()
         };
         let client = self.client.with_options(&opts);
-        let writes = items.into_iter().map(|item| match item {
-            WriteItem::Value { key, value, ttl } => {
-                let px = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
-                client.set::<(), _, _>(Key::from(key), value, Some(Expiration::PX(px)), None, false)
+        let mut writes: Vec<LocalBoxFuture<'_, Result<(), fred::error::Error>>> =
+            Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                WriteItem::Value { key, value, ttl } => {
+                    let px = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
+                    writes.push(Box::pin(client.set::<(), _, _>(
+                        Key::from(key),
+                        value,
+                        Some(Expiration::PX(px)),
+                        None,
+                        false,
+                    )));
+                }
+                WriteItem::Fields {
+                    key,
+                    fields,
+                    expire,
+                } => {
+                    let mut map = Map::new();
+                    for (field, value) in fields {
+                        map.insert(Key::from(field), Value::Bytes(value));
+                    }
+                    // Queued in this order on the one connection: the EXPIRE follows the HSET.
+                    writes.push(Box::pin(
+                        client.hset::<(), _, _>(Key::from(key.clone()), map),
+                    ));
+                    if let Some(ttl) = expire {
+                        let secs = ttl.as_secs().clamp(1, i64::MAX as u64) as i64;
+                        writes.push(Box::pin(client.expire::<(), _>(Key::from(key), secs, None)));
+                    }
+                }
             }
-        });
+        }
         for r in futures::future::join_all(writes).await {
             r.map_err(|e| from_fred(e, timeout))?;
         }

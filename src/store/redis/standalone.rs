@@ -8,7 +8,7 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 
 use super::node::Node;
-use crate::store::{Backend, Fetched, ReadCommand, ReadKey, StoreError, WriteItem};
+use crate::store::{Backend, Fetched, ReadKey, StoreError, WriteItem};
 
 /// A standalone Redis behind the storage seam.
 pub struct Standalone {
@@ -31,8 +31,7 @@ impl Backend for Standalone {
         keys: &'a [ReadKey],
         timeout: Duration,
     ) -> LocalBoxFuture<'a, Vec<Fetched>> {
-        debug_assert!(keys.iter().all(|k| k.command == ReadCommand::Value));
-        self.node.mget(keys, timeout).boxed_local()
+        self.node.read(keys, timeout).boxed_local()
     }
 
     fn write(

@@ -24,7 +24,7 @@ use crate::telemetry::counters::ShardStats;
 /// write Redis reports under `prefixes` (the views' layouts give them).
 pub async fn run(
     url: String,
-    mut prefixes: Vec<&'static str>,
+    mut prefixes: Vec<String>,
     stats: Arc<ShardStats>,
     mut changed: impl FnMut(Change),
 ) {
@@ -85,7 +85,7 @@ fn build(url: &str) -> Result<Client, fred::error::Error> {
         .build()
 }
 
-async fn arm(client: &Client, prefixes: &[&'static str], stats: &ShardStats) {
+async fn arm(client: &Client, prefixes: &[String], stats: &ShardStats) {
     let shard = stats.shard;
     match client
         .start_tracking(prefixes.to_vec(), true, false, false, false)
