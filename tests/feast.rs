@@ -51,6 +51,16 @@ fn dtype(feast: &str) -> &'static str {
     }
 }
 
+fn join_dtype(feast: &str) -> &'static str {
+    match feast {
+        "Int64" => "int64",
+        "Int32" => "int32",
+        "String" => "string",
+        "Bytes" => "bytes",
+        other => panic!("join key dtype {other}"),
+    }
+}
+
 /// A default no Feast row holds, so that defaults are told apart from values.
 fn default_of(dtype: &str) -> &'static str {
     match dtype {
@@ -93,9 +103,7 @@ fn registry(v: &Json, extra: &str) -> String {
                 format!(
                     "{{ name = {}, dtype = \"{}\" }}",
                     j["name"],
-                    dtype(j["dtype"].as_str().unwrap())
-                        .replace("i64", "int64")
-                        .replace("string", "string")
+                    join_dtype(j["dtype"].as_str().unwrap())
                 )
             })
             .collect();
@@ -239,7 +247,7 @@ async fn rows_feast_wrote_are_served_with_their_values_and_true_ages() {
             );
         }
         // Never written: MISSING with the defaults (a compound key needs both parts).
-        let (status, first) = (got.status(1).status, got.row(1)[0].clone());
+        let (status, first) = (got.status(1).status, got.row(1)[0]);
         if r["join_keys"].as_array().unwrap().len() == 1 {
             assert_eq!(status, Status::Missing, "{view}");
             assert!(
