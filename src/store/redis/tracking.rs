@@ -24,7 +24,7 @@ use crate::telemetry::counters::ShardStats;
 /// write Redis reports under `prefixes` (the views' layouts give them).
 pub async fn run(
     url: String,
-    mut prefixes: Vec<String>,
+    prefixes: Vec<String>,
     stats: Arc<ShardStats>,
     mut changed: impl FnMut(Change),
 ) {
@@ -36,8 +36,7 @@ pub async fn run(
             return;
         }
     };
-    prefixes.sort_unstable();
-    prefixes.dedup();
+    let prefixes = covering(prefixes);
     let mut invalidations = client.invalidation_rx();
     let mut reconnects = client.reconnect_rx();
     // fred announces every connection, the first one included, on the reconnect channel: tracking
@@ -63,6 +62,21 @@ pub async fn run(
             },
         }
     }
+}
+
+/// The prefixes to arm: each once, and none that another one already covers (Redis refuses a
+/// prefix that overlaps another, and that would leave tracking off for every view).
+fn covering(mut prefixes: Vec<String>) -> Vec<String> {
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut out: Vec<String> = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        // Sorted, so a prefix that covers `p` sorts before it, though not always just before.
+        if !out.iter().any(|q| p.starts_with(q.as_str())) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn build(url: &str) -> Result<Client, fred::error::Error> {
@@ -103,5 +117,18 @@ async fn arm(client: &Client, prefixes: &[String], stats: &ShardStats) {
             stats.tracking_armed.store(false, Relaxed);
             warn!(shard, error = %e, "could not turn on Redis client tracking; the hot-cache TTL bounds staleness");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_prefix_is_armed_once_and_covered_ones_are_left_out() {
+        let got = super::covering(
+            ["fp:", "\u{1}ab", "fp:", "\u{1}a", "\u{2}x"]
+                .map(String::from)
+                .to_vec(),
+        );
+        assert_eq!(got, ["\u{1}a", "\u{2}x", "fp:"]);
     }
 }

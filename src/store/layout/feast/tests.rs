@@ -458,3 +458,41 @@ fn entity_text(value: &serde_json::Value) -> Vec<u8> {
         v => v.to_string().into_bytes(),
     }
 }
+
+mod prop {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever Redis holds, decoding answers a status and never panics.
+        #[test]
+        fn any_reply_decodes_without_panicking(
+            fields in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)), 0..6)
+        ) {
+            let reply = Fetched::Fields(fields.into_iter().map(|f| f.map(Bytes::from)).collect());
+            let _ = driver_view().decode(&reply);
+        }
+
+        /// A key that maps back to an entity is exactly the key that entity reads: a notice of a
+        /// write never drops another entity's row.
+        #[test]
+        fn a_key_maps_back_only_to_the_entity_that_reads_it(
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+            id in any::<i32>(),
+            rider in "[a-z]{0,6}",
+        ) {
+            for f in [driver_view(), trip_view()] {
+                let good = key(&f, format!("{rider}\u{1f}{id}").as_bytes())
+                    .or_else(|| key(&f, id.to_string().as_bytes()))
+                    .unwrap();
+                for k in [good.to_vec(), [&good[..good.len() / 2], &tail[..]].concat(), tail.clone()] {
+                    if let Some(entity) = f.entity_of(&k) {
+                        let back = key(&f, &entity);
+                        prop_assert_eq!(back.as_deref(), Some(&k[..]));
+                    }
+                }
+            }
+        }
+    }
+}
