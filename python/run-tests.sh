@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tests of the Python client (python/): installs the package into a venv with pytest and numpy,
-# then runs python/tests against the real proxy binary and a real redis-server.
+# Tests of the Python client (python/): installs the package into a venv with pytest, numpy and
+# feast[redis] (pinned, with all their dependencies, by python/requirements-feast.txt), then runs
+# python/tests against the real proxy binary, a real redis-server and the real feast SDK.
 # Run from anywhere; exits non-zero on any failure, including "no tests collected".
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,7 +23,8 @@ venv="${FEATUREPROXY_VENV:-$root/target/python-venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest numpy
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest numpy \
+  -r "$here/requirements-feast.txt"
 rm -rf "$here/build" "$here"/src/*.egg-info  # left by the in-tree build
 
 # Run from the tests' directory so `import featureproxy` resolves to the installed package.
