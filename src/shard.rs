@@ -18,10 +18,7 @@ use crate::reading::coalescer::Coalescer;
 use crate::reading::coherence::{Invalidation, Peers};
 use crate::reading::Reader;
 use crate::serving::{accept, Serving};
-use crate::store::redis::node::Node;
-use crate::store::redis::standalone::Standalone;
-use crate::store::redis::tracking;
-use crate::store::Backend;
+use crate::store::redis;
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms::{Interval, ShardHistograms};
 
@@ -67,16 +64,25 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let histograms = Rc::new(RefCell::new(ShardHistograms::new(registry.views().len())));
     let listener = tokio::net::TcpListener::from_std(listener)?;
 
-    // Store: the Redis node behind its breaker, as the shard's backend.
-    let node = Node::start(
-        &redis_url,
-        settings.default_deadline,
-        settings.breaker(),
-        stats.clone(),
-        histograms.clone(),
-    )
+    // Store: a standalone Redis or a Redis Cluster, behind the storage seam.
+    let tracking = (settings.client_tracking && settings.hot_cache_bytes > 0).then(|| {
+        registry
+            .views()
+            .iter()
+            .map(|v| v.layout.tracking_prefix())
+            .collect()
+    });
+    let store = redis::connect(redis::Connect {
+        url: redis_url.clone(),
+        read_from: settings.read_from,
+        command_timeout: settings.default_deadline,
+        breaker: settings.breaker(),
+        tracking,
+        stats: stats.clone(),
+        histograms: histograms.clone(),
+    })
     .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let backend: Rc<dyn Backend> = Rc::new(Standalone::new(node.clone()));
+    let backend = store.backend.clone();
 
     // Reading: coalescer and hot cache in front of the backend.
     let coalescer = Coalescer::new(backend.clone(), stats.clone(), settings.redis_batch_cap);
@@ -100,20 +106,8 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
             let _ = inv.done.send(());
         }
     });
-    if settings.client_tracking && settings.hot_cache_bytes > 0 {
-        let on_change = reader.clone();
-        let prefixes = registry
-            .views()
-            .iter()
-            .map(|v| v.layout.tracking_prefix())
-            .collect();
-        tokio::task::spawn_local(tracking::run(
-            redis_url.clone(),
-            prefixes,
-            stats.clone(),
-            move |change| on_change.apply(change),
-        ));
-    }
+    let on_change = reader.clone();
+    store.on_change(move |change| on_change.apply(change));
 
     // Telemetry: histograms to the stats thread once a second.
     tokio::task::spawn_local(ship_histograms(shard, histograms.clone(), intervals));
@@ -126,20 +120,20 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         stats,
         histograms,
         reader,
-        backend,
+        backend: backend.clone(),
         peers,
     });
     // Give Redis a moment before taking clients (they queue in the listen backlog meanwhile), so
     // the first requests after start do not get defaults for nothing. A Redis that is down stays
     // down: start anyway and serve defaults until it comes.
-    if tokio::time::timeout(Duration::from_secs(2), node.wait_connected())
+    if tokio::time::timeout(Duration::from_secs(2), backend.ready())
         .await
         .is_err()
     {
         warn!(shard, redis = %redis_url, "Redis did not answer within 2s of start; serving defaults until it does");
     }
     accept::run(listener, serving, shutdown).await;
-    node.quit().await;
+    backend.close().await;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::store::breaker::BreakerConfig;
+use crate::store::redis::cluster::{self, ReadFrom};
 
 /// The default of every setting, by the setting's name.
 pub mod defaults {
@@ -71,8 +72,13 @@ pub struct Settings {
     /// Where operators scrape `/metrics`, read `/stats` and probe `/health` and `/ready`.
     #[serde(deserialize_with = "addr")]
     pub stats_listen: SocketAddr,
-    /// `redis://host:port`; None: start a private redis-server child.
+    /// `redis://host:port` (one server), or
+    /// `redis-cluster://host:port?node=host:port&node=host:port` (a Redis Cluster, by seed
+    /// nodes); None: start a private redis-server child.
     pub redis: Option<String>,
+    /// On a Redis Cluster, where reads go: `primary`, or `replica_preferred` (a healthy replica
+    /// of the slot, else its primary).
+    pub read_from: ReadFrom,
     /// Shards: threads, each with its own runtime, listener, Redis connection and cache.
     pub shards: usize,
     /// Largest frame accepted or sent, in bytes.
@@ -129,6 +135,7 @@ impl Default for Settings {
             listen: defaults::LISTEN,
             stats_listen: defaults::STATS_LISTEN,
             redis: None,
+            read_from: ReadFrom::default(),
             shards: defaults::shards(),
             max_frame: defaults::MAX_FRAME,
             max_batch: defaults::MAX_BATCH,
@@ -247,6 +254,18 @@ impl Settings {
         }
         if self.breaker_probes == 0 {
             return Err(bad("breaker_probes", "must be at least 1"));
+        }
+        if let Some(url) = self
+            .redis
+            .as_deref()
+            .filter(|u| u.starts_with("redis-cluster:"))
+        {
+            cluster::seeds_of(url).map_err(|e| bad("redis", e.to_string()))?;
+        } else if self.read_from != ReadFrom::Primary {
+            return Err(bad(
+                "read_from",
+                "replica_preferred is for a Redis Cluster (redis = \"redis-cluster://...\"); a standalone Redis is read from the server given",
+            ));
         }
         Ok(())
     }

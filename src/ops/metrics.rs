@@ -11,7 +11,7 @@ use featureproxy_protocol::{ErrorCode, Status};
 use hdrhistogram::Histogram;
 
 use super::Sources;
-use crate::telemetry::counters::{CloseReason, ShardStats, ViewStats, OPS};
+use crate::telemetry::counters::{CloseReason, RedirectKind, ShardStats, ViewStats, OPS};
 use crate::telemetry::histograms::ShardHistograms;
 
 /// A Prometheus metric kind.
@@ -372,6 +372,29 @@ pub static METRICS: &[Metric] = &[
                 Value::Count(sc.sum(|s| s.redis_unavailable.get())),
             );
         }),
+    ),
+    counter(
+        "featureproxy_cluster_redirects_total",
+        "Redis Cluster answers about where keys live, by kind (moved: followed once and the slot map refreshed; ask: followed once; tryagain, clusterdown: the keys got DEGRADED defaults).",
+        &["kind"],
+        Read::Custom(|sc, out| {
+            for kind in RedirectKind::ALL {
+                let n = sc.sum(|s| s.cluster_redirects[kind as usize].get());
+                out.sample(&[kind.name()], Value::Count(n));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_cluster_slot_map_refreshes_total",
+        "Redis Cluster slot maps read (CLUSTER SLOTS: on a timer, after MOVED and after node failures).",
+        &[],
+        Read::Total(|s| s.cluster_refreshes.get()),
+    ),
+    counter(
+        "featureproxy_cluster_slot_map_changes_total",
+        "Slot maps that changed where slots live (failover, resharding); each flushes the shard's hot cache.",
+        &[],
+        Read::Total(|s| s.cluster_map_changes.get()),
     ),
     counter(
         "featureproxy_breaker_rejections_total",

@@ -437,6 +437,14 @@ mod tests {
         ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
             async { Ok(()) }.boxed_local()
         }
+
+        fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed_local()
+        }
+
+        fn close(&self) -> LocalBoxFuture<'_, ()> {
+            async {}.boxed_local()
+        }
     }
 
     /// Start, wait, finish: what a GET does across its turns.

@@ -74,6 +74,24 @@ impl Serving {
                 ErrorCode::BackendUnavailable,
                 format!("view {}: nothing acknowledged, {why}", view.name),
             )),
+            Err(StoreError::Partial {
+                written: acked,
+                total,
+                why,
+            }) => Err(ProtocolError::new(
+                ErrorCode::BackendUnavailable,
+                format!(
+                    "view {}: the write may be partial: {acked} of {total} rows acknowledged, the rest failed ({why}); retry the PUT, it is idempotent",
+                    view.name
+                ),
+            )),
+            Err(StoreError::Redirected(r)) => Err(ProtocolError::new(
+                ErrorCode::BackendUnavailable,
+                format!(
+                    "view {}: nothing acknowledged, Redis Cluster redirected the write ({r}); retry the PUT",
+                    view.name
+                ),
+            )),
             Err(StoreError::BreakerOpen) => Err(ProtocolError::new(
                 ErrorCode::BackendUnavailable,
                 format!(

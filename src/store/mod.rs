@@ -138,6 +138,15 @@ pub enum WriteItem {
     },
 }
 
+impl WriteItem {
+    /// The store key the item writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            WriteItem::Value { key, .. } | WriteItem::Fields { key, .. } => key,
+        }
+    }
+}
+
 /// Why a write was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -147,6 +156,58 @@ pub enum StoreError {
     Unavailable(String),
     #[error("Redis is unavailable: circuit breaker open: Redis failed recently; retry after it recovers")]
     BreakerOpen,
+    /// A cluster node said another node serves the key, or the cluster cannot serve it now.
+    #[error("Redis Cluster redirected the call: {0}")]
+    Redirected(Redirect),
+    /// Some nodes acknowledged their rows and some did not.
+    #[error("{written} of {total} rows acknowledged; the others failed ({why}): the write may be partial")]
+    Partial {
+        written: usize,
+        total: usize,
+        why: String,
+    },
+}
+
+/// A Redis Cluster answer that is about where a key lives, not about the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Redirect {
+    /// The slot now lives on `to` ("host:port") for good: follow, and refresh the slot map.
+    #[error("MOVED {slot} {to}")]
+    Moved { slot: u16, to: String },
+    /// The slot is migrating: this one key is on `to` for now.
+    #[error("ASK {slot} {to}")]
+    Ask { slot: u16, to: String },
+    /// A multi-key call met a slot being migrated.
+    #[error("TRYAGAIN")]
+    TryAgain,
+    /// The cluster cannot serve the slot (no master for it).
+    #[error("CLUSTERDOWN")]
+    ClusterDown,
+}
+
+impl Redirect {
+    /// Reads a Redis error reply ("MOVED 3999 127.0.0.1:6381", "CLUSTERDOWN ...").
+    pub fn parse(reply: &str) -> Option<Redirect> {
+        let reply = reply.trim_start_matches("-");
+        let mut words = reply.split_whitespace();
+        let kind = words.next()?;
+        let mut target = || -> Option<(u16, String)> {
+            Some((words.next()?.parse().ok()?, words.next()?.to_string()))
+        };
+        Some(match kind {
+            "MOVED" => {
+                let (slot, to) = target()?;
+                Redirect::Moved { slot, to }
+            }
+            "ASK" => {
+                let (slot, to) = target()?;
+                Redirect::Ask { slot, to }
+            }
+            "TRYAGAIN" => Redirect::TryAgain,
+            "CLUSTERDOWN" => Redirect::ClusterDown,
+            _ => return None,
+        })
+    }
 }
 
 impl StoreError {
@@ -156,6 +217,7 @@ impl StoreError {
             StoreError::Timeout(_) => Failure::Timeout,
             StoreError::Unavailable(_) => Failure::Unavailable,
             StoreError::BreakerOpen => Failure::BreakerOpen,
+            StoreError::Redirected(_) | StoreError::Partial { .. } => Failure::Unavailable,
         }
     }
 }
@@ -190,4 +252,10 @@ pub trait Backend {
         items: Vec<WriteItem>,
         timeout: Duration,
     ) -> LocalBoxFuture<'_, Result<(), StoreError>>;
+
+    /// Waits until the store can serve (its first connection, or its first slot map).
+    fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>>;
+
+    /// Closes every connection, at shutdown.
+    fn close(&self) -> LocalBoxFuture<'_, ()>;
 }

@@ -79,6 +79,33 @@ impl CloseReason {
     }
 }
 
+/// Redis Cluster answers about where a key lives, counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectKind {
+    Moved,
+    Ask,
+    TryAgain,
+    ClusterDown,
+}
+
+impl RedirectKind {
+    pub const ALL: [RedirectKind; 4] = [
+        RedirectKind::Moved,
+        RedirectKind::Ask,
+        RedirectKind::TryAgain,
+        RedirectKind::ClusterDown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RedirectKind::Moved => "moved",
+            RedirectKind::Ask => "ask",
+            RedirectKind::TryAgain => "tryagain",
+            RedirectKind::ClusterDown => "clusterdown",
+        }
+    }
+}
+
 /// Counters of one view on one shard.
 #[derive(Debug, Default)]
 pub struct ViewStats {
@@ -116,6 +143,11 @@ pub struct ShardStats {
     pub redis_unavailable: Counter,
     /// Redis calls the open breaker refused (reads served defaults, writes refused).
     pub breaker_rejections: Counter,
+    /// Redis Cluster redirections and refusals, by [`RedirectKind`] (index = kind as usize).
+    pub cluster_redirects: [Counter; RedirectKind::ALL.len()],
+    /// Slot maps read from the cluster (CLUSTER SLOTS), and those that changed the map.
+    pub cluster_refreshes: Counter,
+    pub cluster_map_changes: Counter,
     pub singleflight_joins: Counter,
     pub breaker_state: AtomicU8,
     pub breaker_transitions: Counter,
@@ -164,6 +196,9 @@ impl ShardStats {
             redis_timeouts: Counter::default(),
             redis_unavailable: Counter::default(),
             breaker_rejections: Counter::default(),
+            cluster_redirects: Default::default(),
+            cluster_refreshes: Counter::default(),
+            cluster_map_changes: Counter::default(),
             singleflight_joins: Counter::default(),
             breaker_state: AtomicU8::new(0),
             breaker_transitions: Counter::default(),
@@ -197,6 +232,11 @@ impl ShardStats {
     /// The counters of the view with this id (ids are 1-based); None for an unknown id.
     pub fn view(&self, view_id: u16) -> Option<&ViewStats> {
         self.views.get((view_id as usize).checked_sub(1)?)
+    }
+
+    /// Counts one cluster redirection of `kind`.
+    pub fn redirected(&self, kind: RedirectKind) {
+        self.cluster_redirects[kind as usize].inc();
     }
 
     /// Requests answered with an ERROR frame carrying `code`.

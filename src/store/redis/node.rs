@@ -2,7 +2,7 @@
 //! the shard's own thread), the circuit breaker in front of it, and the counting of every call.
 //! A backend is built from nodes: the standalone backend has one; a cluster has one per server.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
-use fred::types::{Expiration, Key, Map};
+use fred::types::{ClusterHash, CustomCommand, Expiration, Key, Map};
 use futures::future::LocalBoxFuture;
 use tracing::{info, warn};
 
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use crate::store::{Failure, Fetched, ReadCommand, ReadKey, StoreError, WriteItem};
-use crate::telemetry::counters::ShardStats;
+use crate::store::{Failure, Fetched, ReadCommand, ReadKey, Redirect, StoreError, WriteItem};
+use crate::telemetry::counters::{RedirectKind, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
 
 /// Most commands fred queues while the connection is down; past it calls fail at once instead
@@ -27,6 +27,11 @@ const MAX_QUEUED_COMMANDS: usize = 50_000;
 /// One Redis server behind its breaker.
 pub struct Node {
     client: Client,
+    /// "host:port" when the node is one server of a cluster: the shard-wide connection and
+    /// breaker gauges are then the cluster's to set, from all its nodes.
+    cluster_addr: Option<String>,
+    /// The task that watches the connection; it holds the node, so `quit` stops it.
+    watch: Cell<Option<tokio::task::AbortHandle>>,
     command_timeout: Duration,
     breaker: Breaker,
     stats: Arc<ShardStats>,
@@ -36,7 +41,10 @@ pub struct Node {
 fn from_fred(e: fred::error::Error, timeout: Duration) -> StoreError {
     match e.kind() {
         fred::error::ErrorKind::Timeout => StoreError::Timeout(timeout),
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => match Redirect::parse(e.details()) {
+            Some(r) => StoreError::Redirected(r),
+            None => StoreError::Unavailable(e.to_string()),
+        },
     }
 }
 
@@ -46,6 +54,7 @@ impl Node {
     /// starts and serves defaults, and reconnects on its own.
     pub fn start(
         url: &str,
+        cluster_addr: Option<String>,
         command_timeout: Duration,
         breaker: BreakerConfig,
         stats: Arc<ShardStats>,
@@ -79,12 +88,15 @@ impl Node {
         client.connect();
         let node = Rc::new(Node {
             client,
+            cluster_addr,
+            watch: Cell::new(None),
             command_timeout,
             breaker: Breaker::new(breaker),
             stats,
             histograms,
         });
-        tokio::task::spawn_local(node.clone().watch_connection());
+        let watch = tokio::task::spawn_local(node.clone().watch_connection());
+        node.watch.set(Some(watch.abort_handle()));
         Ok(node)
     }
 
@@ -103,33 +115,36 @@ impl Node {
 
     /// Reads `keys`, unless the breaker is open: the whole values with one MGET, each hash with
     /// an HMGET of its fields, all sent at once (fred writes them out together). Values are
-    /// slices of fred's read buffer (no copy).
+    /// slices of fred's read buffer (no copy). A failure fails every key.
     pub async fn read(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
+        self.try_read(keys, timeout)
+            .await
+            .unwrap_or_else(|e| vec![Fetched::Failed(e.failure()); keys.len()])
+    }
+
+    /// Like [`Node::read`], with the error itself, so that a cluster can follow a redirection.
+    /// On a cluster node every whole-value key must hash to one slot (they go as one MGET).
+    pub async fn try_read(
+        &self,
+        keys: &[ReadKey],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, StoreError> {
         let hashes = keys
             .iter()
             .filter(|k| matches!(k.command, ReadCommand::Fields(_)))
             .count();
         if hashes == 0 {
-            return self.mget(keys, timeout).await;
-        }
-        let commands = hashes + usize::from(hashes < keys.len());
-        let result = self
-            .guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
-            .await;
-        result.unwrap_or_else(|e| vec![Fetched::Failed(e.failure()); keys.len()])
-    }
-
-    async fn mget(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
-        let result = self
-            .guarded(keys.len(), 1, self.raw_mget(keys, timeout))
-            .await;
-        match result {
-            Ok(values) => values
+            let values = self
+                .guarded(keys.len(), 1, self.raw_mget(keys, timeout))
+                .await?;
+            return Ok(values
                 .into_iter()
                 .map(|v| v.map_or(Fetched::Absent, Fetched::Value))
-                .collect(),
-            Err(e) => vec![Fetched::Failed(e.failure()); keys.len()],
+                .collect());
         }
+        let commands = hashes + usize::from(hashes < keys.len());
+        self.guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
+            .await
     }
 
     async fn raw_mget(
@@ -282,12 +297,29 @@ impl Node {
     }
 
     fn finish(&self, error: Option<&StoreError>) {
-        match error {
-            Some(StoreError::Timeout(_)) => self.stats.redis_timeouts.inc(),
-            Some(StoreError::Unavailable(_)) => self.stats.redis_unavailable.inc(),
-            Some(StoreError::BreakerOpen) | None => {}
-        }
-        let t = self.breaker.record(Instant::now(), error.is_none());
+        let failed = match error {
+            Some(StoreError::Timeout(_)) => {
+                self.stats.redis_timeouts.inc();
+                true
+            }
+            Some(StoreError::Unavailable(_)) => {
+                self.stats.redis_unavailable.inc();
+                true
+            }
+            // The node answered: it is healthy, the key lives elsewhere (or is migrating).
+            // CLUSTERDOWN is the node unable to serve: that counts against it.
+            Some(StoreError::Redirected(r)) => {
+                self.stats.redirected(match r {
+                    Redirect::Moved { .. } => RedirectKind::Moved,
+                    Redirect::Ask { .. } => RedirectKind::Ask,
+                    Redirect::TryAgain => RedirectKind::TryAgain,
+                    Redirect::ClusterDown => RedirectKind::ClusterDown,
+                });
+                *r == Redirect::ClusterDown
+            }
+            Some(StoreError::BreakerOpen) | Some(StoreError::Partial { .. }) | None => false,
+        };
+        let t = self.breaker.record(Instant::now(), !failed);
         if let (
             Some(Transition {
                 to: BreakerState::Open,
@@ -309,34 +341,42 @@ impl Node {
     fn note(&self, t: Option<Transition>) {
         let Some(t) = t else { return };
         self.stats.breaker_transitions.inc();
-        self.stats.breaker_state.store(t.to.gauge(), Relaxed);
+        if self.cluster_addr.is_none() {
+            self.stats.breaker_state.store(t.to.gauge(), Relaxed);
+        }
         let shard = self.stats.shard;
+        let node = self.cluster_addr.as_deref().unwrap_or("");
         match t.to {
             BreakerState::Open => warn!(
                 shard,
+                node,
                 from = t.from.name(),
                 "circuit breaker opened: Redis calls fail; reads get defaults (DEGRADED), writes BACKEND_UNAVAILABLE"
             ),
-            BreakerState::HalfOpen => info!(shard, "circuit breaker half-open: probing Redis"),
-            BreakerState::Closed => info!(shard, "circuit breaker closed: Redis answers again"),
+            BreakerState::HalfOpen => info!(shard, node, "circuit breaker half-open: probing Redis"),
+            BreakerState::Closed => info!(shard, node, "circuit breaker closed: Redis answers again"),
         }
     }
 
     /// Keeps `redis_connected` current and logs when Redis goes away and comes back.
     async fn watch_connection(self: Rc<Self>) {
         let shard = self.stats.shard;
+        let node = self.cluster_addr.clone().unwrap_or_default();
         let mut was = None;
         loop {
             let now = self.client.is_connected();
-            self.stats.redis_connected.store(now, Relaxed);
+            if self.cluster_addr.is_none() {
+                self.stats.redis_connected.store(now, Relaxed);
+            }
             if was != Some(now) {
                 match (was, now) {
-                    (_, true) => info!(shard, "connected to Redis"),
+                    (_, true) => info!(shard, node, "connected to Redis"),
                     (Some(true), false) => warn!(
                         shard,
+                        node,
                         "lost the Redis connection; reconnecting, reads get defaults meanwhile"
                     ),
-                    (None, false) => info!(shard, "connecting to Redis"),
+                    (None, false) => info!(shard, node, "connecting to Redis"),
                     _ => {}
                 }
                 was = Some(now);
@@ -345,7 +385,73 @@ impl Node {
         }
     }
 
+    /// Sends READONLY on every connection this node makes, so that a replica serves reads of
+    /// its primary's slots; `armed` is true only while the current connection accepted it.
+    /// Returns the task's handle: abort it when the node is dropped.
+    pub fn readonly_on_connect(self: &Rc<Self>, armed: Rc<Cell<bool>>) -> tokio::task::AbortHandle {
+        let node = self.clone();
+        let mut connects = self.client.reconnect_rx();
+        let task = tokio::task::spawn_local(async move {
+            let readonly = || async {
+                let cmd = CustomCommand::new_static("READONLY", ClusterHash::Random, false);
+                node.client
+                    .custom::<Value, Value>(cmd, Vec::new())
+                    .await
+                    .is_ok()
+            };
+            // The first connection may already be up; later ones are announced.
+            if node.client.is_connected() {
+                armed.set(readonly().await);
+            }
+            loop {
+                match connects.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        armed.set(false);
+                        armed.set(readonly().await);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        task.abort_handle()
+    }
+
+    /// "host:port" of a cluster node.
+    pub fn cluster_addr(&self) -> Option<&str> {
+        self.cluster_addr.as_deref()
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Asks this node for the cluster's slot map (CLUSTER SLOTS), outside the breaker: a
+    /// refresh must not be refused because reads failed.
+    pub async fn cluster_slots(&self, timeout: Duration) -> Result<Value, StoreError> {
+        let opts = Options {
+            fail_fast: true,
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        let cmd = CustomCommand::new_static("CLUSTER", ClusterHash::Random, false);
+        self.client
+            .with_options(&opts)
+            .custom::<Value, _>(cmd, vec!["SLOTS"])
+            .await
+            .map_err(|e| from_fred(e, timeout))
+    }
+
+    /// Closes the connection and stops watching it.
     pub async fn quit(&self) {
+        if let Some(watch) = self.watch.take() {
+            watch.abort();
+        }
         let _ = self.client.quit().await;
     }
 }

@@ -41,4 +41,12 @@ impl Backend for Standalone {
     ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
         self.node.write(items, timeout).boxed_local()
     }
+
+    fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+        self.node.wait_connected().boxed_local()
+    }
+
+    fn close(&self) -> LocalBoxFuture<'_, ()> {
+        self.node.quit().boxed_local()
+    }
 }

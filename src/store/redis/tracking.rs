@@ -8,6 +8,8 @@
 //! changed (writes may have been missed meanwhile) and tracking is armed again. A null
 //! invalidation (FLUSHALL) and a lagging receiver also mean everything changed.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ pub async fn run(
     url: String,
     prefixes: Vec<String>,
     stats: Arc<ShardStats>,
+    armed: Armed,
     mut changed: impl FnMut(Change),
 ) {
     let shard = stats.shard;
@@ -56,7 +59,7 @@ pub async fn run(
             r = reconnects.recv() => match r {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     changed(Change::Everything { why: "tracking connection re-established" });
-                    arm(&client, &prefixes, &stats).await;
+                    arm(&client, &prefixes, stats.shard, &armed, &stats).await;
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -99,14 +102,24 @@ fn build(url: &str) -> Result<Client, fred::error::Error> {
         .build()
 }
 
-async fn arm(client: &Client, prefixes: &[String], stats: &ShardStats) {
-    let shard = stats.shard;
+/// Where a tracking connection reports whether it is armed: the shard's own flag (standalone),
+/// or one node's (a cluster sets the shard's flag from all of them).
+pub enum Armed {
+    Shard,
+    Node(Rc<Cell<bool>>),
+}
+
+async fn arm(client: &Client, prefixes: &[String], shard: u16, armed: &Armed, stats: &ShardStats) {
+    let report = |on: bool| match armed {
+        Armed::Shard => stats.tracking_armed.store(on, Relaxed),
+        Armed::Node(flag) => flag.set(on),
+    };
     match client
         .start_tracking(prefixes.to_vec(), true, false, false, false)
         .await
     {
         Ok(()) => {
-            stats.tracking_armed.store(true, Relaxed);
+            report(true);
             info!(
                 shard,
                 prefixes = ?prefixes,
@@ -114,7 +127,7 @@ async fn arm(client: &Client, prefixes: &[String], stats: &ShardStats) {
             );
         }
         Err(e) => {
-            stats.tracking_armed.store(false, Relaxed);
+            report(false);
             warn!(shard, error = %e, "could not turn on Redis client tracking; the hot-cache TTL bounds staleness");
         }
     }
