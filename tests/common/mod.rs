@@ -13,6 +13,8 @@ use featureproxy_protocol::{
     decode_frame, Frame, Limits, ProtocolError, Request, Response, SchemaReply,
 };
 
+pub mod cluster;
+
 /// Wall-clock Unix milliseconds, as `computed_at` is written.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

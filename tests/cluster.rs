@@ -1,0 +1,330 @@
+//! The proxy on a real local Redis Cluster (3 masters + 3 replicas, started by the test): rows
+//! round-trip across every master; a killed or frozen master degrades only its own keys and
+//! they come back without a proxy restart; replicas serve reads with `replica_preferred`; a
+//! write behind the proxy reaches every shard's cache.
+
+mod common;
+
+/// Six redis-servers per test on a 2-core machine: one cluster at a time, so that load alone
+/// never makes a node miss its 1 s node timeout (a false failover).
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{block, eventually, flat_row, now_ms, Proxy};
+use featureproxy_client::{Client, ClientOptions, GetOptions, Status, Value};
+
+/// The packed key of a user_features entity: where the cluster hashes it.
+fn store_key(entity: &str) -> Vec<u8> {
+    format!("fp:user_features:v1:{entity}").into_bytes()
+}
+
+/// Entities `e0..e{n}`, grouped by the port of the master that owns each.
+fn by_master(cluster: &Cluster, n: usize) -> BTreeMap<u16, Vec<String>> {
+    let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for i in 0..n {
+        let e = format!("e{i}");
+        out.entry(cluster.port_for_key(&store_key(&e)))
+            .or_default()
+            .push(e);
+    }
+    out
+}
+
+async fn client(proxy: &Proxy, pool: usize) -> Client {
+    let opts = ClientOptions {
+        pool_size: pool,
+        ..Default::default()
+    };
+    Client::connect(proxy.addr(), opts).await.unwrap()
+}
+
+/// From Redis, with a deadline that a busy 2-core machine meets for a batch that spans ~250
+/// slots (one MGET each): these tests are about what is served, not how fast.
+const BYPASS: GetOptions = GetOptions {
+    bypass_cache: true,
+    deadline: Some(Duration::from_secs(2)),
+};
+
+/// From the hot cache when it holds the row, with the same patient deadline.
+const CACHED: GetOptions = GetOptions {
+    bypass_cache: false,
+    deadline: Some(Duration::from_secs(2)),
+};
+
+async fn put_all(c: &Client, entities: &[String], value: impl Fn(usize) -> f32, at: u64) {
+    for chunk in entities.chunks(500).enumerate() {
+        let (n, chunk) = chunk;
+        let rows: Vec<(&str, u64, Vec<Value>)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_str(), at, flat_row(value(n * 500 + i))))
+            .collect();
+        assert_eq!(
+            c.put("user_features", &rows).await.unwrap() as usize,
+            chunk.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rows_round_trip_across_every_master() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster.seed_url(), 2, "", &[]);
+    let c = client(&proxy, 4).await;
+    let entities: Vec<String> = (0..10_000).map(|i| format!("e{i}")).collect();
+    let before: Vec<u64> = cluster
+        .masters()
+        .iter()
+        .map(|&m| cluster.info_commandstats(m, "mget"))
+        .collect();
+    put_all(&c, &entities, |i| i as f32, now_ms()).await;
+    for (n, chunk) in entities.chunks(256).enumerate() {
+        let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let got = c.get_with("user_features", &keys, BYPASS).await.unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(got.status(i).status, Status::Fresh, "{key}");
+            assert_eq!(got.row(i)[0], Value::F32((n * 256 + i) as f32), "{key}");
+        }
+    }
+    // Every master served reads, and each key was asked where it lives (no CROSSSLOT, no MOVED).
+    for (m, b) in cluster.masters().iter().zip(before) {
+        assert!(
+            cluster.info_commandstats(*m, "mget") > b + 100,
+            "master {m} served no MGETs"
+        );
+    }
+    assert_eq!(
+        proxy.metric("featureproxy_cluster_redirects_total", &[("kind", "moved")]),
+        0.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "featureproxy_redis_errors_total",
+            &[("kind", "unavailable")]
+        ),
+        0.0
+    );
+}
+
+/// GETs of every entity, again and again, until `done` says stop; returns, per master port, how
+/// many answers were DEGRADED, and asserts that every GET was answered within its deadline.
+async fn hammer(
+    c: &Client,
+    groups: &BTreeMap<u16, Vec<String>>,
+    mut done: impl FnMut(&BTreeMap<u16, Vec<Status>>) -> bool,
+) -> BTreeMap<u16, usize> {
+    let mut degraded: BTreeMap<u16, usize> = groups.keys().map(|&p| (p, 0)).collect();
+    // 100 keys span ~100 slots, one MGET each: on this shared 2-core box (6 redis-servers, the
+    // proxy and the test) a 50 ms budget is sometimes missed for reasons that have nothing to
+    // do with the failed master; 250 ms is not.
+    let deadline = Duration::from_millis(250);
+    let opts = GetOptions {
+        bypass_cache: true,
+        deadline: Some(deadline),
+    };
+    loop {
+        let mut last = BTreeMap::new();
+        for (&port, entities) in groups {
+            let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+            let started = Instant::now();
+            let got = c.get_with("user_features", &keys, opts).await.unwrap();
+            // The deadline, plus room for a busy 2-core machine to schedule the answer.
+            assert!(
+                started.elapsed() < deadline + Duration::from_millis(450),
+                "a GET took {:?}",
+                started.elapsed()
+            );
+            let statuses: Vec<Status> = (0..keys.len()).map(|i| got.status(i).status).collect();
+            *degraded.get_mut(&port).unwrap() +=
+                statuses.iter().filter(|s| **s == Status::Degraded).count();
+            last.insert(port, statuses);
+        }
+        if done(&last) {
+            return degraded;
+        }
+    }
+}
+
+/// Kills (or freezes) a master and checks the guarantees while its replica takes over.
+async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster.seed_url(), 1, "", &[]);
+    let c = client(&proxy, 1).await;
+    let groups = by_master(&cluster, 300);
+    let all: Vec<String> = groups.values().flatten().cloned().collect();
+    put_all(&c, &all, |_| 1.0, now_ms()).await;
+    let victim = *groups.keys().next().unwrap();
+    let heir = cluster.replica_of(victim);
+
+    let failed_at = Instant::now();
+    if freeze {
+        cluster.freeze(victim);
+    } else {
+        cluster.kill(victim);
+    }
+    let promoted = std::sync::Mutex::new(None::<(u16, Instant)>);
+    let degraded = hammer(&c, &groups, |last| {
+        // Keys of the healthy masters are never DEGRADED.
+        for (port, statuses) in last {
+            if *port != victim {
+                assert!(
+                    statuses.iter().all(|s| *s == Status::Fresh),
+                    "master {port}: {statuses:?}"
+                );
+            }
+        }
+        let mut p = promoted.lock().unwrap();
+        if p.is_none() && cluster.role(heir) == "master" {
+            *p = Some((heir, Instant::now()));
+        }
+        let Some((_, at)) = *p else {
+            assert!(
+                failed_at.elapsed() < Duration::from_secs(30),
+                "no promotion in 30 s"
+            );
+            return false;
+        };
+        // After the promotion the victim's keys are FRESH again, with no proxy restart.
+        let fresh = last[&victim].iter().all(|s| *s == Status::Fresh);
+        assert!(
+            fresh || at.elapsed() < Duration::from_secs(4),
+            "victim's keys not FRESH 4 s after promotion: {:?}",
+            last[&victim]
+        );
+        fresh
+    })
+    .await;
+    let (new_master, at) = promoted.lock().unwrap().unwrap();
+    eprintln!(
+        "{}: promoted {new_master} {:?} after the fault; FRESH again {:?} after promotion; DEGRADED answers per master {degraded:?}",
+        if freeze { "freeze" } else { "kill" },
+        at - failed_at,
+        at.elapsed()
+    );
+    for (port, n) in &degraded {
+        if *port != victim {
+            assert_eq!(*n, 0, "master {port} had DEGRADED keys");
+        }
+    }
+    if freeze {
+        // Thawed, the old master rejoins as a replica; a PUT acknowledged now is what is read.
+        cluster.thaw(victim);
+        put_all(&c, &all, |_| 2.0, now_ms()).await;
+        for entities in groups.values() {
+            let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+            let got = c.get_with("user_features", &keys, CACHED).await.unwrap();
+            for (i, key) in keys.iter().enumerate() {
+                let served = (got.status(i).status, got.row(i)[0]);
+                assert_eq!(served, (Status::Fresh, Value::F32(2.0)), "{key}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_degrades_only_its_own_keys_until_its_replica_takes_over() {
+    a_failed_master_degrades_only_its_own_keys(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_degrades_only_its_own_keys_and_rejoins() {
+    a_failed_master_degrades_only_its_own_keys(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_preferred_reads_from_replicas() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(
+        &cluster.seed_url(),
+        1,
+        "read_from = \"replica_preferred\"",
+        &[],
+    );
+    let c = client(&proxy, 1).await;
+    let groups = by_master(&cluster, 600);
+    let all: Vec<String> = groups.values().flatten().cloned().collect();
+    put_all(&c, &all, |_| 3.0, now_ms()).await;
+    let stats = |ports: &[u16]| -> Vec<u64> {
+        ports
+            .iter()
+            .map(|&p| cluster.info_commandstats(p, "mget"))
+            .collect()
+    };
+    let masters = cluster.masters();
+    let replicas: Vec<u16> = masters.iter().map(|&m| cluster.replica_of(m)).collect();
+    // READONLY is armed per connection once the slot map lists the replicas.
+    eventually(
+        Duration::from_secs(10),
+        "reads to reach the replicas",
+        || {
+            let before = stats(&replicas);
+            let keys: Vec<&str> = all.iter().map(String::as_str).collect();
+            let got = block(c.get_with("user_features", &keys, BYPASS)).unwrap();
+            // Replication is asynchronous: a replica may not have a fresh PUT yet.
+            let fresh = (0..keys.len()).all(|i| got.status(i).status == Status::Fresh);
+            let reached = stats(&replicas).iter().zip(&before).all(|(a, b)| a > b);
+            (fresh && reached).then_some(())
+        },
+    );
+    let (m0, r0) = (stats(&masters), stats(&replicas));
+    for _ in 0..5 {
+        let keys: Vec<&str> = all.iter().map(String::as_str).collect();
+        let got = c.get_with("user_features", &keys, BYPASS).await.unwrap();
+        assert!((0..keys.len()).all(|i| got.row(i)[0] == Value::F32(3.0)));
+    }
+    assert_eq!(
+        stats(&masters),
+        m0,
+        "masters served GETs with replica_preferred"
+    );
+    assert!(
+        stats(&replicas).iter().zip(&r0).all(|(a, b)| a > b),
+        "each replica served reads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_the_proxy_reaches_every_shards_cache() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster.seed_url(), 2, "", &[]);
+    let c = client(&proxy, 8).await;
+    let entities: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    put_all(&c, &entities, |_| 5.0, now_ms()).await;
+    // Warm both shards' caches: 8 connections spread over the 2 shards.
+    for _ in 0..8 {
+        let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+        let got = c.get_with("user_features", &keys, CACHED).await.unwrap();
+        assert!((0..keys.len()).all(|i| got.row(i)[0] == Value::F32(5.0)));
+    }
+    let computed = now_ms();
+    let mut value = vec![1u8];
+    value.extend_from_slice(&computed.to_le_bytes());
+    for _ in 0..16 {
+        value.extend_from_slice(&9.0f32.to_le_bytes());
+    }
+    for e in &entities {
+        let key = store_key(e);
+        let port = cluster.port_for_key(&key);
+        let reply = cluster.command(port, &[b"SET", &key, &value]);
+        assert_eq!(reply, b"+OK\r\n");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "every shard to serve the new rows",
+        || {
+            let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+            let all_new = (0..8).all(|_| {
+                let got = block(c.get_with("user_features", &keys, CACHED)).unwrap();
+                (0..keys.len()).all(|i| got.row(i)[0] == Value::F32(9.0))
+            });
+            all_new.then_some(())
+        },
+    );
+}
