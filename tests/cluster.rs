@@ -160,6 +160,28 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
     put_all(&c, &all, |_| 1.0, now_ms()).await;
     let victim = *groups.keys().next().unwrap();
     let heir = cluster.replica_of(victim);
+    let victim_addr = format!("127.0.0.1:{victim}");
+    let up = |addr: &str, role: &str| {
+        proxy.metric(
+            "featureproxy_cluster_node_up",
+            &[("node", addr), ("role", role)],
+        )
+    };
+    assert_eq!(
+        up(&victim_addr, "primary"),
+        1.0,
+        "the victim is a known primary"
+    );
+    let keys_on_victim = proxy.metric(
+        "featureproxy_cluster_node_keys_total",
+        &[("node", &victim_addr)],
+    );
+    assert_eq!(
+        keys_on_victim,
+        groups[&victim].len() as f64,
+        "the PUT's rows counted on their node"
+    );
+    assert_eq!(proxy.http("/health").0, 200);
 
     let failed_at = Instant::now();
     if freeze {
@@ -168,6 +190,7 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         cluster.kill(victim);
     }
     let promoted = std::sync::Mutex::new(None::<(u16, Instant)>);
+    let saw_unhealthy = std::cell::Cell::new(false);
     let degraded = hammer(&c, &groups, |last| {
         // Keys of the healthy masters are never DEGRADED.
         for (port, statuses) in last {
@@ -181,6 +204,10 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         let mut p = promoted.lock().unwrap();
         if p.is_none() && cluster.role(heir) == "master" {
             *p = Some((heir, Instant::now()));
+        }
+        if p.is_none() && !saw_unhealthy.get() {
+            let (code, body) = proxy.http("/health");
+            saw_unhealthy.set(code == 503 && body.contains(&victim_addr));
         }
         let Some((_, at)) = *p else {
             assert!(
@@ -200,6 +227,24 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
     })
     .await;
     let (new_master, at) = promoted.lock().unwrap().unwrap();
+    // Operators saw which node failed, and see the cluster healthy once it moved on.
+    assert!(
+        saw_unhealthy.get(),
+        "/health never named {victim_addr} while it was down"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "/health to be 200 after the failover",
+        || {
+            let (code, body) = proxy.http("/health");
+            (code == 200).then_some(body)
+        },
+    );
+    let stats = proxy.http("/stats").1;
+    assert!(
+        stats.contains(&format!("\"node\":\"127.0.0.1:{new_master}\"")),
+        "{stats}"
+    );
     eprintln!(
         "{}: promoted {new_master} {:?} after the fault; FRESH again {:?} after promotion; DEGRADED answers per master {degraded:?}",
         if freeze { "freeze" } else { "kill" },

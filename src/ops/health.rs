@@ -34,10 +34,32 @@ pub fn health(shards: &[Arc<ShardStats>]) -> Answer {
         .filter(|s| !s.redis_connected.load(Relaxed))
         .map(|s| s.shard)
         .collect();
-    if open.is_empty() && disconnected.is_empty() {
+    // On a Redis Cluster: which nodes some shard cannot reach, or has its breaker open for.
+    let mut nodes_down = std::collections::BTreeSet::new();
+    let mut nodes_open = std::collections::BTreeSet::new();
+    for s in shards {
+        for n in s.node_list() {
+            if !n.connected.load(Relaxed) {
+                nodes_down.insert(n.addr.clone());
+            }
+            if BreakerState::from_gauge(n.breaker_state.load(Relaxed)) == BreakerState::Open {
+                nodes_open.insert(n.addr.clone());
+            }
+        }
+    }
+    if open.is_empty() && disconnected.is_empty() && nodes_down.is_empty() && nodes_open.is_empty()
+    {
         return (200, "application/json", "{\"status\":\"ok\"}\n".into());
     }
     let mut reasons = Vec::new();
+    if !nodes_down.is_empty() {
+        reasons.push(format!("Redis Cluster nodes unreachable: {nodes_down:?}"));
+    }
+    if !nodes_open.is_empty() {
+        reasons.push(format!(
+            "circuit breaker open for Redis Cluster nodes {nodes_open:?}"
+        ));
+    }
     if !disconnected.is_empty() {
         reasons.push(format!("Redis unreachable from shards {disconnected:?}"));
     }
@@ -49,6 +71,8 @@ pub fn health(shards: &[Arc<ShardStats>]) -> Answer {
         "reason": reasons.join("; "),
         "breakers_open": open,
         "redis_disconnected": disconnected,
+        "cluster_nodes_unreachable": nodes_down,
+        "cluster_node_breakers_open": nodes_open,
     });
     (503, "application/json", body.to_string() + "\n")
 }

@@ -11,7 +11,10 @@ use featureproxy_protocol::{ErrorCode, Status};
 use hdrhistogram::Histogram;
 
 use super::Sources;
-use crate::telemetry::counters::{CloseReason, RedirectKind, ShardStats, ViewStats, OPS};
+use crate::store::breaker::BreakerState;
+use crate::telemetry::counters::{
+    CloseReason, NodeStats, RedirectKind, ShardStats, ViewStats, OPS,
+};
 use crate::telemetry::histograms::ShardHistograms;
 
 /// A Prometheus metric kind.
@@ -86,6 +89,17 @@ impl<'a> Scrape<'a> {
 
     fn sum(&self, f: impl Fn(&ShardStats) -> u64) -> u64 {
         self.src.shards.iter().map(|s| f(s)).sum()
+    }
+
+    /// Per Redis Cluster node ("host:port", in order): every shard's counters of it.
+    fn by_node(&self) -> std::collections::BTreeMap<String, Vec<std::sync::Arc<NodeStats>>> {
+        let mut out: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        for s in &self.src.shards {
+            for n in s.node_list() {
+                out.entry(n.addr.clone()).or_default().push(n);
+            }
+        }
+        out
     }
 }
 
@@ -468,6 +482,52 @@ pub static METRICS: &[Metric] = &[
         "Circuit breaker state per shard: 0 closed, 1 open, 2 half-open.",
         &["shard"],
         Read::PerShard(|s| s.breaker_state.load(Relaxed) as u64),
+    ),
+    gauge(
+        "featureproxy_cluster_node_up",
+        "Per Redis Cluster node and role (primary, replica): shards connected to it.",
+        &["node", "role"],
+        Read::Custom(|sc, out| {
+            for (node, per_shard) in sc.by_node() {
+                let role = if per_shard.iter().any(|n| n.replica.load(Relaxed)) { "replica" } else { "primary" };
+                let up = per_shard.iter().filter(|n| n.connected.load(Relaxed)).count();
+                out.sample(&[&node, role], Value::Count(up as u64));
+            }
+        }),
+    ),
+    gauge(
+        "featureproxy_cluster_node_breakers_open",
+        "Per Redis Cluster node: shards whose breaker for it is open (its keys get DEGRADED defaults, or a replica serves them).",
+        &["node"],
+        Read::Custom(|sc, out| {
+            for (node, per_shard) in sc.by_node() {
+                let open = per_shard
+                    .iter()
+                    .filter(|n| BreakerState::from_gauge(n.breaker_state.load(Relaxed)) == BreakerState::Open)
+                    .count();
+                out.sample(&[&node], Value::Count(open as u64));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_cluster_node_keys_total",
+        "Per Redis Cluster node: keys read or written there.",
+        &["node"],
+        Read::Custom(|sc, out| {
+            for (node, per_shard) in sc.by_node() {
+                out.sample(&[&node], Value::Count(per_shard.iter().map(|n| n.keys.get()).sum()));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_cluster_node_errors_total",
+        "Per Redis Cluster node: calls that failed (timeouts, connection down, CLUSTERDOWN).",
+        &["node"],
+        Read::Custom(|sc, out| {
+            for (node, per_shard) in sc.by_node() {
+                out.sample(&[&node], Value::Count(per_shard.iter().map(|n| n.errors.get()).sum()));
+            }
+        }),
     ),
     gauge(
         "featureproxy_cache_tracking",

@@ -65,7 +65,22 @@ fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
         })
         .collect();
     let breaker = BreakerState::from_gauge(s.breaker_state.load(Relaxed)).name();
+    let nodes: Vec<Value> = s
+        .node_list()
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.addr,
+                "role": if n.replica.load(Relaxed) { "replica" } else { "primary" },
+                "connected": n.connected.load(Relaxed),
+                "breaker_state": BreakerState::from_gauge(n.breaker_state.load(Relaxed)).name(),
+                "keys": n.keys.get(),
+                "errors": n.errors.get(),
+            })
+        })
+        .collect();
     json!({
+        "cluster_nodes": nodes,
         "shard": s.shard,
         "redis_connected": s.redis_connected.load(Relaxed),
         "breaker_state": breaker,

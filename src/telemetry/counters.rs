@@ -106,6 +106,35 @@ impl RedirectKind {
     }
 }
 
+/// One Redis Cluster node as one shard uses it. Written by that shard only (relaxed atomics);
+/// the shard adds and removes nodes in [`ShardStats::nodes`] when the slot map changes.
+#[derive(Debug)]
+pub struct NodeStats {
+    /// "host:port".
+    pub addr: String,
+    /// True while the slot map lists the node as a replica (read from with READONLY).
+    pub replica: AtomicBool,
+    pub connected: AtomicBool,
+    /// The node's breaker, as [`ShardStats::breaker_state`] encodes it.
+    pub breaker_state: AtomicU8,
+    /// Keys read or written on the node, and the calls that failed (timeouts, connection down).
+    pub keys: Counter,
+    pub errors: Counter,
+}
+
+impl NodeStats {
+    pub fn new(addr: &str) -> NodeStats {
+        NodeStats {
+            addr: addr.to_string(),
+            replica: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            breaker_state: AtomicU8::new(0),
+            keys: Counter::default(),
+            errors: Counter::default(),
+        }
+    }
+}
+
 /// Counters of one view on one shard.
 #[derive(Debug, Default)]
 pub struct ViewStats {
@@ -168,6 +197,9 @@ pub struct ShardStats {
     pub requests_shed: Counter,
     /// The hot cache's own counts, published by the shard after each request.
     pub cache: CacheGauges,
+    /// The Redis Cluster nodes the shard uses (empty on a standalone Redis). The lock is taken
+    /// when the slot map changes and by the stats endpoint, never on the request path.
+    pub nodes: std::sync::Mutex<Vec<std::sync::Arc<NodeStats>>>,
 }
 
 /// Snapshot of one shard's hot cache (plain stores: only its shard writes them).
@@ -214,6 +246,7 @@ impl ShardStats {
             inflight_requests: Counter::default(),
             requests_shed: Counter::default(),
             cache: CacheGauges::default(),
+            nodes: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -237,6 +270,11 @@ impl ShardStats {
     /// Counts one cluster redirection of `kind`.
     pub fn redirected(&self, kind: RedirectKind) {
         self.cluster_redirects[kind as usize].inc();
+    }
+
+    /// A snapshot of the cluster nodes' counters.
+    pub fn node_list(&self) -> Vec<std::sync::Arc<NodeStats>> {
+        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
     /// Requests answered with an ERROR frame carrying `code`.

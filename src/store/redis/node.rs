@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use crate::store::{Failure, Fetched, ReadCommand, ReadKey, Redirect, StoreError, WriteItem};
-use crate::telemetry::counters::{RedirectKind, ShardStats};
+use crate::telemetry::counters::{NodeStats, RedirectKind, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
 
 /// Most commands fred queues while the connection is down; past it calls fail at once instead
@@ -30,6 +30,8 @@ pub struct Node {
     /// "host:port" when the node is one server of a cluster: the shard-wide connection and
     /// breaker gauges are then the cluster's to set, from all its nodes.
     cluster_addr: Option<String>,
+    /// The node's own counters, for a cluster node.
+    node_stats: Option<Arc<NodeStats>>,
     /// The task that watches the connection; it holds the node, so `quit` stops it.
     watch: Cell<Option<tokio::task::AbortHandle>>,
     command_timeout: Duration,
@@ -88,6 +90,7 @@ impl Node {
         client.connect();
         let node = Rc::new(Node {
             client,
+            node_stats: cluster_addr.as_deref().map(|a| Arc::new(NodeStats::new(a))),
             cluster_addr,
             watch: Cell::new(None),
             command_timeout,
@@ -289,6 +292,9 @@ impl Node {
         }
         self.stats.redis_commands.add(commands as u64);
         self.stats.redis_keys.add(keys as u64);
+        if let Some(n) = &self.node_stats {
+            n.keys.add(keys as u64);
+        }
         let started = Instant::now();
         let result = call.await;
         self.histograms.borrow_mut().record_redis(started.elapsed());
@@ -319,6 +325,9 @@ impl Node {
             }
             Some(StoreError::BreakerOpen) | Some(StoreError::Partial { .. }) | None => false,
         };
+        if let (true, Some(n)) = (failed, &self.node_stats) {
+            n.errors.inc();
+        }
         let t = self.breaker.record(Instant::now(), !failed);
         if let (
             Some(Transition {
@@ -341,8 +350,9 @@ impl Node {
     fn note(&self, t: Option<Transition>) {
         let Some(t) = t else { return };
         self.stats.breaker_transitions.inc();
-        if self.cluster_addr.is_none() {
-            self.stats.breaker_state.store(t.to.gauge(), Relaxed);
+        match &self.node_stats {
+            Some(n) => n.breaker_state.store(t.to.gauge(), Relaxed),
+            None => self.stats.breaker_state.store(t.to.gauge(), Relaxed),
         }
         let shard = self.stats.shard;
         let node = self.cluster_addr.as_deref().unwrap_or("");
@@ -365,8 +375,9 @@ impl Node {
         let mut was = None;
         loop {
             let now = self.client.is_connected();
-            if self.cluster_addr.is_none() {
-                self.stats.redis_connected.store(now, Relaxed);
+            match &self.node_stats {
+                Some(n) => n.connected.store(now, Relaxed),
+                None => self.stats.redis_connected.store(now, Relaxed),
             }
             if was != Some(now) {
                 match (was, now) {
@@ -414,6 +425,11 @@ impl Node {
             }
         });
         task.abort_handle()
+    }
+
+    /// The counters of a cluster node.
+    pub fn node_stats(&self) -> Option<&Arc<NodeStats>> {
+        self.node_stats.as_ref()
     }
 
     /// "host:port" of a cluster node.

@@ -170,8 +170,25 @@ impl Members {
                 .all(|m| m.tracked.get() || !m.node.is_connected())
     }
 
-    /// Closes and forgets every node not in `keep`.
-    pub async fn retain(&self, keep: &[String]) {
+    /// Shows the nodes of the slot map to operators (their counters in `/stats`, `/metrics`
+    /// and `/health`).
+    pub fn show(&self, shown: &[String]) {
+        let nodes = self.nodes.borrow();
+        if let Ok(mut list) = self.settings.stats.nodes.lock() {
+            for addr in shown {
+                let Some(n) = nodes.get(addr).and_then(|m| m.node.node_stats()) else {
+                    continue;
+                };
+                if !list.iter().any(|x| x.addr == *addr) {
+                    list.push(n.clone());
+                }
+            }
+        }
+    }
+
+    /// Closes and forgets every node not in `keep`; only the nodes in `shown` (the slot map's)
+    /// are reported to operators.
+    pub async fn retain(&self, keep: &[String], shown: &[String]) {
         let gone: Vec<Member> = {
             let mut nodes = self.nodes.borrow_mut();
             let drop: Vec<String> = nodes
@@ -181,6 +198,9 @@ impl Members {
                 .collect();
             drop.iter().filter_map(|a| nodes.remove(a)).collect()
         };
+        if let Ok(mut list) = self.settings.stats.nodes.lock() {
+            list.retain(|n| shown.contains(&n.addr));
+        }
         for m in gone {
             for t in &m.tasks {
                 t.abort();
@@ -190,6 +210,6 @@ impl Members {
     }
 
     pub async fn close_all(&self) {
-        self.retain(&[]).await;
+        self.retain(&[], &[]).await;
     }
 }

@@ -227,18 +227,37 @@ impl Cluster {
             .await;
         let moved = old.as_ref().is_none_or(|o| o.map.primaries_differ(&map));
         let first = old.is_none();
-        let keep: Vec<String> = map
+        let used: Vec<String> = map
             .ranges()
             .iter()
-            .flat_map(|r| std::iter::once(r.primary.clone()).chain(r.replicas.iter().cloned()))
-            .chain(self.seeds.iter().cloned())
+            .flat_map(|r| {
+                let reps = (self.read_from == ReadFrom::ReplicaPreferred).then_some(&r.replicas);
+                std::iter::once(r.primary.clone()).chain(reps.into_iter().flatten().cloned())
+            })
             .collect();
+        let keep: Vec<String> = used.iter().chain(&self.seeds).cloned().collect();
+        for (range, reps) in map.ranges().iter().zip(&replicas) {
+            for n in reps {
+                if let Some(s) = n.node_stats() {
+                    s.replica.store(true, Relaxed);
+                }
+            }
+            if let Some(s) = self
+                .members
+                .get_or_start(&range.primary)
+                .ok()
+                .and_then(|n| n.node_stats().cloned())
+            {
+                s.replica.store(false, Relaxed);
+            }
+        }
         *self.routes.borrow_mut() = Some(Rc::new(Routes {
             map,
             primaries,
             replicas,
         }));
-        self.members.retain(&keep).await;
+        self.members.show(&used);
+        self.members.retain(&keep, &used).await;
         if first {
             info!(shard = self.stats.shard, "Redis Cluster slot map read");
             self.map_ready.notify_waiters();
