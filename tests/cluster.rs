@@ -415,7 +415,7 @@ async fn a_put_during_a_failover_is_whole_or_says_it_may_be_partial() {
             .map(|e| (e.clone(), now_ms(), flat_row(round as f32)))
             .collect()
     };
-    let mut acked = 0usize;
+    let mut acked;
     let (mut whole, mut partial, mut refused) = (0, 0, 0);
     let started = Instant::now();
     let mut round = 0;
