@@ -34,7 +34,9 @@ enum Command {
         /// Where operators scrape /metrics and probe /health.
         #[arg(long)]
         stats_listen: Option<String>,
-        /// Redis URL, e.g. redis://127.0.0.1:6379. Without one, a private redis-server is started.
+        /// Redis URL, e.g. redis://127.0.0.1:6379, or a Redis Cluster by its seed nodes:
+        /// redis-cluster://HOST:PORT?node=HOST:PORT&node=HOST:PORT. Without one, a private
+        /// redis-server is started.
         #[arg(long)]
         redis: Option<String>,
         /// Shards (threads); defaults to the number of cores.
