@@ -442,3 +442,56 @@ async fn a_put_writes_what_feast_writes_and_writes_behind_the_proxy_invalidate()
         },
     );
 }
+
+/// Rows of a batch are read with one script per view; a Redis that refuses scripts (here EVAL
+/// is renamed away) is read with one HMGET per entity instead, with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_command_and_a_redis_without_scripts_gets_the_same_answers() {
+    let v = vectors();
+    let with_scripts = Redis::start();
+    let without = Redis::start_with(&["--rename-command", "EVAL", ""]);
+    let mut answers = Vec::new();
+    for redis in [&with_scripts, &without] {
+        load(redis, &v, now_ms() - 1_000);
+        let proxy = Proxy::start_custom(&redis.url(), 1, "", &registry(&v, ""), &[]);
+        let c = client(&proxy).await;
+        let keys = ["1001", "1002", "1003", "1004", "1005", "-7", "0", "31337"];
+        // The first batch tells the proxy whether this Redis runs scripts.
+        let bypass = featureproxy_client::GetOptions {
+            bypass_cache: true,
+            deadline: None,
+        };
+        c.get_with("driver_hourly_stats", &keys, bypass)
+            .await
+            .unwrap();
+        let before = proxy.metric("featureproxy_redis_commands_total", &[]);
+        let got = c
+            .get_with(
+                "driver_hourly_stats",
+                &keys,
+                featureproxy_client::GetOptions {
+                    bypass_cache: true,
+                    deadline: None,
+                },
+            )
+            .await
+            .unwrap();
+        let commands = proxy.metric("featureproxy_redis_commands_total", &[]) - before;
+        let rows: Vec<(Status, Vec<Value>)> = (0..keys.len())
+            .map(|i| (got.status(i).status, got.row(i)))
+            .collect();
+        answers.push((rows, commands));
+    }
+    let ((scripted, one), (plain, per_key)) = (answers.remove(0), answers.remove(0));
+    assert_eq!(scripted, plain, "the same statuses and rows either way");
+    assert_eq!(
+        scripted.iter().filter(|(s, _)| *s == Status::Fresh).count(),
+        7
+    );
+    assert_eq!(scripted[7].0, Status::Missing);
+    assert_eq!(
+        (one, per_key),
+        (1.0, 8.0),
+        "one EVAL for the batch; one HMGET per entity without scripts"
+    );
+}

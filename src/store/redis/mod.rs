@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod cluster;
+pub mod hashes;
 pub mod node;
 pub mod standalone;
 pub mod tracking;

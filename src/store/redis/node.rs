@@ -15,8 +15,11 @@ use fred::types::{ClusterHash, CustomCommand, Expiration, Key, Map};
 use futures::future::LocalBoxFuture;
 use tracing::{info, warn};
 
+use super::hashes::HashReader;
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use crate::store::{Failure, Fetched, ReadCommand, ReadKey, Redirect, StoreError, WriteItem};
+use crate::store::{
+    Failure, Fetched, FieldSet, ReadCommand, ReadKey, Redirect, StoreError, WriteItem,
+};
 use crate::telemetry::counters::{NodeStats, RedirectKind, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
 
@@ -32,6 +35,8 @@ pub struct Node {
     cluster_addr: Option<String>,
     /// The node's own counters, for a cluster node.
     node_stats: Option<Arc<NodeStats>>,
+    /// How hashes (Feast rows) are read: one script per batch, unless the node refuses scripts.
+    hashes: HashReader,
     /// The task that watches the connection; it holds the node, so `quit` stops it.
     watch: Cell<Option<tokio::task::AbortHandle>>,
     command_timeout: Duration,
@@ -90,6 +95,7 @@ impl Node {
         client.connect();
         let node = Rc::new(Node {
             client,
+            hashes: HashReader::default(),
             node_stats: cluster_addr.as_deref().map(|a| Arc::new(NodeStats::new(a))),
             cluster_addr,
             watch: Cell::new(None),
@@ -145,7 +151,21 @@ impl Node {
                 .map(|v| v.map_or(Fetched::Absent, Fetched::Value))
                 .collect());
         }
-        let commands = hashes + usize::from(hashes < keys.len());
+        // One EVAL per view's field set (or, where scripts are refused, one HMGET per key).
+        let mut sets: Vec<&FieldSet> = Vec::new();
+        for k in keys {
+            if let ReadCommand::Fields(f) = &k.command {
+                if !sets.contains(&f) {
+                    sets.push(f);
+                }
+            }
+        }
+        let hash_commands = if self.hashes.scripts_refused() {
+            hashes
+        } else {
+            sets.len()
+        };
+        let commands = hash_commands + usize::from(hashes < keys.len());
         self.guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
             .await
     }
@@ -191,31 +211,39 @@ impl Node {
             let keys: Vec<Key> = values.iter().map(|k| Key::from(k.key.clone())).collect();
             client.mget::<Vec<Option<Bytes>>, _>(keys).await
         };
-        let hmgets = futures::future::join_all(hashes.iter().map(|k| {
-            let fields: Vec<Key> = match &k.command {
-                ReadCommand::Fields(f) => f.fields().iter().map(|f| Key::from(f.clone())).collect(),
-                ReadCommand::Value => Vec::new(),
-            };
-            client.hmget::<Vec<Option<Bytes>>, _, _>(Key::from(k.key.clone()), fields)
-        }));
-        let (mget, hmgets) = futures::future::join(mget, hmgets).await;
+        // One call per field set (per view): one EVAL for all of its keys.
+        let mut sets: Vec<(&FieldSet, Vec<Bytes>)> = Vec::new();
+        for k in &hashes {
+            if let ReadCommand::Fields(f) = &k.command {
+                match sets.iter_mut().find(|(s, _)| *s == f) {
+                    Some((_, keys)) => keys.push(k.key.clone()),
+                    None => sets.push((f, vec![k.key.clone()])),
+                }
+            }
+        }
+        let addr = self.cluster_addr.as_deref().unwrap_or("");
+        let hash_reads = futures::future::join_all(
+            sets.iter()
+                .map(|(fields, keys)| self.hashes.read(&client, keys, fields, addr)),
+        );
+        let (mget, hash_reads) = futures::future::join(mget, hash_reads).await;
         let mut values = mget.map_err(|e| from_fred(e, timeout))?.into_iter();
-        let mut hmgets = hmgets.into_iter();
+        let mut per_set = Vec::with_capacity(sets.len());
+        for r in hash_reads {
+            per_set.push(r.map_err(|e| from_fred(e, timeout))?.into_iter());
+        }
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            out.push(match k.command {
+            out.push(match &k.command {
                 ReadCommand::Value => values
                     .next()
                     .flatten()
                     .map_or(Fetched::Absent, Fetched::Value),
-                ReadCommand::Fields(_) => match hmgets.next() {
-                    Some(Ok(fields)) => Fetched::Fields(fields),
-                    Some(Err(e)) if e.kind() == &fred::error::ErrorKind::InvalidArgument => {
-                        Fetched::WrongType
-                    }
-                    Some(Err(e)) => return Err(from_fred(e, timeout)),
-                    None => Fetched::Failed(Failure::Unavailable),
-                },
+                ReadCommand::Fields(f) => sets
+                    .iter()
+                    .position(|(s, _)| *s == f)
+                    .and_then(|i| per_set[i].next())
+                    .unwrap_or(Fetched::Failed(Failure::Unavailable)),
             });
         }
         Ok(out)
