@@ -467,3 +467,53 @@ async fn a_put_during_a_failover_is_whole_or_says_it_may_be_partial() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_preferred_a_killed_masters_keys_are_served_by_its_replica() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start();
+    let proxy = Proxy::start_with(
+        &cluster.seed_url(),
+        1,
+        "read_from = \"replica_preferred\"",
+        &[],
+    );
+    let c = client(&proxy, 1).await;
+    let groups = by_master(&cluster, 300);
+    let all: Vec<String> = groups.values().flatten().cloned().collect();
+    put_all(&c, &all, |_| 4.0, now_ms()).await;
+    let victim = *groups.keys().next().unwrap();
+    let heir = cluster.replica_of(victim);
+    // Reads reach the replicas (READONLY armed, the rows replicated) before the kill.
+    eventually(
+        Duration::from_secs(10),
+        "every row FRESH from the replicas",
+        || {
+            let before = cluster.info_commandstats(heir, "mget");
+            let keys: Vec<&str> = all.iter().map(String::as_str).collect();
+            let got = block(c.get_with("user_features", &keys, BYPASS)).unwrap();
+            let fresh = (0..keys.len()).all(|i| got.status(i).status == Status::Fresh);
+            (fresh && cluster.info_commandstats(heir, "mget") > before).then_some(())
+        },
+    );
+    cluster.kill(victim);
+    let started = Instant::now();
+    let mut promoted_at = None;
+    let degraded = hammer(&c, &groups, |_| {
+        if promoted_at.is_none() && cluster.role(heir) == "master" {
+            promoted_at = Some(Instant::now());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no promotion in 30 s"
+        );
+        // A second past the promotion, reads have gone through the new slot map.
+        promoted_at.is_some_and(|at| at.elapsed() > Duration::from_secs(1))
+    })
+    .await;
+    eprintln!("replica_preferred kill: DEGRADED answers per master {degraded:?}");
+    assert!(
+        degraded.values().all(|n| *n == 0),
+        "{degraded:?}: a replica serves its dead primary's keys"
+    );
+}
