@@ -6,7 +6,7 @@ use std::time::Duration;
 use featureproxy_protocol::Dtype;
 use serde::Deserialize;
 
-use super::registry::{parse_duration, Feature, RawView};
+use super::parse_duration;
 use crate::store::layout::feast::{JoinKey, JoinKeyType, MAX_JOIN_KEYS};
 use crate::store::layout::{Feast, Layout, Packed};
 
@@ -65,15 +65,28 @@ pub fn unknown_dtype(layout: &LayoutName, dtype: &str) -> String {
     }
 }
 
-/// The view's layout, or None after reporting each problem through `bad(field, message)`.
+/// A view's keys that belong to its layout, as written.
+pub struct LayoutKeys<'a> {
+    /// The view's name: part of its keys in the store.
+    pub name: &'a str,
+    pub layout: LayoutName,
+    pub version: Option<u32>,
+    pub ttl: Option<&'a str>,
+    pub feast: Option<&'a RawFeast>,
+}
+
+/// The view's layout for its features (name and dtype, in row order), or None after reporting
+/// each problem through `bad(field, message)`.
 pub fn build(
-    raw: &RawView,
-    features: &[Feature],
-    row_bytes: usize,
+    raw: &LayoutKeys,
+    features: &[(&str, Dtype)],
     bad: &mut dyn FnMut(&str, String),
 ) -> Option<Layout> {
     match raw.layout {
-        LayoutName::Packed => packed(raw, row_bytes, bad),
+        LayoutName::Packed => {
+            let row_bytes = features.iter().map(|(_, d)| d.width()).sum();
+            packed(raw, row_bytes, bad)
+        }
         LayoutName::Feast => feast(raw, features, bad),
     }
 }
@@ -86,7 +99,7 @@ pub fn identity(layout: &Layout, version: Option<u32>) -> String {
     }
 }
 
-fn packed(raw: &RawView, row_bytes: usize, bad: &mut dyn FnMut(&str, String)) -> Option<Layout> {
+fn packed(raw: &LayoutKeys, row_bytes: usize, bad: &mut dyn FnMut(&str, String)) -> Option<Layout> {
     if raw.feast.is_some() {
         bad(
             "feast",
@@ -107,7 +120,7 @@ fn packed(raw: &RawView, row_bytes: usize, bad: &mut dyn FnMut(&str, String)) ->
         }
         v => v,
     };
-    let ttl = match raw.ttl.as_deref().map(parse_duration) {
+    let ttl = match raw.ttl.map(parse_duration) {
         None => {
             bad(
                 "ttl",
@@ -129,11 +142,15 @@ fn packed(raw: &RawView, row_bytes: usize, bad: &mut dyn FnMut(&str, String)) ->
         Some(Ok(t)) => Some(t),
     };
     Some(Layout::Packed(Packed::new(
-        &raw.name, version?, row_bytes, ttl?,
+        raw.name, version?, row_bytes, ttl?,
     )))
 }
 
-fn feast(raw: &RawView, features: &[Feature], bad: &mut dyn FnMut(&str, String)) -> Option<Layout> {
+fn feast(
+    raw: &LayoutKeys,
+    features: &[(&str, Dtype)],
+    bad: &mut dyn FnMut(&str, String),
+) -> Option<Layout> {
     let mut ok = true;
     let mut bad = |field: &str, msg: String| {
         ok = false;
@@ -145,7 +162,7 @@ fn feast(raw: &RawView, features: &[Feature], bad: &mut dyn FnMut(&str, String))
             "a Feast view has no version (Feast's keys carry none): remove it".into(),
         );
     }
-    let ttl = match raw.ttl.as_deref().map(parse_duration) {
+    let ttl = match raw.ttl.map(parse_duration) {
         None => None,
         Some(Err(e)) => {
             bad("ttl", e);
@@ -157,7 +174,7 @@ fn feast(raw: &RawView, features: &[Feature], bad: &mut dyn FnMut(&str, String))
         }
         Some(Ok(t)) => Some(t),
     };
-    let Some(f) = &raw.feast else {
+    let Some(f) = raw.feast else {
         bad(
             "feast",
             "missing: layout = \"feast\" needs feast = { project = \"...\", join_keys = [{ name = \"...\", dtype = \"int64\" }] }".into(),
@@ -206,12 +223,8 @@ fn feast(raw: &RawView, features: &[Feature], bad: &mut dyn FnMut(&str, String))
     if !ok {
         return None;
     }
-    let feats: Vec<(&str, Dtype)> = features
-        .iter()
-        .map(|f| (f.name.as_str(), f.dtype))
-        .collect();
     Some(Layout::Feast(Feast::new(
-        &raw.name, &f.project, join_keys, &feats, ttl,
+        raw.name, &f.project, join_keys, features, ttl,
     )))
 }
 

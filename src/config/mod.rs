@@ -102,6 +102,13 @@ pub(crate) fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ParseErro
     })
 }
 
+/// Parses a duration setting of a view, or says what is wrong with it.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"2m\", \"7d\"")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

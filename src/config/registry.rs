@@ -15,6 +15,7 @@ use featureproxy_protocol::{Dtype, FeatureSpec, SchemaReply};
 use serde::Deserialize;
 
 use super::layouts::{self, LayoutName, RawFeast};
+use super::parse_duration;
 use crate::store::layout::Layout;
 use crate::store::ViewId;
 
@@ -168,13 +169,13 @@ impl Registry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawView {
-    pub(super) name: String,
+    name: String,
     /// How the rows sit in the store; the layout's own keys are checked in [`super::layouts`].
     #[serde(default)]
-    pub(super) layout: LayoutName,
-    pub(super) version: Option<u32>,
-    pub(super) ttl: Option<String>,
-    pub(super) feast: Option<RawFeast>,
+    layout: LayoutName,
+    version: Option<u32>,
+    ttl: Option<String>,
+    feast: Option<RawFeast>,
     stale_after: String,
     max_staleness: String,
     #[serde(default = "default_hot_cache_ttl")]
@@ -193,13 +194,6 @@ struct RawFeature {
     name: String,
     dtype: String,
     default: toml::Value,
-}
-
-/// Parses a duration setting of a view, or says what is wrong with it.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"2m\", \"7d\"")
-    })
 }
 
 fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Option<View> {
@@ -281,16 +275,24 @@ fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Optio
             Err(msg) => bad(&field, format!("default {}: {msg}", f.default)),
         }
     }
-    let layout = layouts::build(
-        &raw,
-        &features,
-        row_bytes_of(&features),
-        &mut |field, msg| problems.push(format!("view {vname:?}, {field}: {msg}")),
-    );
+    let keys = layouts::LayoutKeys {
+        name: &raw.name,
+        layout: raw.layout,
+        version: raw.version,
+        ttl: raw.ttl.as_deref(),
+        feast: raw.feast.as_ref(),
+    };
+    let dtypes: Vec<(&str, Dtype)> = features
+        .iter()
+        .map(|f| (f.name.as_str(), f.dtype))
+        .collect();
+    let layout = layouts::build(&keys, &dtypes, &mut |field, msg| {
+        problems.push(format!("view {vname:?}, {field}: {msg}"))
+    });
     if problems.len() > before {
         return None;
     }
-    let row_bytes = row_bytes_of(&features);
+    let row_bytes: usize = features.iter().map(|f| f.dtype.width()).sum();
     let mut default_row = Vec::with_capacity(row_bytes);
     for f in &features {
         default_row.extend_from_slice(&f.default[..f.dtype.width()]);
@@ -336,10 +338,6 @@ fn encode_default(dtype: Dtype, v: &toml::Value) -> Result<[u8; 8], String> {
         },
     }
     Ok(out)
-}
-
-fn row_bytes_of(features: &[Feature]) -> usize {
-    features.iter().map(|f| f.dtype.width()).sum()
 }
 
 /// FNV-1a over the parts of a view a client depends on; never 0, as 0 means "don't check".
