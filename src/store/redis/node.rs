@@ -15,7 +15,7 @@ use fred::types::{ClusterHash, CustomCommand, Expiration, Key, Map};
 use futures::future::LocalBoxFuture;
 use tracing::{info, warn};
 
-use super::hashes::HashReader;
+use super::hashes;
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use crate::store::{
     Failure, Fetched, FieldSet, ReadCommand, ReadKey, Redirect, StoreError, WriteItem,
@@ -35,8 +35,6 @@ pub struct Node {
     cluster_addr: Option<String>,
     /// The node's own counters, for a cluster node.
     node_stats: Option<Arc<NodeStats>>,
-    /// How hashes (Feast rows) are read: one script per batch, unless the node refuses scripts.
-    hashes: HashReader,
     /// The task that watches the connection; it holds the node, so `quit` stops it.
     watch: Cell<Option<tokio::task::AbortHandle>>,
     command_timeout: Duration,
@@ -95,7 +93,6 @@ impl Node {
         client.connect();
         let node = Rc::new(Node {
             client,
-            hashes: HashReader::default(),
             node_stats: cluster_addr.as_deref().map(|a| Arc::new(NodeStats::new(a))),
             cluster_addr,
             watch: Cell::new(None),
@@ -151,21 +148,7 @@ impl Node {
                 .map(|v| v.map_or(Fetched::Absent, Fetched::Value))
                 .collect());
         }
-        // One EVAL per view's field set (or, where scripts are refused, one HMGET per key).
-        let mut sets: Vec<&FieldSet> = Vec::new();
-        for k in keys {
-            if let ReadCommand::Fields(f) = &k.command {
-                if !sets.contains(&f) {
-                    sets.push(f);
-                }
-            }
-        }
-        let hash_commands = if self.hashes.scripts_refused() {
-            hashes
-        } else {
-            sets.len()
-        };
-        let commands = hash_commands + usize::from(hashes < keys.len());
+        let commands = hashes + usize::from(hashes < keys.len());
         self.guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
             .await
     }
@@ -211,7 +194,7 @@ impl Node {
             let keys: Vec<Key> = values.iter().map(|k| Key::from(k.key.clone())).collect();
             client.mget::<Vec<Option<Bytes>>, _>(keys).await
         };
-        // One call per field set (per view): one EVAL for all of its keys.
+        // One pipeline per field set (per view) for all of its keys.
         let mut sets: Vec<(&FieldSet, Vec<Bytes>)> = Vec::new();
         for k in &hashes {
             if let ReadCommand::Fields(f) = &k.command {
@@ -221,10 +204,9 @@ impl Node {
                 }
             }
         }
-        let addr = self.cluster_addr.as_deref().unwrap_or("");
         let hash_reads = futures::future::join_all(
             sets.iter()
-                .map(|(fields, keys)| self.hashes.read(&client, keys, fields, addr)),
+                .map(|(fields, keys)| hashes::read(&client, keys, fields)),
         );
         let (mget, hash_reads) = futures::future::join(mget, hash_reads).await;
         let mut values = mget.map_err(|e| from_fred(e, timeout))?.into_iter();
