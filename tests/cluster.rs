@@ -181,7 +181,11 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         groups[&victim].len() as f64,
         "the PUT's rows counted on their node"
     );
-    assert_eq!(proxy.http("/health").0, 200);
+    eventually(
+        Duration::from_secs(5),
+        "/health to be 200 before the fault",
+        || (proxy.http("/health").0 == 200).then_some(()),
+    );
 
     let failed_at = Instant::now();
     if freeze {
