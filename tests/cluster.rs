@@ -167,10 +167,24 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
             &[("node", addr), ("role", role)],
         )
     };
-    assert_eq!(
-        up(&victim_addr, "primary"),
-        1.0,
-        "the victim is a known primary"
+    // The node gauges follow their connections within 100 ms.
+    let known = (0..250).any(|_| {
+        let ok = up(&victim_addr, "primary") == 1.0;
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    });
+    let nodes: Vec<String> = proxy
+        .http("/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("featureproxy_cluster_node_up"))
+        .map(String::from)
+        .collect();
+    assert!(
+        known,
+        "the victim {victim_addr} is not a known primary: {nodes:?}"
     );
     let keys_on_victim = proxy.metric(
         "featureproxy_cluster_node_keys_total",

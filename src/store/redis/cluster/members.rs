@@ -137,12 +137,13 @@ impl Members {
             .is_some_and(|r| r.get())
     }
 
-    /// Waits, up to `limit`, until tracking is armed on every node of `map` (when tracking is
-    /// on): a read routed to a node before that could cache a row whose change goes unheard.
-    pub async fn wait_tracked(&self, map: &SlotMap, limit: Duration) {
-        if self.settings.tracking.is_none() {
-            return;
-        }
+    /// Waits, up to `limit`, until every node of `map` that this shard started is connected
+    /// and (when tracking is on) has tracking armed: a read routed to a node before its
+    /// connection is up fails for nothing, and one before its tracking is on could cache a row
+    /// whose change goes unheard. A node that stays down (a dead master still in the map) only
+    /// costs the wait.
+    pub async fn wait_ready(&self, map: &SlotMap, limit: Duration) {
+        let tracking = self.settings.tracking.is_some();
         let end = Instant::now() + limit;
         loop {
             let all = {
@@ -150,7 +151,11 @@ impl Members {
                 map.ranges().iter().all(|r| {
                     std::iter::once(&r.primary)
                         .chain(r.replicas.iter())
-                        .all(|a| nodes.get(a).is_none_or(|m| m.tracked.get()))
+                        .all(|a| {
+                            nodes.get(a).is_none_or(|m| {
+                                m.node.is_connected() && (!tracking || m.tracked.get())
+                            })
+                        })
                 })
             };
             if all || Instant::now() >= end {

@@ -121,10 +121,8 @@ impl Cluster {
             };
             replicas.push(reps);
         }
-        // Reads go to new nodes only once their tracking is on, or a write notice could be lost.
-        self.members
-            .wait_tracked(&map, Duration::from_secs(1))
-            .await;
+        // Reads go to new nodes once they are connected and their tracking is on.
+        self.members.wait_ready(&map, Duration::from_secs(1)).await;
         let moved = old.as_ref().is_none_or(|o| o.map.primaries_differ(&map));
         let first = old.is_none();
         let used: Vec<String> = map
