@@ -11,7 +11,9 @@ use crate::store::redis::node::Node;
 use crate::store::{Failure, Fetched, ReadKey, Redirect, StoreError, WriteItem};
 
 impl Cluster {
-    /// The node a read of `slot` goes to.
+    /// The node a read of `slot` goes to: its primary, or with `replica_preferred` a replica
+    /// whose connection accepted READONLY and whose breaker is closed; a primary whose breaker
+    /// is open hands its reads to such a replica when there is one.
     pub(super) fn reader_for(&self, routes: &Routes, slot: u16, now: Instant) -> Option<Rc<Node>> {
         let range = routes.map.range(slot)?;
         let primary = &routes.primaries[range];
@@ -35,6 +37,9 @@ impl Cluster {
         })
     }
 
+    /// One outcome per key, in `keys`' order: each slot's keys go to the node that serves the
+    /// slot, all slots at once; a key whose node failed, timed out or redirected twice is
+    /// [`Fetched::Failed`], alone.
     pub(super) async fn read_all(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
         let started = Instant::now();
         let mut out = vec![Fetched::Failed(Failure::Unavailable); keys.len()];
