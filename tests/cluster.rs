@@ -168,23 +168,10 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         )
     };
     // The node gauges follow their connections within 100 ms.
-    let known = (0..250).any(|_| {
-        let ok = up(&victim_addr, "primary") == 1.0;
-        if !ok {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ok
-    });
-    let nodes: Vec<String> = proxy
-        .http("/metrics")
-        .1
-        .lines()
-        .filter(|l| l.starts_with("featureproxy_cluster_node_up"))
-        .map(String::from)
-        .collect();
-    assert!(
-        known,
-        "the victim {victim_addr} is not a known primary: {nodes:?}"
+    eventually(
+        Duration::from_secs(5),
+        "the victim to show as a connected primary",
+        || (up(&victim_addr, "primary") == 1.0).then_some(()),
     );
     let keys_on_victim = proxy.metric(
         "featureproxy_cluster_node_keys_total",
@@ -356,19 +343,26 @@ async fn replica_preferred_reads_from_replicas() {
 async fn a_write_behind_the_proxy_reaches_every_shards_cache() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Cluster::start();
-    let proxy = Proxy::start_with(&cluster.seed_url(), 2, "", &[]);
-    let c = client(&proxy, 8).await;
+    // Rows stay cached for an hour: only the owning masters' invalidations can replace them.
+    let registry =
+        common::example_registry().replace("hot_cache_ttl = \"1s\"", "hot_cache_ttl = \"1h\"");
+    assert!(registry.contains("hot_cache_ttl = \"1h\""));
+    let proxy = Proxy::start_custom(&cluster.seed_url(), 2, "", &registry, &[]);
+    let shards = client_per_shard(&proxy, 2).await;
     let entities: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
-    put_all(&c, &entities, |_| 5.0, now_ms()).await;
-    // Warm both shards' caches: 8 connections spread over the 2 shards.
-    for _ in 0..8 {
-        let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+    let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+    put_all(&shards[0], &entities, |_| 5.0, now_ms()).await;
+    // Each shard reads the rows once and then serves them from its own cache.
+    for c in &shards {
+        c.get_with("user_features", &keys, CACHED).await.unwrap();
         let got = c.get_with("user_features", &keys, CACHED).await.unwrap();
-        assert!((0..keys.len()).all(|i| got.row(i)[0] == Value::F32(5.0)));
+        for (i, key) in keys.iter().enumerate() {
+            let served = (got.status(i).cached, got.row(i)[0]);
+            assert_eq!(served, (true, Value::F32(5.0)), "{key}");
+        }
     }
-    let computed = now_ms();
     let mut value = vec![1u8];
-    value.extend_from_slice(&computed.to_le_bytes());
+    value.extend_from_slice(&now_ms().to_le_bytes());
     for _ in 0..16 {
         value.extend_from_slice(&9.0f32.to_le_bytes());
     }
@@ -378,18 +372,34 @@ async fn a_write_behind_the_proxy_reaches_every_shards_cache() {
         let reply = cluster.command(port, &[b"SET", &key, &value]);
         assert_eq!(reply, b"+OK\r\n");
     }
-    eventually(
-        Duration::from_secs(5),
-        "every shard to serve the new rows",
-        || {
-            let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
-            let all_new = (0..8).all(|_| {
+    for c in &shards {
+        eventually(
+            Duration::from_secs(5),
+            "each shard to serve the new rows",
+            || {
                 let got = block(c.get_with("user_features", &keys, CACHED)).unwrap();
-                (0..keys.len()).all(|i| got.row(i)[0] == Value::F32(9.0))
-            });
-            all_new.then_some(())
-        },
-    );
+                (0..keys.len())
+                    .all(|i| got.row(i)[0] == Value::F32(9.0))
+                    .then_some(())
+            },
+        );
+    }
+}
+
+/// One single-connection client per shard (connections land on shards by the kernel's hash).
+async fn client_per_shard(proxy: &Proxy, shards: u16) -> Vec<Client> {
+    let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+    for _ in 0..200 {
+        let c = client(proxy, 1).await;
+        let shard = c.hello_info().await.unwrap().shard as usize;
+        if found[shard].is_none() {
+            found[shard] = Some(c);
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("200 connections never reached all {shards} shards");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

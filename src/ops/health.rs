@@ -12,22 +12,9 @@ use crate::telemetry::counters::ShardStats;
 /// `(status code, content type, body)` of an answer.
 pub type Answer = (u16, &'static str, String);
 
-/// True while the shard reaches its Redis: the one server, or every primary of the cluster
-/// (read from the nodes' own gauges, which follow their connections within 100 ms).
-fn connected(s: &ShardStats) -> bool {
-    let nodes = s.node_list();
-    if nodes.is_empty() {
-        return s.redis_connected.load(Relaxed);
-    }
-    nodes
-        .iter()
-        .filter(|n| !n.replica.load(Relaxed))
-        .all(|n| n.connected.load(Relaxed))
-}
-
 /// 200 once Redis has answered some shard, else 503.
 pub fn ready(shards: &[Arc<ShardStats>]) -> Answer {
-    if shards.iter().any(|s| connected(s)) {
+    if shards.iter().any(|s| s.redis_up()) {
         (200, "application/json", "{\"ready\":true}\n".into())
     } else {
         let body = "{\"ready\":false,\"reason\":\"Redis has not answered yet\"}\n";
@@ -44,7 +31,7 @@ pub fn health(shards: &[Arc<ShardStats>]) -> Answer {
         .collect();
     let disconnected: Vec<u16> = shards
         .iter()
-        .filter(|s| !connected(s))
+        .filter(|s| !s.redis_up())
         .map(|s| s.shard)
         .collect();
     // On a Redis Cluster: which nodes some shard cannot reach, or has its breaker open for.

@@ -539,7 +539,7 @@ pub static METRICS: &[Metric] = &[
         "featureproxy_redis_connected",
         "1 while the shard's Redis connection is up.",
         &["shard"],
-        Read::PerShard(|s| s.redis_connected.load(Relaxed) as u64),
+        Read::PerShard(|s| s.redis_up() as u64),
     ),
     histogram(
         "featureproxy_request_duration_seconds",

@@ -82,7 +82,7 @@ fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
     json!({
         "cluster_nodes": nodes,
         "shard": s.shard,
-        "redis_connected": s.redis_connected.load(Relaxed),
+        "redis_connected": s.redis_up(),
         "breaker_state": breaker,
         "requests": ops,
         "entities": views,

@@ -180,6 +180,7 @@ pub struct ShardStats {
     pub singleflight_joins: Counter,
     pub breaker_state: AtomicU8,
     pub breaker_transitions: Counter,
+    /// The standalone server's connection; on a cluster see [`ShardStats::redis_up`].
     pub redis_connected: AtomicBool,
     /// True while Redis client tracking is on for this shard's cache.
     pub tracking_armed: AtomicBool,
@@ -270,6 +271,20 @@ impl ShardStats {
     /// Counts one cluster redirection of `kind`.
     pub fn redirected(&self, kind: RedirectKind) {
         self.cluster_redirects[kind as usize].inc();
+    }
+
+    /// True while the shard reaches its Redis: the one server (`redis_connected`), or on a
+    /// cluster every primary it uses (from the nodes' own gauges, which follow their connections
+    /// within 100 ms).
+    pub fn redis_up(&self) -> bool {
+        let nodes = self.node_list();
+        if nodes.is_empty() {
+            return self.redis_connected.load(Relaxed);
+        }
+        nodes
+            .iter()
+            .filter(|n| !n.replica.load(Relaxed))
+            .all(|n| n.connected.load(Relaxed))
     }
 
     /// A snapshot of the cluster nodes' counters.

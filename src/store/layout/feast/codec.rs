@@ -133,7 +133,7 @@ pub enum BadValue {
 /// Decodes a serialized `feast.types.Value` of the kind that holds `dtype` into `out` (the
 /// feature's little-endian bytes, `dtype.width()` of them). As protobuf says, when a message
 /// sets the oneof twice the last one wins; unknown fields are skipped.
-pub fn decode_value(bytes: &[u8], dtype: Dtype, out: &mut [u8]) -> Result<(), BadValue> {
+pub fn decode_value(bytes: &[u8], dtype: Dtype, out: &mut [u8; 8]) -> Result<(), BadValue> {
     let mut r = ProtoReader { input: bytes };
     let mut last: Option<(u64, Field)> = None;
     while !r.input.is_empty() {
@@ -165,22 +165,22 @@ pub fn decode_value(bytes: &[u8], dtype: Dtype, out: &mut [u8]) -> Result<(), Ba
 }
 
 /// Encodes one feature (its little-endian bytes in a packed row) as Feast's writer does:
-/// `Value(float_val=..)` and so on, serialized.
+/// `Value(float_val=..)` and so on, serialized. `le` holds `dtype.width()` bytes (PUT rows are
+/// checked against the view's row length before they get here); missing bytes count as zeros.
 pub fn encode_value(out: &mut impl bytes::BufMut, dtype: Dtype, le: &[u8]) {
+    let mut b = [0u8; 8];
+    let n = le.len().min(dtype.width());
+    b[..n].copy_from_slice(&le[..n]);
     let (number, wire) = value_field(dtype);
     put_varint(out, number << 3 | wire as u64);
+    let [b0, b1, b2, b3, ..] = b;
     match dtype {
-        Dtype::F32 => out.put_slice(&le[..4]),
-        Dtype::F64 => out.put_slice(&le[..8]),
-        Dtype::I32 => {
-            let v = i32::from_le_bytes(le[..4].try_into().expect("4 bytes"));
-            put_varint(out, v as i64 as u64);
-        }
-        Dtype::I64 => put_varint(
-            out,
-            u64::from_le_bytes(le[..8].try_into().expect("8 bytes")),
-        ),
-        Dtype::Bool => put_varint(out, u64::from(le[0] != 0)),
+        Dtype::F32 => out.put_slice(&b[..4]),
+        Dtype::F64 => out.put_slice(&b),
+        // proto3 int32: negatives are sign-extended to 64 bits (a 10-byte varint).
+        Dtype::I32 => put_varint(out, i32::from_le_bytes([b0, b1, b2, b3]) as i64 as u64),
+        Dtype::I64 => put_varint(out, u64::from_le_bytes(b)),
+        Dtype::Bool => put_varint(out, u64::from(b0 != 0)),
     }
 }
 

@@ -149,7 +149,7 @@ impl Feast {
         let mut fields = Vec::with_capacity(names.len());
         let mut at = 0;
         for (name, &dtype) in names.iter().zip(&self.dtypes) {
-            encode_value(values, dtype, &row[at..at + dtype.width()]);
+            encode_value(values, dtype, row.get(at..).unwrap_or_default());
             at += dtype.width();
             fields.push((name.clone(), values.split().freeze()));
         }

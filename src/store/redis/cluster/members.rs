@@ -115,12 +115,12 @@ impl Members {
     /// its connections.
     pub fn get_or_start_replica(&self, addr: &str) -> Result<Rc<Node>, StoreError> {
         let node = self.get_or_start(addr)?;
-        let mut nodes = self.nodes.borrow_mut();
-        let m = nodes.get_mut(addr).expect("started just now");
-        if m.readonly.is_none() {
-            let armed = Rc::new(Cell::new(false));
-            m.tasks.push(node.readonly_on_connect(armed.clone()));
-            m.readonly = Some(armed);
+        if let Some(m) = self.nodes.borrow_mut().get_mut(addr) {
+            if m.readonly.is_none() {
+                let armed = Rc::new(Cell::new(false));
+                m.tasks.push(node.readonly_on_connect(armed.clone()));
+                m.readonly = Some(armed);
+            }
         }
         Ok(node)
     }

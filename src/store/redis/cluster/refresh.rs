@@ -171,13 +171,14 @@ impl Cluster {
         }
     }
 
-    /// The shard's gauges, from all nodes: connected only if every primary is, the breaker
-    /// state of the worst primary, tracking armed only if every tracked node has it.
+    /// The shard's gauges, from all nodes: the breaker state of the worst primary, tracking
+    /// armed only if every tracked node has it. (Whether the shard reaches Redis is read from
+    /// the nodes' own gauges: [`ShardStats::redis_up`].)
+    ///
+    /// [`ShardStats::redis_up`]: crate::telemetry::counters::ShardStats::redis_up
     fn publish_gauges(&self) {
         let routes = self.routes.borrow().clone();
         let primaries: &[Rc<Node>] = routes.as_deref().map_or(&[], |r| &r.primaries);
-        let connected = !primaries.is_empty() && primaries.iter().all(|n| n.is_connected());
-        self.stats.redis_connected.store(connected, Relaxed);
         let worst = primaries
             .iter()
             .map(|n| n.breaker_state())
