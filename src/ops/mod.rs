@@ -6,6 +6,7 @@
 //! them up per scrape.
 
 pub mod health;
+pub mod metric;
 pub mod metrics;
 pub mod prom;
 pub mod stats_json;
