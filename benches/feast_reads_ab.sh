@@ -17,7 +17,7 @@ d=$(mktemp -d)
 rp=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 redis-server --port $rp --bind 127.0.0.1 --save '' --appendonly no --dir $d > $d/redis.log 2>&1 &
 RPID=$!
-sleep 0.5
+for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$rp) 2>/dev/null && break; sleep 0.05; done
 trap 'kill $RPID 2>/dev/null; [ -n "${PPID2:-}" ] && kill $PPID2 2>/dev/null' EXIT
 seeded=0
 for r in $(seq 1 $ROUNDS); do
