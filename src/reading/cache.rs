@@ -8,29 +8,103 @@
 //!
 //! Bounded in bytes: every entry is charged its key, its row and [`ENTRY_OVERHEAD`]. Rows are
 //! stored as compact copies, never as the `Bytes` the backend hands out (those pin its whole read
-//! buffer). Every entry expires after its view's hot-cache TTL, so rows written behind the proxy's
-//! back are picked up within that TTL; writes through the proxy invalidate at once.
+//! buffer), and a hit lends the row to the caller, who copies it into the reply: no refcount, no
+//! allocation per hit. Every entry expires after its view's hot-cache TTL, so rows written behind
+//! the proxy's back are picked up within that TTL; writes through the proxy invalidate at once.
+//!
+//! Lookups come in batches ([`HotCache::get_many`]): a probe chases up to three cache lines that
+//! are rarely in the CPU's cache (the table's bucket, the slot, the key and row), so a batch runs
+//! each stage for every key before the next, prefetching what the next stage reads; the memory
+//! misses of a hundred keys then overlap instead of following one another.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hashbrown::HashTable;
 
-/// Bytes charged per entry beyond its key and row: the slot (80 bytes), the slot vector's growth
-/// by doubling, the hash-table index and FIFO position, and the shared header a row buffer gets
-/// on its first hit. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated:
-/// 146 to 163 per entry at 50k to 700k entries (benches/RESULTS.md), so 176 keeps the byte
-/// bound true with room for the allocator's rounding.
+/// Bytes charged per entry beyond its key and row: the slot, the slot vector's growth by
+/// doubling, the hash-table entry and FIFO position, and the allocator's rounding of the
+/// key-and-row buffer. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated
+/// (benches/RESULTS.md); 176 keeps the byte bound true with room to spare.
 pub const ENTRY_OVERHEAD: usize = 176;
 
-/// What a hit returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedRow {
+/// What a hit lends: the row, borrowed from the cache until the next call that changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit<'a> {
     pub computed_at_ms: u64,
-    /// A slice of the cache's own compact copy.
-    pub row: Bytes,
+    pub row: &'a [u8],
+}
+
+/// Cache keys of one batch, in one buffer: built once per request, probed by
+/// [`HotCache::get_many`] and reused for the inserts that follow.
+#[derive(Debug, Default)]
+pub struct KeyList {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Appends one key, written by `build` at the end of the buffer.
+    pub fn push_with(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
+        build(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Key `i`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+/// One probe of a batch between its stages: the key's hash and the slot its tag pointed to.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    hash: u64,
+    candidate: Option<u32>,
+}
+
+/// A hash-table entry: the slot, and 32 more bits of the key's hash, so a probe that meets
+/// another key's entry can tell without reading that key's slot.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    slot: u32,
+    tag: u32,
+}
+
+fn tag_of(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// Asks the CPU to start loading the line at `p`; a hint, never a fault, whatever `p` is.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint with no architectural effect; any address is allowed.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Counts kept by the cache itself; the shard publishes them to its stats.
@@ -56,7 +130,7 @@ enum Queue {
 
 struct Slot {
     /// Key then row, in one allocation.
-    data: Bytes,
+    data: Box<[u8]>,
     key_len: usize,
     hash: u64,
     computed_at_ms: u64,
@@ -72,7 +146,8 @@ struct Slot {
 
 impl Slot {
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len]
+        // A freed slot holds no data: its key is empty, never a panic.
+        self.data.get(..self.key_len).unwrap_or_default()
     }
 
     fn charge(&self) -> usize {
@@ -85,7 +160,7 @@ impl Slot {
 pub struct HotCache {
     capacity: usize,
     small_target: usize,
-    table: HashTable<u32>,
+    table: HashTable<Entry>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     small: VecDeque<(u32, u32)>,
@@ -143,30 +218,82 @@ impl HotCache {
     }
 
     fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
+        let tag = tag_of(hash);
         self.table
-            .find(hash, |&i| self.slots[i as usize].key() == key)
-            .copied()
+            .find(hash, |e| {
+                e.tag == tag && self.slots[e.slot as usize].key() == key
+            })
+            .map(|e| e.slot)
     }
 
     /// The row cached for `key`, unless absent or older than its TTL at `now`.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<CachedRow> {
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<Hit<'_>> {
         let hash = hash_of(&self.hasher, key);
-        let Some(i) = self.find(key, hash) else {
+        let i = self.find(key, hash);
+        self.take_hit(i, now)
+    }
+
+    /// Looks up every key of `keys` and calls `found(index, hit)` for each one cached and alive
+    /// at `now`; the others are misses. `probes` is scratch, reused across calls.
+    pub fn get_many(
+        &mut self,
+        keys: &KeyList,
+        now: Instant,
+        probes: &mut Vec<Probe>,
+        mut found: impl FnMut(usize, Hit<'_>),
+    ) {
+        // Stage 1: hash, and find the entry whose tag matches, without reading any slot.
+        probes.clear();
+        for key in keys.iter() {
+            let hash = hash_of(&self.hasher, key);
+            let tag = tag_of(hash);
+            let candidate = self.table.find(hash, |e| e.tag == tag).map(|e| e.slot);
+            if let Some(i) = candidate {
+                prefetch(&self.slots[i as usize]);
+            }
+            probes.push(Probe { hash, candidate });
+        }
+        // Stage 2: the slots are on their way; ask for their keys and rows.
+        for p in probes.iter() {
+            if let Some(i) = p.candidate {
+                prefetch(self.slots[i as usize].data.as_ptr());
+            }
+        }
+        // Stage 3: confirm each key and answer.
+        for (index, (key, p)) in keys.iter().zip(probes.iter()).enumerate() {
+            let i = match p.candidate {
+                Some(i) if self.slots[i as usize].live && self.slots[i as usize].key() == key => {
+                    Some(i)
+                }
+                // Another key with the same 32 tag bits came first, or the slot expired earlier
+                // in this batch: look the whole way.
+                Some(_) => self.find(key, p.hash),
+                None => None,
+            };
+            if let Some(hit) = self.take_hit(i, now) {
+                found(index, hit);
+            }
+        }
+    }
+
+    /// Counts a lookup that found slot `i` (or nothing), dropping the entry if it has expired.
+    fn take_hit(&mut self, i: Option<u32>, now: Instant) -> Option<Hit<'_>> {
+        let Some(i) = i else {
             self.counts.misses += 1;
             return None;
         };
-        let slot = &mut self.slots[i as usize];
-        if now >= slot.expires_at {
+        if now >= self.slots[i as usize].expires_at {
             self.remove(i);
             self.counts.expirations += 1;
             self.counts.misses += 1;
             return None;
         }
-        slot.freq = (slot.freq + 1).min(3);
         self.counts.hits += 1;
-        Some(CachedRow {
+        let slot = &mut self.slots[i as usize];
+        slot.freq = (slot.freq + 1).min(3);
+        Some(Hit {
             computed_at_ms: slot.computed_at_ms,
-            row: slot.data.slice(slot.key_len..),
+            row: &slot.data[slot.key_len..],
         })
     }
 
@@ -233,8 +360,14 @@ impl HotCache {
         };
         let generation = self.slots[i as usize].generation;
         let slots = &self.slots;
-        self.table
-            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+        self.table.insert_unique(
+            hash,
+            Entry {
+                slot: i,
+                tag: tag_of(hash),
+            },
+            |e| slots[e.slot as usize].hash,
+        );
         if to_main {
             self.main.push_back((i, generation));
             self.main_bytes += charge;
@@ -286,8 +419,8 @@ impl HotCache {
         let hash = slot.hash;
         slot.live = false;
         slot.generation = slot.generation.wrapping_add(1);
-        slot.data = Bytes::new();
-        if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
+        slot.data = Box::default();
+        if let Ok(e) = self.table.find_entry(hash, |e| e.slot == i) {
             e.remove();
         }
         self.free.push(i);
@@ -400,11 +533,11 @@ impl HotCache {
     }
 }
 
-fn join(key: &[u8], row: &[u8]) -> Bytes {
+fn join(key: &[u8], row: &[u8]) -> Box<[u8]> {
     let mut v = Vec::with_capacity(key.len() + row.len());
     v.extend_from_slice(key);
     v.extend_from_slice(row);
-    Bytes::from(v)
+    v.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -424,13 +557,53 @@ mod tests {
         c.insert(b"k", 42, &[1, 2, 3], TTL, now);
         assert_eq!(
             c.get(b"k", now),
-            Some(CachedRow {
+            Some(Hit {
                 computed_at_ms: 42,
-                row: Bytes::from_static(&[1, 2, 3])
+                row: &[1, 2, 3]
             })
         );
         assert_eq!(c.get(b"x", now), None);
         assert_eq!((c.counts().hits, c.counts().misses), (1, 1));
+    }
+
+    #[test]
+    fn a_batch_finds_what_single_lookups_find() {
+        let mut c = HotCache::new(1 << 20);
+        let now = Instant::now();
+        for i in 0..200u64 {
+            let ttl = if i % 10 == 0 {
+                Duration::from_millis(5)
+            } else {
+                TTL
+            };
+            c.insert(&key(i), i, &i.to_le_bytes(), ttl, now);
+        }
+        // Cached, never cached, and expired keys, some twice in one batch.
+        let asked: Vec<u64> = (0..300).map(|n| (n * 7) % 260).collect();
+        let mut keys = KeyList::default();
+        for &i in &asked {
+            keys.push_with(|b| b.extend_from_slice(&key(i)));
+        }
+        let later = now + Duration::from_millis(10);
+        let mut got = Vec::new();
+        c.get_many(&keys, later, &mut Vec::new(), |index, hit| {
+            got.push((index, hit.computed_at_ms, hit.row.to_vec()))
+        });
+        let want: Vec<(usize, u64, Vec<u8>)> = asked
+            .iter()
+            .enumerate()
+            .filter(|&(_, &i)| i < 200 && i % 10 != 0)
+            .map(|(index, &i)| (index, i, i.to_le_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(c.counts().hits, want.len() as u64);
+        assert_eq!(c.counts().misses, (asked.len() - want.len()) as u64);
+        assert_eq!(
+            c.counts().expirations,
+            20,
+            "each expired key is dropped once"
+        );
+        assert_eq!(c.entries(), 180);
     }
 
     #[test]
@@ -537,7 +710,7 @@ mod tests {
     fn overhead_covers_the_slot() {
         // The charge per entry must cover what an entry really costs beyond key and row.
         let slot = std::mem::size_of::<Slot>();
-        let index = std::mem::size_of::<u32>() + 1; // hash table entry + control byte
+        let index = std::mem::size_of::<Entry>() + 1; // hash table entry + control byte
         let positions = std::mem::size_of::<(u32, u32)>();
         let alloc_header = 16; // the key-and-row buffer's allocation, rounded
         assert!(

@@ -8,7 +8,6 @@
 //! store is not asked for twice: a later request joins the read in flight (single-flight).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +95,9 @@ struct State {
     /// Batches full or closed, waiting for the flusher.
     sealed: Vec<Rc<Batch>>,
     /// Keys on their way to the store, so a second request joins instead of asking again.
-    in_flight: HashMap<ReadKey, Pending>,
+    /// Hashed with foldhash (randomly seeded per map, like std's default, at a fraction of
+    /// SipHash's cost): the map is probed twice for every key read.
+    in_flight: foldhash::HashMap<ReadKey, Pending>,
 }
 
 /// A shard's coalescer: batches and deduplicates the reads of every request on the shard.
@@ -121,7 +122,7 @@ impl Coalescer {
             state: RefCell::new(State {
                 open: Batch::new(),
                 sealed: Vec::new(),
-                in_flight: HashMap::new(),
+                in_flight: foldhash::HashMap::default(),
             }),
             wake: Notify::new(),
         })

@@ -22,18 +22,18 @@ use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
 
 use crate::config::registry::{Registry, View};
 use crate::store::{Backend, Change, Fetched, Stored, ViewId};
-use crate::telemetry::counters::{CacheGauges, ShardStats};
+use crate::telemetry::counters::{CacheGauges, Served, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
-use cache::{CachedRow, HotCache};
+use cache::{HotCache, KeyList, Probe};
 use coalescer::{Coalescer, Pending};
 
 /// What a GET is answered with: one status, age and row per entity, in request order.
 pub struct Answers {
     pub statuses: Vec<EntityStatus>,
     pub ages: Vec<u32>,
-    /// Slices of the store's read buffers, of the cache's copies or the view's default row: no
-    /// row bytes are copied until the reply is encoded.
-    pub rows: Vec<Bytes>,
+    /// The rows, one after another, `row_bytes` each: hits were copied in from the cache when
+    /// the read started, the rest when it finished.
+    pub rows: Vec<u8>,
 }
 
 /// One shard's reading stage. Owned by the shard's thread: nothing here is shared with another
@@ -46,13 +46,25 @@ pub struct Reader {
     backend: Rc<dyn Backend>,
     stats: Arc<ShardStats>,
     histograms: Rc<RefCell<ShardHistograms>>,
-    /// Where a cache key is built for each lookup, reused so a lookup allocates nothing.
-    scratch: RefCell<Vec<u8>>,
+    /// Buffers every lookup needs, reused so that a lookup allocates only what it hands on.
+    scratch: RefCell<Scratch>,
 }
 
-/// A read under way: where each entity's answer will come from.
+#[derive(Default)]
+struct Scratch {
+    /// One cache key, for inserts and invalidations.
+    key: Vec<u8>,
+    /// A request's cache keys, for the batched lookup.
+    keys: KeyList,
+    probes: Vec<Probe>,
+    /// The hits of a lookup: entity index and when its row was computed.
+    hits: Vec<(usize, u64)>,
+}
+
+/// A read under way: where each entity's answer will come from, and the rows found so far.
 pub struct Lookup {
     sources: Vec<Source>,
+    rows: Vec<u8>,
 }
 
 impl Lookup {
@@ -61,7 +73,7 @@ impl Lookup {
     pub fn is_ready(&self) -> bool {
         self.sources.iter().all(|s| match s {
             Source::Store(p) => p.batch.is_done(),
-            Source::Cached(_) | Source::Unavailable | Source::NoSuchKey => true,
+            Source::Cached { .. } | Source::Unavailable | Source::NoSuchKey => true,
         })
     }
 
@@ -73,7 +85,10 @@ impl Lookup {
 
 /// Where one entity's answer comes from.
 enum Source {
-    Cached(CachedRow),
+    /// From the hot cache: the row is already in the lookup's rows.
+    Cached {
+        computed_at_ms: u64,
+    },
     Store(Pending),
     /// The breaker of the node holding the entity is open: defaults without asking.
     Unavailable,
@@ -99,13 +114,13 @@ impl Reader {
             backend,
             stats,
             histograms,
-            scratch: RefCell::new(Vec::new()),
+            scratch: RefCell::new(Scratch::default()),
         }
     }
 
-    /// Starts a read: finds each entity in the hot cache, or queues its read in the coalescer,
-    /// or (while its node's breaker is open) settles for its defaults. When the returned lookup
-    /// [is ready](Lookup::is_ready), [`Reader::finish`] answers at once, without waiting.
+    /// Starts a read: finds the entities in the hot cache (all at once), queues the reads of the
+    /// rest in the coalescer, or (while their node's breaker is open) settles for their defaults.
+    /// When the returned lookup [is ready](Lookup::is_ready), [`Reader::finish`] answers at once.
     pub fn start(
         &self,
         view: &View,
@@ -113,50 +128,44 @@ impl Reader {
         use_cache: bool,
         deadline: Instant,
     ) -> Lookup {
-        Lookup {
-            sources: self.lookup(view, entities, use_cache, deadline),
-        }
-    }
-
-    /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
-    pub fn finish(&self, view: &View, entities: &[Bytes], lookup: &Lookup) -> Answers {
-        self.answer(view, entities, &lookup.sources)
-    }
-
-    fn lookup(
-        &self,
-        view: &View,
-        entities: &[Bytes],
-        use_cache: bool,
-        deadline: Instant,
-    ) -> Vec<Source> {
-        let view_stats = self.stats.view(view.id);
-        let mut cache = self.cache.borrow_mut();
+        let rb = view.row_bytes;
+        let mut rows = vec![0u8; entities.len() * rb];
         let mut scratch = self.scratch.borrow_mut();
+        let Scratch {
+            keys, probes, hits, ..
+        } = &mut *scratch;
+        hits.clear();
         let now = Instant::now();
+        if use_cache {
+            keys.clear();
+            for entity in entities {
+                keys.push_with(|b| cache_key_into(b, view.id, entity));
+            }
+            let mut cache = self.cache.borrow_mut();
+            cache.get_many(keys, now, probes, |i, hit| {
+                put_row(&mut rows[i * rb..(i + 1) * rb], hit.row);
+                hits.push((i, hit.computed_at_ms));
+            });
+            if let Some(vs) = self.stats.view(view.id) {
+                vs.cache_hits.add(hits.len() as u64);
+                vs.cache_misses.add((entities.len() - hits.len()) as u64);
+            }
+        }
         // The store keys of the misses, built into one buffer allocated at the first miss.
-        let mut keys = BytesMut::new();
-        entities
+        let mut store_keys = BytesMut::new();
+        let mut next_hit = hits.iter().peekable();
+        let sources = entities
             .iter()
             .enumerate()
             .map(|(i, entity)| {
-                if use_cache {
-                    let hit = cache.get(cache_key(&mut scratch, view.id, entity), now);
-                    if let Some(vs) = view_stats {
-                        match hit {
-                            Some(_) => vs.cache_hits.inc(),
-                            None => vs.cache_misses.inc(),
-                        }
-                    }
-                    if let Some(hit) = hit {
-                        return Source::Cached(hit);
-                    }
+                if let Some(&(_, computed_at_ms)) = next_hit.next_if(|h| h.0 == i) {
+                    return Source::Cached { computed_at_ms };
                 }
-                if keys.capacity() == 0 {
+                if store_keys.capacity() == 0 {
                     let rest: usize = entities[i..].iter().map(|e| e.len() + 48).sum();
-                    keys.reserve(rest);
+                    store_keys.reserve(rest);
                 }
-                let Some(key) = view.layout.read_key(&mut keys, entity) else {
+                let Some(key) = view.layout.read_key(&mut store_keys, entity) else {
                     return Source::NoSuchKey;
                 };
                 if self.backend.admits(&key, now) {
@@ -165,49 +174,59 @@ impl Reader {
                     Source::Unavailable
                 }
             })
-            .collect()
+            .collect();
+        Lookup { sources, rows }
     }
 
+    /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
     /// Judges what each entity got, fills the cache with what the store answered, and counts.
-    fn answer(&self, view: &View, entities: &[Bytes], sources: &[Source]) -> Answers {
+    pub fn finish(&self, view: &View, entities: &[Bytes], lookup: Lookup) -> Answers {
+        let Lookup { sources, mut rows } = lookup;
         let n = entities.len();
-        let mut out = Answers {
-            statuses: Vec::with_capacity(n),
-            ages: Vec::with_capacity(n),
-            rows: Vec::with_capacity(n),
-        };
+        let rb = view.row_bytes;
+        let mut statuses = Vec::with_capacity(n);
+        let mut ages = Vec::with_capacity(n);
+        let mut served = Served::default();
         let now_ms = freshness::now_ms();
-        let view_stats = self.stats.view(view.id);
         let mut cache = self.cache.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
         let cache_now = Instant::now();
         let mut histograms = self.histograms.borrow_mut();
-        for (entity, source) in entities.iter().zip(sources) {
-            let Answer {
-                status,
-                age,
-                row,
-                computed_at_ms,
-            } = resolve(view, source, now_ms);
-            let cached = matches!(source, Source::Cached(_)) && !status.is_default();
-            if let (Source::Store(p), Status::Fresh | Status::Stale) = (source, status) {
-                if p.batch.cacheable(p.index) {
-                    let key = cache_key(&mut scratch, view.id, entity);
-                    cache.insert(key, computed_at_ms, &row, view.hot_cache_ttl, cache_now);
+        for (i, (entity, source)) in entities.iter().zip(&sources).enumerate() {
+            let dst = &mut rows[i * rb..(i + 1) * rb];
+            let (status, age, computed_at_ms) = match source {
+                Source::Cached { computed_at_ms } => {
+                    judge_cached(view, *computed_at_ms, now_ms, dst)
                 }
-            }
-            if let Some(vs) = view_stats {
-                vs.served(status, cached);
-            }
+                Source::Store(p) => {
+                    let got = resolve(view, p, now_ms, dst);
+                    if matches!(got.0, Status::Fresh | Status::Stale) && p.batch.cacheable(p.index)
+                    {
+                        let key = cache_key(&mut scratch.key, view.id, entity);
+                        cache.insert(key, got.2, dst, view.hot_cache_ttl, cache_now);
+                    }
+                    got
+                }
+                Source::Unavailable => defaults(view, Status::Degraded, dst),
+                Source::NoSuchKey => defaults(view, Status::Invalid, dst),
+            };
+            let cached = matches!(source, Source::Cached { .. }) && !status.is_default();
+            served.count(status, cached);
             if computed_at_ms != 0 {
                 histograms.record_age(view.id, age);
             }
-            out.statuses.push(EntityStatus::new(status, cached));
-            out.ages.push(age);
-            out.rows.push(row);
+            statuses.push(EntityStatus::new(status, cached));
+            ages.push(age);
+        }
+        if let Some(vs) = self.stats.view(view.id) {
+            vs.add_served(&served);
         }
         publish(&self.stats.cache, &cache);
-        out
+        Answers {
+            statuses,
+            ages,
+            rows,
+        }
     }
 
     /// Drops whatever this shard holds for rows that changed in the store.
@@ -239,7 +258,7 @@ impl Reader {
         let mut keys = BytesMut::new();
         let mut reads = Vec::with_capacity(entities.len());
         for entity in entities {
-            cache.invalidate(cache_key(&mut scratch, view.id, entity));
+            cache.invalidate(cache_key(&mut scratch.key, view.id, entity));
             reads.extend(view.layout.read_key(&mut keys, entity));
         }
         publish(&self.stats.cache, &cache);
@@ -260,9 +279,21 @@ impl Reader {
 /// The cache key of an entity: its view's id, then its key. Built in `buf`, which is reused.
 fn cache_key<'b>(buf: &'b mut Vec<u8>, view: ViewId, entity: &[u8]) -> &'b [u8] {
     buf.clear();
+    cache_key_into(buf, view, entity);
+    buf
+}
+
+fn cache_key_into(buf: &mut Vec<u8>, view: ViewId, entity: &[u8]) {
     buf.extend_from_slice(&view.to_le_bytes());
     buf.extend_from_slice(entity);
-    buf
+}
+
+/// Copies `row` into its place in a reply; a row of another length (never stored: layouts check
+/// it) is cut or padded with zeros rather than shifting the rows after it.
+fn put_row(dst: &mut [u8], row: &[u8]) {
+    let n = dst.len().min(row.len());
+    dst[..n].copy_from_slice(&row[..n]);
+    dst[n..].fill(0);
 }
 
 /// Copies the cache's own counts to the shard's gauges, for the operators' endpoint.
@@ -299,67 +330,54 @@ async fn wait_until(sources: &[Source], deadline: Instant) {
     }
 }
 
-/// What one entity is answered with.
-struct Answer {
-    status: Status,
-    age: u32,
-    row: Bytes,
-    /// When the stored value was computed; 0 where there is none.
-    computed_at_ms: u64,
+/// The status, age and computed-at time (0 where none) of one entity's answer; its row has been
+/// written into its place.
+type Judged = (Status, u32, u64);
+
+/// The view's defaults, with `status` saying why.
+fn defaults(view: &View, status: Status, dst: &mut [u8]) -> Judged {
+    put_row(dst, &view.default_row);
+    (status, AGE_UNKNOWN, 0)
 }
 
-impl Answer {
-    fn defaults(view: &View, status: Status) -> Answer {
-        Answer {
-            status,
-            age: AGE_UNKNOWN,
-            row: view.default_row.clone(),
-            computed_at_ms: 0,
-        }
-    }
-}
-
-/// The status, age and row served for one entity.
-fn resolve(view: &View, source: &Source, now_ms: u64) -> Answer {
-    let p = match source {
-        Source::Unavailable => return Answer::defaults(view, Status::Degraded),
-        Source::NoSuchKey => return Answer::defaults(view, Status::Invalid),
-        Source::Cached(hit) => return judge(view, hit.computed_at_ms, hit.row.clone(), now_ms),
-        Source::Store(p) => p,
-    };
+/// What the store answered for one entity, judged and put in place.
+fn resolve(view: &View, p: &Pending, now_ms: u64, dst: &mut [u8]) -> Judged {
     let Some(result) = p.batch.result() else {
-        return Answer::defaults(view, Status::Degraded);
+        return defaults(view, Status::Degraded, dst);
     };
     match result.get(p.index) {
-        None | Some(Fetched::Failed(_)) => Answer::defaults(view, Status::Degraded),
+        None | Some(Fetched::Failed(_)) => defaults(view, Status::Degraded, dst),
         Some(fetched) => match view.layout.decode(fetched) {
-            Stored::Absent => Answer::defaults(view, Status::Missing),
-            Stored::Invalid => Answer::defaults(view, Status::Invalid),
+            Stored::Absent => defaults(view, Status::Missing, dst),
+            Stored::Invalid => defaults(view, Status::Invalid, dst),
             Stored::Row {
                 computed_at_ms,
                 row,
-            } => judge(view, computed_at_ms, row, now_ms),
+            } => {
+                let age = freshness::age_ms(now_ms, computed_at_ms);
+                match freshness::freshness(view, age) {
+                    Status::Expired => {
+                        put_row(dst, &view.default_row);
+                        (Status::Expired, age, computed_at_ms)
+                    }
+                    status => {
+                        put_row(dst, &row);
+                        (status, age, computed_at_ms)
+                    }
+                }
+            }
         },
     }
 }
 
-/// FRESH or STALE with the row, or EXPIRED with the defaults, by the value's age.
-fn judge(view: &View, computed_at_ms: u64, row: Bytes, now_ms: u64) -> Answer {
+/// FRESH or STALE for a cached row (already in `dst`), or EXPIRED with the defaults, by its age.
+fn judge_cached(view: &View, computed_at_ms: u64, now_ms: u64, dst: &mut [u8]) -> Judged {
     let age = freshness::age_ms(now_ms, computed_at_ms);
-    match freshness::freshness(view, age) {
-        Status::Expired => Answer {
-            status: Status::Expired,
-            age,
-            row: view.default_row.clone(),
-            computed_at_ms,
-        },
-        status => Answer {
-            status,
-            age,
-            row,
-            computed_at_ms,
-        },
+    let status = freshness::freshness(view, age);
+    if status == Status::Expired {
+        put_row(dst, &view.default_row);
     }
+    (status, age, computed_at_ms)
 }
 
 #[cfg(test)]
@@ -451,7 +469,7 @@ mod tests {
     async fn read(reader: &Reader, view: &View, entities: &[Bytes], deadline: Instant) -> Answers {
         let lookup = reader.start(view, entities, true, deadline);
         lookup.wait(deadline).await;
-        reader.finish(view, entities, &lookup)
+        reader.finish(view, entities, lookup)
     }
 
     fn statuses(a: &Answers) -> Vec<(Status, bool)> {
@@ -506,9 +524,10 @@ mod tests {
                     (Status::Fresh, false),
                 ]
             );
-            assert_eq!(&first.rows[0][..4], &7.0f32.to_le_bytes());
-            assert_eq!(first.rows[1], view.default_row);
-            assert_eq!(first.rows[3], view.default_row);
+            let row = |a: &Answers, i: usize| a.rows[i * 64..(i + 1) * 64].to_vec();
+            assert_eq!(&row(&first, 0)[..4], &7.0f32.to_le_bytes());
+            assert_eq!(row(&first, 1), view.default_row);
+            assert_eq!(row(&first, 3), view.default_row);
             let asked: Vec<Bytes> = backend.asked.borrow().clone();
             assert_eq!(
                 asked,

@@ -84,7 +84,7 @@ impl Serving {
             statuses,
             ages,
             rows,
-        } = self.reader.finish(view, &work.entities, &work.lookup);
+        } = self.reader.finish(view, &work.entities, work.lookup);
         self.histograms
             .borrow_mut()
             .record_get(view.id, work.started.elapsed());
@@ -96,7 +96,7 @@ impl Serving {
             view.row_bytes as u32,
             &statuses,
             &ages,
-            rows.iter().map(|r| &r[..]),
+            (0..statuses.len()).map(|i| &rows[i * view.row_bytes..(i + 1) * view.row_bytes]),
         );
     }
 }

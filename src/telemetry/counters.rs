@@ -148,11 +148,30 @@ pub struct ViewStats {
 }
 
 impl ViewStats {
-    pub fn served(&self, status: Status, cached: bool) {
-        self.entities[status as usize].inc();
-        if cached {
-            self.cached.inc();
+    /// Adds what one request served (one atomic add per status seen, not one per entity).
+    pub fn add_served(&self, served: &Served) {
+        for (counter, &n) in self.entities.iter().zip(&served.by_status) {
+            if n > 0 {
+                counter.add(n);
+            }
         }
+        if served.cached > 0 {
+            self.cached.add(served.cached);
+        }
+    }
+}
+
+/// What one request served, in plain integers, for [`ViewStats::add_served`].
+#[derive(Debug, Default)]
+pub struct Served {
+    by_status: [u64; 6],
+    cached: u64,
+}
+
+impl Served {
+    pub fn count(&mut self, status: Status, cached: bool) {
+        self.by_status[status as usize] += 1;
+        self.cached += cached as u64;
     }
 }
 
