@@ -151,7 +151,12 @@ impl Coalescer {
         let pending = Pending { batch, index };
         st.in_flight.insert(key, pending.clone());
         drop(st);
-        self.wake.notify_one();
+        // The first key of a batch wakes the flusher; the keys that follow join that batch
+        // before the flusher takes it (it yields to every runnable task first), so they need
+        // not wake it again.
+        if index == 0 {
+            self.wake.notify_one();
+        }
         pending
     }
 

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod layout;
 pub mod redis;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,9 +112,13 @@ pub enum Failure {
 
 /// A row as the layout decoded it from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// A readable row: when it was computed (Unix ms) and its bytes (a slice of the read buffer).
-    Row { computed_at_ms: u64, row: Bytes },
+pub enum Stored<'a> {
+    /// A readable row: when it was computed (Unix ms) and its bytes (borrowed from the read
+    /// buffer where the layout stores rows as we serve them, else decoded into a copy).
+    Row {
+        computed_at_ms: u64,
+        row: Cow<'a, [u8]>,
+    },
     /// Something is stored but it is not a row of this view (wrong format or length).
     Invalid,
     /// No row of this view is stored for the entity.

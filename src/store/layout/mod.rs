@@ -39,7 +39,7 @@ impl Layout {
 
     /// Decodes what the store answered for one entity (never a [`Fetched::Failed`]: a failed
     /// read is the reader's to judge).
-    pub fn decode(&self, fetched: &Fetched) -> Stored {
+    pub fn decode<'a>(&self, fetched: &'a Fetched) -> Stored<'a> {
         match self {
             Layout::Packed(p) => match fetched {
                 Fetched::Value(v) => p.decode(v),

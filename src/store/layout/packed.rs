@@ -3,6 +3,7 @@
 //! Key: `fp:{view}:v{version}:{entity_key}`; two versions of a view live side by side during a
 //! migration. Value: `u8 format` (1), `u64 computed_at_ms` (LE), then the row bytes.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -56,7 +57,7 @@ impl Packed {
     }
 
     /// Anything but format 1 with exactly `row_bytes` of row is INVALID.
-    pub(super) fn decode(&self, value: &Bytes) -> Stored {
+    pub(super) fn decode<'a>(&self, value: &'a Bytes) -> Stored<'a> {
         if value.len() != VALUE_HEADER + self.row_bytes || value[0] != FORMAT_V1 {
             return Stored::Invalid;
         }
@@ -64,7 +65,7 @@ impl Packed {
         ts.copy_from_slice(&value[1..9]);
         Stored::Row {
             computed_at_ms: u64::from_le_bytes(ts),
-            row: value.slice(VALUE_HEADER..),
+            row: Cow::Borrowed(&value[VALUE_HEADER..]),
         }
     }
 
@@ -122,12 +123,25 @@ mod tests {
             panic!("a packed write is one value");
         };
         assert_eq!(value.len(), 73);
-        let decode = |l: &Layout, b: &Bytes| l.decode(&Fetched::Value(b.clone()));
+        // The decoded row borrows the fetched value; keep a copy to compare.
+        let decode = |l: &Layout, b: &Bytes| -> Stored<'static> {
+            match l.decode(&Fetched::Value(b.clone())) {
+                Stored::Row {
+                    computed_at_ms,
+                    row,
+                } => Stored::Row {
+                    computed_at_ms,
+                    row: Cow::Owned(row.into_owned()),
+                },
+                Stored::Invalid => Stored::Invalid,
+                Stored::Absent => Stored::Absent,
+            }
+        };
         assert_eq!(
             decode(&v, &value),
             Stored::Row {
                 computed_at_ms: 1234,
-                row: Bytes::from(row)
+                row: row.into()
             }
         );
         let short = Layout::Packed(Packed::new("user_features", 1, 60, Duration::from_secs(1)));

@@ -12,6 +12,7 @@
 mod codec;
 mod entity;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -97,7 +98,7 @@ impl Feast {
 
     /// No `_ts` field (no hash, or no row of this view in it): absent. A feature field missing,
     /// null, malformed or of another kind than the view's dtype, or a malformed `_ts`: invalid.
-    pub(super) fn decode(&self, fetched: &Fetched) -> Stored {
+    pub(super) fn decode<'a>(&self, fetched: &'a Fetched) -> Stored<'a> {
         let Fetched::Fields(values) = fetched else {
             return match fetched {
                 Fetched::Absent => Stored::Absent,
@@ -131,7 +132,7 @@ impl Feast {
         }
         Stored::Row {
             computed_at_ms,
-            row: Bytes::from(row),
+            row: Cow::Owned(row),
         }
     }
 

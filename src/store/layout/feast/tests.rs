@@ -220,7 +220,7 @@ fn a_written_row_reads_back_and_carries_its_event_time() {
         d.decode(&reply),
         Stored::Row {
             computed_at_ms: 1_767_323_045_678,
-            row: Bytes::from(row(0.5, -3, true))
+            row: row(0.5, -3, true).into()
         }
     );
 }
@@ -405,7 +405,7 @@ fn what_the_real_feast_package_wrote_is_what_we_read_and_write() {
             layout.decode(&reply),
             Stored::Row {
                 computed_at_ms: ts,
-                row: Bytes::from(row)
+                row: row.into()
             },
             "decode of {what}"
         );
