@@ -188,9 +188,14 @@ impl Reader {
         let mut ages = Vec::with_capacity(n);
         let mut served = Served::default();
         let now_ms = freshness::now_ms();
-        let mut cache = self.cache.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
-        let cache_now = Instant::now();
+        let Scratch {
+            keys, probes, hits, ..
+        } = &mut *scratch;
+        // What the store answered and may be cached: cache keys in `keys`, (entity index,
+        // computed-at) in `hits`, inserted all at once below.
+        keys.clear();
+        hits.clear();
         let mut histograms = self.histograms.borrow_mut();
         for (i, (entity, source)) in entities.iter().zip(&sources).enumerate() {
             let dst = &mut rows[i * rb..(i + 1) * rb];
@@ -202,8 +207,8 @@ impl Reader {
                     let got = resolve(view, p, now_ms, dst);
                     if matches!(got.0, Status::Fresh | Status::Stale) && p.batch.cacheable(p.index)
                     {
-                        let key = cache_key(&mut scratch.key, view.id, entity);
-                        cache.insert(key, got.2, dst, view.hot_cache_ttl, cache_now);
+                        keys.push_with(|b| cache_key_into(b, view.id, entity));
+                        hits.push((i, got.2));
                     }
                     got
                 }
@@ -220,6 +225,14 @@ impl Reader {
         }
         if let Some(vs) = self.stats.view(view.id) {
             vs.add_served(&served);
+        }
+        let mut cache = self.cache.borrow_mut();
+        if !keys.is_empty() {
+            let row = |j: usize| {
+                let (i, computed_at_ms) = hits[j];
+                (computed_at_ms, &rows[i * rb..(i + 1) * rb])
+            };
+            cache.insert_many(keys, row, view.hot_cache_ttl, Instant::now(), probes);
         }
         publish(&self.stats.cache, &cache);
         Answers {
