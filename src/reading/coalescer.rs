@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -24,7 +25,8 @@ pub type BatchResult = Vec<Fetched>;
 pub struct Batch {
     keys: RefCell<Vec<ReadKey>>,
     result: RefCell<Option<Rc<BatchResult>>>,
-    done: Notify,
+    /// The requests waiting for the batch to land (one thread: a list, not a `Notify`'s lock).
+    waiters: RefCell<Vec<Waker>>,
     /// Slots whose key was written while this read was in flight: their values may predate the
     /// write, so they are served to the requests that were already waiting but never cached.
     written_meanwhile: RefCell<Vec<usize>>,
@@ -37,7 +39,7 @@ impl Batch {
         Rc::new(Batch {
             keys: RefCell::new(Vec::new()),
             result: RefCell::new(None),
-            done: Notify::new(),
+            waiters: RefCell::new(Vec::new()),
             written_meanwhile: RefCell::new(Vec::new()),
             deadline: Cell::new(None),
         })
@@ -45,14 +47,17 @@ impl Batch {
 
     /// Waits for the batch to land.
     pub async fn wait(&self) -> Rc<BatchResult> {
-        loop {
-            // Created before the check, so a completion between check and await is not missed.
-            let notified = self.done.notified();
+        std::future::poll_fn(|cx| {
             if let Some(r) = self.result.borrow().as_ref() {
-                return r.clone();
+                return Poll::Ready(r.clone());
             }
-            notified.await;
-        }
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     fn extend_deadline(&self, deadline: Instant) {
@@ -78,7 +83,9 @@ impl Batch {
 
     fn complete(&self, result: BatchResult) {
         *self.result.borrow_mut() = Some(Rc::new(result));
-        self.done.notify_waiters();
+        for waiter in self.waiters.take() {
+            waiter.wake();
+        }
     }
 }
 
@@ -225,11 +232,11 @@ async fn yield_to_queue() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {
-            return std::task::Poll::Ready(());
+            return Poll::Ready(());
         }
         yielded = true;
         cx.waker().wake_by_ref();
-        std::task::Poll::Pending
+        Poll::Pending
     })
     .await
 }

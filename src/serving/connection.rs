@@ -1,7 +1,8 @@
 //! One client connection, served by one task that owns the socket. Each turn it decodes every
 //! complete frame it has read, answers what it can on the spot (replies go into the outbox),
-//! writes all the turn's replies with one write, then waits for more bytes or for a request
-//! that waited on the store to answer. No task per request that is ready, no writer task.
+//! writes all the turn's replies with one write, then waits for more bytes or for requests that
+//! wait on the store ([`InFlight`], run inside this task) to answer. No task per request, no
+//! writer task.
 //!
 //! Backpressure: past `max_inflight_per_connection` requests waiting on the store, or once
 //! `max_frame` bytes of replies wait for a client that does not read them, the connection stops
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::dispatch::dispatch;
+use super::inflight::InFlight;
 use super::outbox::Outbox;
 use super::overload::Backlog;
 use super::session::Session;
@@ -49,6 +51,7 @@ pub async fn serve(
     let token = settings.auth_token.as_deref();
     let mut session = Session::new(token.is_some());
     let outbox = Rc::new(Outbox::default());
+    let mut inflight = InFlight::default();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     // None while the connection still reads; Some(why) once it only finishes what is in flight.
     let mut closing: Option<CloseReason> = None;
@@ -59,7 +62,7 @@ pub async fn serve(
     loop {
         // Serve every complete frame, unless the connection is at one of its limits.
         let mut shed = 0;
-        while closing.is_none() && outbox.inflight() < max_inflight && outbox.len() < max_waiting {
+        while closing.is_none() && inflight.len() < max_inflight && outbox.len() < max_waiting {
             let before = rbuf.len();
             let decoded = decode_frame(&mut rbuf, limits.max_frame);
             backlog.consumed(before - rbuf.len());
@@ -74,7 +77,7 @@ pub async fn serve(
                     let started = Instant::now();
                     let rid = frame.request_id;
                     match session.admit(Request::decode(&frame, &limits), token) {
-                        Ok(req) => dispatch(&serving, &outbox, req, rid, started),
+                        Ok(req) => dispatch(&serving, &outbox, &mut inflight, req, rid, started),
                         Err(refusal) => {
                             outbox.error(&stats, refusal.error, rid);
                             if refusal.close {
@@ -119,12 +122,12 @@ pub async fn serve(
                 }
             }
         }
-        if closing.is_some() && outbox.inflight() == 0 && outbox.is_empty() {
+        if closing.is_some() && inflight.is_empty() && outbox.is_empty() {
             break;
         }
 
         let reading =
-            closing.is_none() && outbox.inflight() < max_inflight && outbox.len() < max_waiting;
+            closing.is_none() && inflight.len() < max_inflight && outbox.len() < max_waiting;
         // Part of a frame is in: the rest must follow within frame_timeout, so a peer cannot
         // hold a half frame (and its buffer) open forever.
         let half_frame = reading && !rbuf.is_empty();
@@ -134,7 +137,7 @@ pub async fn serve(
         let room = rbuf.capacity() - rbuf.len();
         tokio::select! {
             biased;
-            _ = outbox.woken() => {}
+            _ = inflight.settle(), if !inflight.is_empty() => {}
             r = wr.writable(), if !outbox.is_empty() => {
                 if r.is_err() {
                     closing = Some(CloseReason::Io);

@@ -1,19 +1,22 @@
 //! Routing one admitted request. HELLO, PING, SCHEMA, and GETs whose rows are all at hand are
 //! answered on the spot, in the connection's own turn. A GET that waits on the store, and every
-//! PUT, runs as a task of its own and hands its reply to the outbox when done.
+//! PUT, joins the connection's [`InFlight`] requests and hands its reply to the outbox when done.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use featureproxy_protocol::{Op, ProtocolError, Request, Response};
 
+use super::inflight::InFlight;
 use super::outbox::Outbox;
 use super::Serving;
 
-/// Answers `req` (request id `rid`, read at `started`) into `outbox`.
+/// Answers `req` (request id `rid`, read at `started`) into `outbox`, or leaves it in `inflight`
+/// to answer there once the store has.
 pub fn dispatch(
     serving: &Rc<Serving>,
     outbox: &Rc<Outbox>,
+    inflight: &mut InFlight,
     req: Request,
     rid: u32,
     started: Instant,
@@ -32,7 +35,7 @@ pub fn dispatch(
             Ok(work) => {
                 let serving2 = serving.clone();
                 let out = outbox.clone();
-                spawn_request(serving, outbox, op, rid, async move {
+                wait_for_store(serving, outbox, inflight, op, rid, async move {
                     work.wait().await;
                     out.push(|b| serving2.finish_get(work, b, rid));
                     Ok(())
@@ -43,7 +46,7 @@ pub fn dispatch(
         },
         Request::Put(put) => {
             let (serving2, out) = (serving.clone(), outbox.clone());
-            spawn_request(serving, outbox, op, rid, async move {
+            wait_for_store(serving, outbox, inflight, op, rid, async move {
                 let resp = serving2.put(put, started).await?;
                 out.response(&resp, rid);
                 Ok(())
@@ -63,20 +66,19 @@ pub fn dispatch(
     }
 }
 
-/// Runs a request that waits on the store as a task of its own, counted in flight on its
-/// connection until it has answered. `work` queues the reply itself; an error becomes an ERROR
-/// frame.
-fn spawn_request(
+/// Leaves a request that waits on the store in the connection's `inflight`, counted in flight
+/// until it has answered. `work` queues the reply itself; an error becomes an ERROR frame.
+fn wait_for_store(
     serving: &Rc<Serving>,
     outbox: &Rc<Outbox>,
+    inflight: &mut InFlight,
     op: Op,
     rid: u32,
     work: impl std::future::Future<Output = Result<(), ProtocolError>> + 'static,
 ) {
     let (serving, outbox) = (serving.clone(), outbox.clone());
     serving.stats.inflight_requests.inc();
-    outbox.begin_request();
-    tokio::task::spawn_local(async move {
+    inflight.push(async move {
         match work.await {
             Ok(()) => serving.stats.request_ok(op),
             Err(e) => {
@@ -85,6 +87,5 @@ fn spawn_request(
             }
         }
         serving.stats.inflight_requests.dec();
-        outbox.end_request();
     });
 }

@@ -1,13 +1,15 @@
 //! The serving stage: client connections in, replies out. A connection ([`connection`]) reads
 //! frames and writes replies through its [`outbox`]; each frame passes the [`session`]'s
 //! handshake and is routed by [`dispatch`]: HELLO, PING and SCHEMA are answered on the spot,
-//! [`get`] asks the reading stage, [`put`] writes through the store. [`accept`] takes new
+//! [`get`] asks the reading stage, [`put`] writes through the store; requests that wait on the
+//! store wait in the connection's [`inflight`]. [`accept`] takes new
 //! connections on the shard's listener.
 
 pub mod accept;
 pub mod connection;
 pub mod dispatch;
 pub mod get;
+pub mod inflight;
 pub mod outbox;
 pub mod overload;
 pub mod put;
