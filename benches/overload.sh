@@ -5,6 +5,13 @@
 # the proxy's shed counter.
 #
 #   benches/overload.sh [ROUNDS]           (default 3; about 2 minutes per round)
+#   FACTORS="2 4" benches/overload.sh [ROUNDS]
+#                                          overload by measured capacity instead of bursts: the
+#                                          proxy's capacity under this load is measured first
+#                                          (closed loop, 4 connections x 64 in flight, 10 s), then
+#                                          each factor F offers F x capacity, steady, to the proxy
+#                                          with shedding on and off; goodput is also given as a
+#                                          share of the capacity's goodput
 #
 # The load: 1 entity per GET, Zipf 0.99 over 1,000,000 seeded entities, open loop at RATE
 # (default 85000 req/s, 4 connections) with 4x bursts for the last 2 s of every 10 s
@@ -64,12 +71,45 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 lat, st = j["latency_us"], j["statuses"]
 good = (st["fresh"] + st["stale"]) / j["duration_s"]
+# Goodput counts entities; offered is in requests: scale it to entities for the share.
+batch = j["entities_per_s"] / j["achieved_rps"] if j["achieved_rps"] else 1
 over = sum(v for k, v in j["errors"].items() if "OVERLOADED" in k)
-print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}")
+print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}")
 EOF
 }
 
+FACTORS=${FACTORS:-}
+CAP_GOOD=""
+if [ -n "$FACTORS" ]; then
+  echo "measuring capacity (closed loop)" >&2
+  start_proxy "$WORK/shed.toml"
+  "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
+    --inflight 64 --duration 10s --warmup 3s --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
+    --json "$WORK/capacity.json" >/dev/null 2>&1
+  stop_proxy
+  read -r CAP CAP_GOOD < <(python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+print(round(j["achieved_rps"]), round((j["statuses"]["fresh"] + j["statuses"]["stale"]) / j["duration_s"]))' "$WORK/capacity.json")
+  echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s" >&2
+  for r in $(seq 1 "$ROUNDS"); do
+    for f in $FACTORS; do
+      LOAD=(--entities "$ENTITIES" --rate $((f * CAP)) --duration 30s --warmup 3s
+            --connections 4 --inflight 4096 --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"})
+      order="shed noshed"; [ $((r % 2)) = 0 ] && order="noshed shed"
+      for v in $order; do
+        echo "round $r: ${f}x capacity, $v" >&2
+        case $v in
+          shed) start_proxy "$WORK/shed.toml"; run "proxy, shedding (default), ${f}x capacity" "127.0.0.1:$PORT"; stop_proxy ;;
+          noshed) start_proxy "$WORK/noshed.toml"; run "proxy, shed_queue_delay=0s, ${f}x capacity" "127.0.0.1:$PORT"; stop_proxy ;;
+        esac
+      done
+    done
+  done
+  ROUNDS_DONE=1
+fi
+
 for r in $(seq 1 "$ROUNDS"); do
+  [ -n "${ROUNDS_DONE:-}" ] && break
   case $((r % 3)) in
     1) order="shed noshed direct" ;; 2) order="noshed direct shed" ;; *) order="direct shed noshed" ;;
   esac
@@ -83,16 +123,20 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" <<'EOF'
+python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "${CAP:-}" "$CAP_GOOD" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+cap, cap_good = sys.argv[5], sys.argv[6]
 print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}")
+if cap:
+    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding on): {cap} req/s, goodput {cap_good} FRESH+STALE/s; the last run's rate is shown above, each row names its factor.")
 print()
-print("| target | offered req/s | answered req/s | goodput (FRESH+STALE)/s | p99 | max | OVERLOADED answers | shed counter | other errors |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors |" + (" goodput / capacity's |" if cap else ""))
+print("|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
 for name in dict.fromkeys(r[0] for r in rows):
     rs = [r for r in rows if r[0] == name]
     med = lambda i: statistics.median(float(r[i]) for r in rs)
     shed = "-" if rs[0][7] == "-" else f"{med(7):.0f}"
-    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(1):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} |")
+    share = f" {med(3) / float(cap_good):.1%} |" if cap else ""
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} |{share}")
 EOF

@@ -5,6 +5,7 @@
 //! This stage never names Redis: it sees the store only through [`crate::store`]'s seam (a
 //! view's [`Layout`](crate::store::Layout) and the shard's [`Backend`]).
 
+mod answers;
 pub mod cache;
 pub mod coalescer;
 pub mod coherence;
@@ -18,23 +19,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
+use featureproxy_protocol::Status;
 
 use crate::config::registry::{Registry, View};
-use crate::store::{Backend, Change, Fetched, Stored, ViewId};
+use crate::store::{Backend, Change, ViewId};
 use crate::telemetry::counters::{CacheGauges, Served, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
+pub use answers::Answers;
+use answers::{put_row, Judged};
 use cache::{HotCache, KeyList, Probe};
 use coalescer::{Coalescer, Pending};
-
-/// What a GET is answered with: one status, age and row per entity, in request order.
-pub struct Answers {
-    pub statuses: Vec<EntityStatus>,
-    pub ages: Vec<u32>,
-    /// The rows, one after another, `row_bytes` each: hits were copied in from the cache when
-    /// the read started, the rest when it finished.
-    pub rows: Vec<u8>,
-}
 
 /// One shard's reading stage. Owned by the shard's thread: nothing here is shared with another
 /// shard, so no lock is ever taken.
@@ -181,11 +175,8 @@ impl Reader {
     /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
     /// Judges what each entity got, fills the cache with what the store answered, and counts.
     pub fn finish(&self, view: &View, entities: &[Bytes], lookup: Lookup) -> Answers {
-        let Lookup { sources, mut rows } = lookup;
-        let n = entities.len();
-        let rb = view.row_bytes;
-        let mut statuses = Vec::with_capacity(n);
-        let mut ages = Vec::with_capacity(n);
+        let Lookup { sources, rows } = lookup;
+        let mut answers = Answers::new(entities.len(), view.row_bytes, rows);
         let mut served = Served::default();
         let now_ms = freshness::now_ms();
         let mut scratch = self.scratch.borrow_mut();
@@ -198,30 +189,29 @@ impl Reader {
         hits.clear();
         let mut histograms = self.histograms.borrow_mut();
         for (i, (entity, source)) in entities.iter().zip(&sources).enumerate() {
-            let dst = &mut rows[i * rb..(i + 1) * rb];
-            let (status, age, computed_at_ms) = match source {
+            let judged = match source {
                 Source::Cached { computed_at_ms } => {
-                    judge_cached(view, *computed_at_ms, now_ms, dst)
+                    Answers::judge_cached(view, *computed_at_ms, now_ms)
                 }
                 Source::Store(p) => {
-                    let got = resolve(view, p, now_ms, dst);
-                    if matches!(got.0, Status::Fresh | Status::Stale) && p.batch.cacheable(p.index)
+                    let judged = answers.judge_fetched(view, i, p, now_ms);
+                    if matches!(judged.status, Status::Fresh | Status::Stale)
+                        && p.batch.cacheable(p.index)
                     {
                         keys.push_with(|b| cache_key_into(b, view.id, entity));
-                        hits.push((i, got.2));
+                        hits.push((i, judged.computed_at_ms));
                     }
-                    got
+                    judged
                 }
-                Source::Unavailable => defaults(view, Status::Degraded, dst),
-                Source::NoSuchKey => defaults(view, Status::Invalid, dst),
+                Source::Unavailable => Judged::defaults(Status::Degraded),
+                Source::NoSuchKey => Judged::defaults(Status::Invalid),
             };
-            let cached = matches!(source, Source::Cached { .. }) && !status.is_default();
-            served.count(status, cached);
-            if computed_at_ms != 0 {
-                histograms.record_age(view.id, age);
+            let cached = matches!(source, Source::Cached { .. }) && !judged.status.is_default();
+            served.count(judged.status, cached);
+            if judged.computed_at_ms != 0 {
+                histograms.record_age(view.id, judged.age);
             }
-            statuses.push(EntityStatus::new(status, cached));
-            ages.push(age);
+            answers.push(&judged, cached);
         }
         if let Some(vs) = self.stats.view(view.id) {
             vs.add_served(&served);
@@ -230,16 +220,12 @@ impl Reader {
         if !keys.is_empty() {
             let row = |j: usize| {
                 let (i, computed_at_ms) = hits[j];
-                (computed_at_ms, &rows[i * rb..(i + 1) * rb])
+                (computed_at_ms, answers.row(view, i))
             };
             cache.insert_many(keys, row, view.hot_cache_ttl, Instant::now(), probes);
         }
         publish(&self.stats.cache, &cache);
-        Answers {
-            statuses,
-            ages,
-            rows,
-        }
+        answers
     }
 
     /// Drops whatever this shard holds for rows that changed in the store.
@@ -301,14 +287,6 @@ fn cache_key_into(buf: &mut Vec<u8>, view: ViewId, entity: &[u8]) {
     buf.extend_from_slice(entity);
 }
 
-/// Copies `row` into its place in a reply; a row of another length (never stored: layouts check
-/// it) is cut or padded with zeros rather than shifting the rows after it.
-fn put_row(dst: &mut [u8], row: &[u8]) {
-    let n = dst.len().min(row.len());
-    dst[..n].copy_from_slice(&row[..n]);
-    dst[n..].fill(0);
-}
-
 /// Copies the cache's own counts to the shard's gauges, for the operators' endpoint.
 fn publish(gauges: &CacheGauges, cache: &HotCache) {
     let c = cache.counts();
@@ -343,56 +321,6 @@ async fn wait_until(sources: &[Source], deadline: Instant) {
     }
 }
 
-/// The status, age and computed-at time (0 where none) of one entity's answer; its row has been
-/// written into its place.
-type Judged = (Status, u32, u64);
-
-/// The view's defaults, with `status` saying why.
-fn defaults(view: &View, status: Status, dst: &mut [u8]) -> Judged {
-    put_row(dst, &view.default_row);
-    (status, AGE_UNKNOWN, 0)
-}
-
-/// What the store answered for one entity, judged and put in place.
-fn resolve(view: &View, p: &Pending, now_ms: u64, dst: &mut [u8]) -> Judged {
-    let Some(result) = p.batch.result() else {
-        return defaults(view, Status::Degraded, dst);
-    };
-    match result.get(p.index) {
-        None | Some(Fetched::Failed(_)) => defaults(view, Status::Degraded, dst),
-        Some(fetched) => match view.layout.decode(fetched) {
-            Stored::Absent => defaults(view, Status::Missing, dst),
-            Stored::Invalid => defaults(view, Status::Invalid, dst),
-            Stored::Row {
-                computed_at_ms,
-                row,
-            } => {
-                let age = freshness::age_ms(now_ms, computed_at_ms);
-                match freshness::freshness(view, age) {
-                    Status::Expired => {
-                        put_row(dst, &view.default_row);
-                        (Status::Expired, age, computed_at_ms)
-                    }
-                    status => {
-                        put_row(dst, &row);
-                        (status, age, computed_at_ms)
-                    }
-                }
-            }
-        },
-    }
-}
-
-/// FRESH or STALE for a cached row (already in `dst`), or EXPIRED with the defaults, by its age.
-fn judge_cached(view: &View, computed_at_ms: u64, now_ms: u64, dst: &mut [u8]) -> Judged {
-    let age = freshness::age_ms(now_ms, computed_at_ms);
-    let status = freshness::freshness(view, age);
-    if status == Status::Expired {
-        put_row(dst, &view.default_row);
-    }
-    (status, age, computed_at_ms)
-}
-
 #[cfg(test)]
 mod tests {
     //! The reading stage against a backend of the test's own: the seam promises one outcome per
@@ -406,7 +334,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::store::{Failure, Layout, ReadKey, StoreError, WriteItem};
+    use crate::store::{Failure, Fetched, Layout, ReadKey, StoreError, WriteItem};
 
     /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
     /// breaker (never asked), anything else a fresh row of 7.0s.
@@ -537,7 +465,7 @@ mod tests {
                     (Status::Fresh, false),
                 ]
             );
-            let row = |a: &Answers, i: usize| a.rows[i * 64..(i + 1) * 64].to_vec();
+            let row = |a: &Answers, i: usize| a.row(&view, i).to_vec();
             assert_eq!(&row(&first, 0)[..4], &7.0f32.to_le_bytes());
             assert_eq!(row(&first, 1), view.default_row);
             assert_eq!(row(&first, 3), view.default_row);

@@ -11,7 +11,7 @@ use featureproxy_protocol::{
 };
 
 use super::Serving;
-use crate::reading::{Answers, Lookup};
+use crate::reading::Lookup;
 use crate::store::ViewId;
 
 /// A checked GET whose read has started.
@@ -80,11 +80,7 @@ impl Serving {
             Response::Error(err).encode(out, request_id);
             return;
         };
-        let Answers {
-            statuses,
-            ages,
-            rows,
-        } = self.reader.finish(view, &work.entities, work.lookup);
+        let answers = self.reader.finish(view, &work.entities, work.lookup);
         self.histograms
             .borrow_mut()
             .record_get(view.id, work.started.elapsed());
@@ -94,9 +90,9 @@ impl Serving {
             view.id,
             view.schema_id,
             view.row_bytes as u32,
-            &statuses,
-            &ages,
-            (0..statuses.len()).map(|i| &rows[i * view.row_bytes..(i + 1) * view.row_bytes]),
+            &answers.statuses,
+            &answers.ages,
+            answers.rows(view),
         );
     }
 }

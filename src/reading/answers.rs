@@ -1,0 +1,194 @@
+//! What a GET is answered with: one status, age and row per entity, in request order, and where
+//! each row's bytes are. A row the store sent is read in place from the store's read buffer
+//! until the reply is encoded (its only copy is into the reply); a row from the hot cache was
+//! copied out when the read started (the cache lends rows only while it is borrowed), and so
+//! was a row the layout had to decode into our packed form (Feast's).
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
+
+use super::coalescer::{BatchResult, Pending};
+use super::freshness;
+use crate::config::registry::View;
+use crate::store::{Fetched, Stored};
+
+/// The answers to one GET.
+pub struct Answers {
+    pub statuses: Vec<EntityStatus>,
+    pub ages: Vec<u32>,
+    rows: Vec<RowRef>,
+    /// `row_bytes` per entity, at the entity's index: the rows copied in (cache hits, decoded
+    /// rows); the other places are unused.
+    block: Vec<u8>,
+    /// The store batches whose rows are served in place.
+    results: Vec<Rc<BatchResult>>,
+    row_bytes: usize,
+}
+
+/// Where one entity's row is.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RowRef {
+    /// In the block, at the entity's index.
+    Block,
+    /// In place in the store's answer: slot `index` of batch result `result`.
+    Fetched { result: usize, index: usize },
+    /// The view's defaults.
+    Default,
+}
+
+/// One entity judged: its status, age, when its value was computed (0 where none) and where
+/// its row is.
+pub(super) struct Judged {
+    pub status: Status,
+    pub age: u32,
+    pub computed_at_ms: u64,
+    pub row: RowRef,
+}
+
+impl Judged {
+    /// The view's defaults, with `status` saying why.
+    pub fn defaults(status: Status) -> Judged {
+        Judged {
+            status,
+            age: AGE_UNKNOWN,
+            computed_at_ms: 0,
+            row: RowRef::Default,
+        }
+    }
+}
+
+impl Answers {
+    /// Answers for `n` entities of rows of `row_bytes`, with `block` holding the rows copied in
+    /// so far (cache hits).
+    pub(super) fn new(n: usize, row_bytes: usize, block: Vec<u8>) -> Answers {
+        Answers {
+            statuses: Vec::with_capacity(n),
+            ages: Vec::with_capacity(n),
+            rows: Vec::with_capacity(n),
+            block,
+            results: Vec::new(),
+            row_bytes,
+        }
+    }
+
+    pub(super) fn push(&mut self, judged: &Judged, cached: bool) {
+        self.statuses.push(EntityStatus::new(judged.status, cached));
+        self.ages.push(judged.age);
+        self.rows.push(judged.row);
+    }
+
+    /// The row served for entity `i`.
+    pub fn row<'a>(&'a self, view: &'a View, i: usize) -> &'a [u8] {
+        match self.rows[i] {
+            RowRef::Block => &self.block[i * self.row_bytes..(i + 1) * self.row_bytes],
+            RowRef::Fetched { result, index } => {
+                match self.results[result]
+                    .get(index)
+                    .map(|f| view.layout.decode(f))
+                {
+                    Some(Stored::Row {
+                        row: Cow::Borrowed(row),
+                        ..
+                    }) => row,
+                    // Only rows the layout lends are kept in place (see `judge_fetched`).
+                    _ => &view.default_row,
+                }
+            }
+            RowRef::Default => &view.default_row,
+        }
+    }
+
+    /// Every entity's row, in request order.
+    pub fn rows<'a>(&'a self, view: &'a View) -> impl Iterator<Item = &'a [u8]> + 'a {
+        (0..self.rows.len()).map(move |i| self.row(view, i))
+    }
+
+    /// A cached row, already in the block: FRESH or STALE by its age, or EXPIRED with the
+    /// defaults.
+    pub(super) fn judge_cached(view: &View, computed_at_ms: u64, now_ms: u64) -> Judged {
+        let age = freshness::age_ms(now_ms, computed_at_ms);
+        let status = freshness::freshness(view, age);
+        Judged {
+            status,
+            age,
+            computed_at_ms,
+            row: if status == Status::Expired {
+                RowRef::Default
+            } else {
+                RowRef::Block
+            },
+        }
+    }
+
+    /// What the store answered for entity `i`, judged; its row stays where the store put it
+    /// (or, decoded into a form of the layout's own, is copied into the block).
+    pub(super) fn judge_fetched(
+        &mut self,
+        view: &View,
+        i: usize,
+        p: &Pending,
+        now_ms: u64,
+    ) -> Judged {
+        let Some(result) = p.batch.result() else {
+            return Judged::defaults(Status::Degraded);
+        };
+        let Some(fetched) = result.get(p.index) else {
+            return Judged::defaults(Status::Degraded);
+        };
+        let (computed_at_ms, in_place) = match fetched {
+            Fetched::Failed(_) => return Judged::defaults(Status::Degraded),
+            fetched => match view.layout.decode(fetched) {
+                Stored::Absent => return Judged::defaults(Status::Missing),
+                Stored::Invalid => return Judged::defaults(Status::Invalid),
+                Stored::Row {
+                    computed_at_ms,
+                    row,
+                } => {
+                    let in_place = matches!(row, Cow::Borrowed(_));
+                    if let Cow::Owned(row) = row {
+                        let rb = self.row_bytes;
+                        put_row(&mut self.block[i * rb..(i + 1) * rb], &row);
+                    }
+                    (computed_at_ms, in_place)
+                }
+            },
+        };
+        let age = freshness::age_ms(now_ms, computed_at_ms);
+        let status = freshness::freshness(view, age);
+        let row = match (status, in_place) {
+            (Status::Expired, _) => RowRef::Default,
+            (_, false) => RowRef::Block,
+            (_, true) => RowRef::Fetched {
+                result: self.result_index(result),
+                index: p.index,
+            },
+        };
+        Judged {
+            status,
+            age,
+            computed_at_ms,
+            row,
+        }
+    }
+
+    /// The answers' index of a batch result, kept once however many entities it serves.
+    fn result_index(&mut self, result: Rc<BatchResult>) -> usize {
+        match self.results.iter().rposition(|r| Rc::ptr_eq(r, &result)) {
+            Some(i) => i,
+            None => {
+                self.results.push(result);
+                self.results.len() - 1
+            }
+        }
+    }
+}
+
+/// Copies `row` into its place in the block; a row of another length (never stored: layouts
+/// check it) is cut or padded with zeros rather than shifting the rows after it.
+pub(super) fn put_row(dst: &mut [u8], row: &[u8]) {
+    let n = dst.len().min(row.len());
+    dst[..n].copy_from_slice(&row[..n]);
+    dst[n..].fill(0);
+}
