@@ -3,7 +3,7 @@
 # and with --bypass-cache), Redis directly, twemproxy and the protocol's floor (`loadgen floor`),
 # under the same loads, interleaved round by round so that drift on a shared box hits all alike.
 #
-#   benches/cost.sh                 full run (about 16 minutes): writes its section of
+#   benches/cost.sh                 full run (about 20 minutes): writes its section of
 #                                   benches/RESULTS.md (between the cost.sh markers; the rest of the
 #                                   file is left alone) and per-run files in benches/results/cost/
 #   benches/cost.sh --quick         smoke (about a minute): small and short, into a temporary
@@ -21,8 +21,9 @@
 # entities per GET in a closed loop (16 connections x 1 in flight), over user_features (16 x f32),
 # Zipf 0.99 over 1,000,000 entities seeded once through the proxy (re-seeded between rounds only
 # if the rows would otherwise grow older than the view's max_staleness within the next round);
-# and the 1-entity load over the first 1,000 of them ("hot": a hot set that fits the cache), for
-# the proxies, Redis and the floor. The proxy runs twice: with 2 shards (one per core here) and
+# the 1-entity load over the first 1,000 of them ("hot": a hot set that fits the cache), for
+# the proxies, Redis and the floor; and 1 entity per GET in a closed loop of 50 connections x 1
+# in flight ("c50": 50 callers in turn, for throughput), for the proxies, Redis and twemproxy. The proxy runs twice: with 2 shards (one per core here) and
 # with 1 (what the README advises where the proxy shares its cores, as on this box).
 # Every server process is charged with `loadgen run --server-pid` (utime+stime over the measured
 # window): the proxy and Redis, twemproxy and Redis, Redis alone, the floor alone.
@@ -204,10 +205,18 @@ SERVERS+=("$(rel "$LG") floor --listen 127.0.0.1:$FLP --view user_features    # 
 TARGETS=(proxy proxy-bypass proxy1 proxy1-bypass redis)
 [ -n "$TWEM_PID" ] && TARGETS+=(twem)
 TARGETS+=(floor)
-LOADS=(1e hot b100)
+LOADS=(1e hot c50 b100)
 # The hot load (1,000 entities, all of which fit the hot cache) runs only against these.
 HOT_TARGETS=" proxy proxy1 redis floor "
-runs_load() { [ "$1" != hot ] || [[ "$HOT_TARGETS" == *" $2 "* ]]; } # LOAD TARGET
+# The closed loop of 50 callers measures throughput: against the proxies, Redis and twemproxy.
+C50_TARGETS=" proxy proxy1 redis twem "
+runs_load() { # LOAD TARGET
+  case $1 in
+    hot) [[ "$HOT_TARGETS" == *" $2 "* ]] ;;
+    c50) [[ "$C50_TARGETS" == *" $2 "* ]] ;;
+    *) true ;;
+  esac
+}
 log "redis :$RP, proxy :$PP${TWEM_PID:+, twemproxy :$TP}, floor :$FLP; ${#TARGETS[@]} targets x ${#LOADS[@]} loads x $ROUNDS round(s) of ${WARM} + ${DUR}; files in $OUT"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -229,6 +238,7 @@ run_one() {
   local label="cost/$load/$tgt/r$r" file="${load}_${tgt}_r$r"
   case $load in
     1e | hot) args=(--rate "$RATE" --connections 4) ;;
+    c50) args=(--closed --connections 50 --inflight 1) ;;
     b100) args=(--closed --batch 100 --connections 16 --inflight 1) ;;
   esac
   case $tgt in
@@ -276,7 +286,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   if [ $(( $(date +%s) - LAST_SEED )) -gt $SEED_MAX_AGE ]; then seed; fi
   mapfile -t ORDER < <(order "$r")
   loads=("${LOADS[@]}")
-  [ $((r % 2)) = 0 ] && loads=("${LOADS[2]}" "${LOADS[1]}" "${LOADS[0]}")
+  [ $((r % 2)) = 0 ] && loads=("${LOADS[3]}" "${LOADS[2]}" "${LOADS[1]}" "${LOADS[0]}")
   log "round $r/$ROUNDS: ${ORDER[*]}"
   for load in "${loads[@]}"; do
     for tgt in "${ORDER[@]}"; do runs_load "$load" "$tgt" && run_one "$load" "$tgt" "$r"; done
@@ -331,13 +341,14 @@ tables() {
     END {
       title["1e"] = "1 entity, open loop " rate " req/s"; title["b100"] = "100 entities, closed loop 16 x 1"
       title["hot"] = "1 entity, 1,000 hot entities, open loop " rate " req/s"
-      nl = split("1e hot b100", loads, " "); nt = split("proxy proxy-bypass proxy1 proxy1-bypass redis twem floor", tgts, " ")
+      title["c50"] = "1 entity, closed loop 50 x 1"
+      nl = split("1e hot c50 b100", loads, " "); nt = split("proxy proxy-bypass proxy1 proxy1-bypass redis twem floor", tgts, " ")
       tname["proxy"] = "featureproxy, 2 shards, hot cache on"; tname["proxy-bypass"] = "featureproxy, 2 shards, --bypass-cache"
       tname["proxy1"] = "featureproxy, 1 shard, hot cache on"; tname["proxy1-bypass"] = "featureproxy, 1 shard, --bypass-cache"
       tname["redis"] = "Redis directly"; tname["twem"] = "twemproxy"; tname["floor"] = "loadgen floor"
       for (l = 1; l <= nl; l++) {
         load = loads[l]
-        print "### " (load == "1e" ? "1 entity per GET, open loop at " rate " req/s, 4 connections" : load == "hot" ? "1 entity per GET from a hot set that fits the cache (Zipf 0.99 over 1,000 entities), open loop at " rate " req/s, 4 connections" : "100 entities per GET, closed loop, 16 connections x 1 in flight")
+        print "### " (load == "1e" ? "1 entity per GET, open loop at " rate " req/s, 4 connections" : load == "hot" ? "1 entity per GET from a hot set that fits the cache (Zipf 0.99 over 1,000 entities), open loop at " rate " req/s, 4 connections" : load == "c50" ? "1 entity per GET, closed loop, 50 connections x 1 in flight (50 callers calling in turn)" : "100 entities per GET, closed loop, 16 connections x 1 in flight")
         print ""
         print "| target | server CPU µs/request | µs/entity | by process, µs/request | achieved req/s | p50 | p99 | errors | rows served | command (round 1) |"
         print "|---|---|---|---|---|---|---|---|---|---|"
@@ -375,10 +386,16 @@ tables() {
         ratio(load, "(proxy + Redis) / (twemproxy + Redis) (1 shard, --bypass-cache)", "proxy1-bypass", "total", "twem", "total")
         ratio(load, "(proxy + Redis) / (twemproxy + Redis) (2 shards, cache on)", "proxy", "total", "twem", "total")
         ratio(load, "(proxy + Redis) / (twemproxy + Redis) (2 shards, --bypass-cache)", "proxy-bypass", "total", "twem", "total")
+        ratio(load, "(twemproxy + Redis) / Redis direct, for scale", "twem", "total", "redis", "total")
+        if (load == "c50") {
+          ratio(load, "throughput: proxy / Redis direct (1 shard, cache on)", "proxy1", "rps", "redis", "rps")
+          ratio(load, "throughput: proxy / Redis direct (2 shards, cache on)", "proxy", "rps", "redis", "rps")
+          ratio(load, "throughput: proxy / twemproxy (1 shard, cache on)", "proxy1", "rps", "twem", "rps")
+          ratio(load, "throughput: proxy / twemproxy (2 shards, cache on)", "proxy", "rps", "twem", "rps")
+        }
         if (load != "b100") continue
         ratio(load, "entities/s: proxy / Redis direct (1 shard, cache on)", "proxy1", "rps", "redis", "rps")
         ratio(load, "entities/s: proxy / Redis direct (2 shards, cache on)", "proxy", "rps", "redis", "rps")
-        ratio(load, "(twemproxy + Redis) / Redis direct, for scale", "twem", "total", "redis", "total")
       }
     }' "$CMDS" "$TSV"
 }
@@ -395,7 +412,7 @@ SECTION="$RUN_DIR/section.md"
   echo "- What is measured: the CPU time (user + system, every thread) each server process used over each run's measured window (\`loadgen run --server-pid\`, from \`/proc/PID/stat\`, sampled when the window opens and when it closes, in $(getconf CLK_TCK 2>/dev/null || echo 100) ticks/s), divided by the requests and by the entities answered in that window. The proxy's figure is charged with Redis's (the work it asks of Redis), twemproxy's likewise; Redis direct and the floor stand alone."
   echo "- The floor is \`loadgen floor\`: one thread that decodes every frame with featureproxy-protocol's decoder (as the proxy does) and answers each GET with a canned reply of the right size (FRESH, rows of zeros), one write per read. What the proxy costs above it is the price of real rows: reading Redis, caching, assembling replies."
   echo "- $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), Linux $(uname -r); everything on this host, sharing the cores: redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), featureproxy (release, once with \`--shards 2\` and once with \`--shards 1\`), ${NUTCRACKER:+twemproxy ($($NUTCRACKER --version 2>&1 | head -1 | sed 's/^This is //')), }the floor and loadgen (1 sender + 1 receiver thread), $PRIO_NOTE. Load average $LOAD_START at the start, $LOAD_END at the end."
-  echo "- $ENTITIES entities of \`user_features\` (16 x f32) seeded through the proxy, Zipf 0.99; \`rows served\` is the share answered with a stored row (fresh or stale). $ROUNDS round(s); each round runs both loads against every target, in a different order each round; each run is $WARM of warm-up then $DUR measured. Tables give the median over the rounds."
+  echo "- $ENTITIES entities of \`user_features\` (16 x f32) seeded through the proxy, Zipf 0.99; \`rows served\` is the share answered with a stored row (fresh or stale). $ROUNDS round(s); each round runs every load against its targets, in a different order each round; each run is $WARM of warm-up then $DUR measured. Tables give the median over the rounds."
   echo "- The open-loop load is the like-for-like one: every target does the same work at the same rate. In the closed loop each target runs as fast as it can, and a server that answers faster finds more requests per wake-up, so its CPU per request is lower partly because of its speed."
   [ -n "$TWEM_NOTE" ] && echo "- $TWEM_NOTE"
   echo

@@ -8,7 +8,8 @@
 #   FACTORS="2 4" benches/overload.sh [ROUNDS]
 #                                          overload by measured capacity instead of bursts: the
 #                                          proxy's capacity under this load is measured first
-#                                          (closed loop, 4 connections x 64 in flight, 10 s), then
+#                                          (closed loop, 4 connections x 64 in flight, 10 s,
+#                                          shedding off; FRESH+STALE answers per second), then
 #                                          each factor F offers F x capacity, steady, to the proxy
 #                                          with shedding on and off; goodput is also given as a
 #                                          share of the capacity's goodput
@@ -72,24 +73,26 @@ j = json.load(open(sys.argv[1]))
 lat, st = j["latency_us"], j["statuses"]
 good = (st["fresh"] + st["stale"]) / j["duration_s"]
 # Goodput counts entities; offered is in requests: scale it to entities for the share.
-batch = j["entities_per_s"] / j["achieved_rps"] if j["achieved_rps"] else 1
+batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
 over = sum(v for k, v in j["errors"].items() if "OVERLOADED" in k)
-print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}")
+print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}\t{100 * j['late_share']:.1f}")
 EOF
 }
 
 FACTORS=${FACTORS:-}
 CAP_GOOD=""
 if [ -n "$FACTORS" ]; then
-  echo "measuring capacity (closed loop)" >&2
-  start_proxy "$WORK/shed.toml"
+  echo "measuring capacity (closed loop, shedding off)" >&2
+  start_proxy "$WORK/noshed.toml"
   "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
     --inflight 64 --duration 10s --warmup 3s --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
     --json "$WORK/capacity.json" >/dev/null 2>&1
   stop_proxy
   read -r CAP CAP_GOOD < <(python3 -c 'import json, sys
 j = json.load(open(sys.argv[1]))
-print(round(j["achieved_rps"]), round((j["statuses"]["fresh"] + j["statuses"]["stale"]) / j["duration_s"]))' "$WORK/capacity.json")
+good = (j["statuses"]["fresh"] + j["statuses"]["stale"]) / j["duration_s"]
+batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
+print(round(good / batch), round(good))' "$WORK/capacity.json")
   echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s" >&2
   for r in $(seq 1 "$ROUNDS"); do
     for f in $FACTORS; do
@@ -129,14 +132,14 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 cap, cap_good = sys.argv[5], sys.argv[6]
 print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}")
 if cap:
-    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding on): {cap} req/s, goodput {cap_good} FRESH+STALE/s; the last run's rate is shown above, each row names its factor.")
+    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding off): {cap} requests/s answered FRESH or STALE ({cap_good} entities/s); the command above is the last run's, each row names its factor.")
 print()
-print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors |" + (" goodput / capacity's |" if cap else ""))
-print("|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
+print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors | loadgen sends > 1 ms late |" + (" goodput / capacity's |" if cap else ""))
+print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
 for name in dict.fromkeys(r[0] for r in rows):
     rs = [r for r in rows if r[0] == name]
     med = lambda i: statistics.median(float(r[i]) for r in rs)
     shed = "-" if rs[0][7] == "-" else f"{med(7):.0f}"
     share = f" {med(3) / float(cap_good):.1%} |" if cap else ""
-    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} |{share}")
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} | {med(10):.1f}% |{share}")
 EOF

@@ -17,6 +17,7 @@ use crate::reading::cache::HotCache;
 use crate::reading::coalescer::Coalescer;
 use crate::reading::coherence::{Invalidation, Peers};
 use crate::reading::Reader;
+use crate::serving::overload::Pressure;
 use crate::serving::{accept, Serving};
 use crate::store::redis;
 use crate::telemetry::counters::ShardStats;
@@ -122,6 +123,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         reader,
         backend: backend.clone(),
         peers,
+        pressure: RefCell::new(Pressure::new(settings.shed_queue_delay)),
     });
     // Give Redis a moment before taking clients (they queue in the listen backlog meanwhile), so
     // the first requests after start do not get defaults for nothing. A Redis that is down stays

@@ -13,6 +13,12 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// The op of the frame at the front of `buf`, once its header has arrived (a server deciding
+/// whether it may still take the frame, before decoding it).
+pub fn peek_op(buf: &[u8]) -> Option<u8> {
+    buf.get(4).copied()
+}
+
 /// Splits the next whole frame off the front of `buf`.
 ///
 /// Returns `Ok(None)` while the frame is incomplete (read more and call again). The header is

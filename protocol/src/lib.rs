@@ -15,7 +15,7 @@ mod response;
 mod types;
 
 pub use error::ProtocolError;
-pub use frame::{decode_frame, encode_frame, Frame, FrameWriter};
+pub use frame::{decode_frame, encode_frame, peek_op, Frame, FrameWriter};
 pub use request::{GetRequest, Hello, PutEntries, PutEntry, PutRequest, Request};
 pub use response::{
     encode_get_response, get_response_len, FeatureSpec, GetResponse, HelloReply, Response,

@@ -7,14 +7,15 @@
 //! Backpressure: past `max_inflight_per_connection` requests waiting on the store, or once
 //! `max_frame` bytes of replies wait for a client that does not read them, the connection stops
 //! reading from its socket (TCP pushes back on the client) instead of queueing without bound.
-//! Overload: while the connection's queue would take longer than `shed_queue_delay` to serve,
-//! its GETs are shed ([`super::overload`]).
+//! Overload: while the connection's queue would take longer than `shed_queue_delay` to serve, or
+//! a queue stands in the shard and the connection has many requests in flight, its GETs are
+//! shed ([`super::overload`]), past the in-flight limit too.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use featureproxy_protocol::{decode_frame, ErrorCode, Limits, Op, ProtocolError, Request};
+use featureproxy_protocol::{decode_frame, peek_op, ErrorCode, Limits, Op, ProtocolError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use super::dispatch::dispatch;
 use super::inflight::InFlight;
 use super::outbox::Outbox;
-use super::overload::Backlog;
+use super::overload::{Backlog, SHED_FLOOR};
 use super::session::Session;
 use super::Serving;
 use crate::telemetry::counters::CloseReason;
@@ -62,14 +63,16 @@ pub async fn serve(
     loop {
         // Serve every complete frame, unless the connection is at one of its limits.
         let mut shed = 0;
-        while closing.is_none() && inflight.len() < max_inflight && outbox.len() < max_waiting {
+        while closing.is_none() && outbox.len() < max_waiting {
+            let shedding = sheds(&backlog, &serving, inflight.len());
+            if !may_take(inflight.len(), max_inflight, shedding, &rbuf) {
+                break;
+            }
             let before = rbuf.len();
             let decoded = decode_frame(&mut rbuf, limits.max_frame);
             backlog.consumed(before - rbuf.len());
             match decoded {
-                Ok(Some(frame))
-                    if backlog.shedding() && frame.op == Op::Get as u8 && session.is_open() =>
-                {
+                Ok(Some(frame)) if shedding && frame.op == Op::Get as u8 && session.is_open() => {
                     backlog.shed(&mut outbox.pending(), frame.request_id);
                     shed += 1;
                 }
@@ -126,8 +129,10 @@ pub async fn serve(
             break;
         }
 
-        let reading =
-            closing.is_none() && inflight.len() < max_inflight && outbox.len() < max_waiting;
+        let shedding = sheds(&backlog, &serving, inflight.len());
+        let reading = closing.is_none()
+            && may_take(inflight.len(), max_inflight, shedding, &rbuf)
+            && outbox.len() < max_waiting;
         // Part of a frame is in: the rest must follow within frame_timeout, so a peer cannot
         // hold a half frame (and its buffer) open forever.
         let half_frame = reading && !rbuf.is_empty();
@@ -168,4 +173,17 @@ pub async fn serve(
     let _ = wr.shutdown().await;
     let reason = closing.unwrap_or(CloseReason::Peer);
     stats.connections_closed[reason as usize].inc();
+}
+
+/// Whether this connection's GETs are shed now: its own backlog is too long, or a queue stands
+/// in the shard and it has more than [`SHED_FLOOR`] requests in flight.
+fn sheds(backlog: &Backlog, serving: &Serving, inflight: usize) -> bool {
+    backlog.shedding() || (inflight > SHED_FLOOR && serving.pressure.borrow().standing())
+}
+
+/// Whether the connection may take the frame at the front of `rbuf` (or read to find one):
+/// below its in-flight limit always; at the limit only while shedding, and only GETs (which are
+/// answered OVERLOADED at once), so that a flood is shed rather than left unread in the kernel.
+fn may_take(inflight: usize, max_inflight: usize, shedding: bool, rbuf: &[u8]) -> bool {
+    inflight < max_inflight || (shedding && peek_op(rbuf).is_none_or(|op| op == Op::Get as u8))
 }

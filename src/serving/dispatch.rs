@@ -37,6 +37,9 @@ pub fn dispatch(
                 let out = outbox.clone();
                 wait_for_store(serving, outbox, inflight, op, rid, async move {
                     work.wait().await;
+                    let now = Instant::now();
+                    let waited = now.saturating_duration_since(started);
+                    serving2.pressure.borrow_mut().record(waited, now);
                     out.push(|b| serving2.finish_get(work, b, rid));
                     Ok(())
                 });

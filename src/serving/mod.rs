@@ -46,6 +46,9 @@ pub struct Serving {
     pub backend: Rc<dyn Backend>,
     /// The other shards, for invalidating their caches on PUT.
     pub peers: Peers,
+    /// Whether a queue stands in this shard (GETs waiting on the store too long): connections
+    /// with many requests in flight shed while it does.
+    pub pressure: RefCell<overload::Pressure>,
 }
 
 impl Serving {

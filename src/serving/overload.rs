@@ -10,6 +10,15 @@
 //! GET, so shedding drains the queue quickly and the shard keeps serving at capacity. The oldest
 //! requests (at the front of the queue, already late) are the ones shed. Per connection: a client
 //! that floods sheds its own requests, not other clients'.
+//!
+//! That estimate sees only what has reached the proxy's socket buffer, which holds few large
+//! requests; and requests already admitted can queue inside the shard (for the store, behind
+//! one another's batches). So the shard also watches how long the requests that wait on the
+//! store take, CoDel-style ([`Pressure`]): when even the quickest of them over an interval took
+//! longer than `shed_queue_delay`, a queue is standing, and every connection with more than
+//! [`SHED_FLOOR`] requests in flight has its further GETs shed, even past
+//! `max_inflight_per_connection` (where it would otherwise stop reading and leave the queue in
+//! the kernel and the client, out of sight), until the queue has drained.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -19,6 +28,57 @@ use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
 
 /// Weight of the newest pace sample in the moving average.
 const PACE_WEIGHT: f64 = 0.25;
+
+/// A connection with at most this many requests waiting on the store is never shed for the
+/// shard's standing queue: a caller that waits for its answers is not what makes the queue.
+pub const SHED_FLOOR: usize = 32;
+
+/// How long the shard watches its waiting requests before it judges whether a queue stands.
+const PRESSURE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether a queue stands in the shard: CoDel's test (Nichols and Jacobson, "Controlling Queue
+/// Delay", 2012) on the time requests that waited on the store took, from their read to their
+/// answer. A queue that drains within an interval lets at least one request through quickly; one
+/// that stands does not. Owned by the shard's thread.
+#[derive(Debug)]
+pub struct Pressure {
+    target: Duration,
+    interval_start: Option<Instant>,
+    /// The quickest wait in the current interval.
+    quickest: Duration,
+    standing: bool,
+}
+
+impl Pressure {
+    /// Judges against `target` (`shed_queue_delay`); a zero target never reports a queue.
+    pub fn new(target: Duration) -> Pressure {
+        Pressure {
+            target,
+            interval_start: None,
+            quickest: Duration::MAX,
+            standing: false,
+        }
+    }
+
+    /// A request that waited on the store was answered `waited` after it was read.
+    pub fn record(&mut self, waited: Duration, now: Instant) {
+        if self.target.is_zero() {
+            return;
+        }
+        self.quickest = self.quickest.min(waited);
+        let start = *self.interval_start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= PRESSURE_INTERVAL {
+            self.standing = self.quickest > self.target;
+            self.interval_start = Some(now);
+            self.quickest = Duration::MAX;
+        }
+    }
+
+    /// True while the last interval's quickest wait was above the target.
+    pub fn standing(&self) -> bool {
+        self.standing
+    }
+}
 
 /// One connection's view of its own backlog.
 pub struct Backlog {
@@ -162,6 +222,35 @@ mod tests {
             }
         }
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_queue_stands_only_while_even_the_quickest_wait_is_above_target() {
+        let target = Duration::from_millis(10);
+        let mut p = Pressure::new(target);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // One interval of slow answers but one quick one: no standing queue.
+        for (at, waited) in [(0, 30), (20, 40), (50, 2), (90, 35), (100, 30)] {
+            p.record(ms(waited), t0 + ms(at));
+        }
+        assert!(!p.standing());
+        // The next interval: every answer slow.
+        for (at, waited) in [(120, 30), (150, 25), (199, 40), (200, 30)] {
+            p.record(ms(waited), t0 + ms(at));
+        }
+        assert!(p.standing());
+        // It ends with the first interval that lets one through quickly.
+        for (at, waited) in [(230, 40), (260, 3), (300, 40)] {
+            p.record(ms(waited), t0 + ms(at));
+        }
+        assert!(!p.standing());
+        // A zero target (shedding off) never reports a queue.
+        let mut off = Pressure::new(Duration::ZERO);
+        for at in 0..10 {
+            off.record(ms(500), t0 + ms(at * 50));
+        }
+        assert!(!off.standing());
     }
 
     #[test]
