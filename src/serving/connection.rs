@@ -187,3 +187,28 @@ fn sheds(backlog: &Backlog, serving: &Serving, inflight: usize) -> bool {
 fn may_take(inflight: usize, max_inflight: usize, shedding: bool, rbuf: &[u8]) -> bool {
     inflight < max_inflight || (shedding && peek_op(rbuf).is_none_or(|op| op == Op::Get as u8))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame header: length 8, the op, no flags, request id 1.
+    fn frame(op: Op) -> Vec<u8> {
+        vec![8, 0, 0, 0, op as u8, 0, 0, 0, 1, 0, 0, 0]
+    }
+
+    #[test]
+    fn past_the_in_flight_limit_only_gets_to_be_shed_are_taken() {
+        let (get, put) = (frame(Op::Get), frame(Op::Put));
+        // Below the limit: anything, shedding or not.
+        assert!(may_take(3, 128, false, &put));
+        assert!(may_take(3, 128, true, &get));
+        // At the limit, not shedding: nothing (TCP backpressure).
+        assert!(!may_take(128, 128, false, &get));
+        // At the limit, shedding: GETs (answered OVERLOADED), or more bytes to find one...
+        assert!(may_take(128, 128, true, &get));
+        assert!(may_take(200, 128, true, &[]));
+        // ...but never another request: it waits until the connection is below the limit.
+        assert!(!may_take(128, 128, true, &put));
+    }
+}
