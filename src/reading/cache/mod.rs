@@ -242,23 +242,7 @@ impl HotCache {
         probes: &mut Vec<Probe>,
         mut found: impl FnMut(usize, Hit<'_>),
     ) {
-        // Stage 1: hash, and find the entry whose tag matches, without reading any slot.
-        probes.clear();
-        for key in keys.iter() {
-            let hash = hash_of(&self.hasher, key);
-            let tag = tag_of(hash);
-            let candidate = self.table.find(hash, |e| e.tag == tag).map(|e| e.slot);
-            if let Some(i) = candidate {
-                prefetch(&self.slots[i as usize]);
-            }
-            probes.push(Probe { hash, candidate });
-        }
-        // Stage 2: the slots are on their way; ask for their keys and rows.
-        for p in probes.iter() {
-            if let Some(i) = p.candidate {
-                prefetch(self.slots[i as usize].data.as_ptr());
-            }
-        }
+        self.probe_all(keys, probes);
         // Stage 3: confirm each key and answer.
         for (index, (key, p)) in keys.iter().zip(probes.iter()).enumerate() {
             let i = match p.candidate {
@@ -272,6 +256,27 @@ impl HotCache {
             };
             if let Some(hit) = self.take_hit(i, now) {
                 found(index, hit);
+            }
+        }
+    }
+
+    /// The first two stages of a batch, for every key of `keys` into `probes`: hash, and find
+    /// the entry whose tag matches without reading any slot, prefetching the slot; then, the
+    /// slots being on their way, prefetch their keys and rows.
+    fn probe_all(&self, keys: &KeyList, probes: &mut Vec<Probe>) {
+        probes.clear();
+        for key in keys.iter() {
+            let hash = hash_of(&self.hasher, key);
+            let tag = tag_of(hash);
+            let candidate = self.table.find(hash, |e| e.tag == tag).map(|e| e.slot);
+            if let Some(i) = candidate {
+                prefetch(&self.slots[i as usize]);
+            }
+            probes.push(Probe { hash, candidate });
+        }
+        for p in probes.iter() {
+            if let Some(i) = p.candidate {
+                prefetch(self.slots[i as usize].data.as_ptr());
             }
         }
     }
@@ -325,21 +330,7 @@ impl HotCache {
         if ttl.is_zero() {
             return;
         }
-        probes.clear();
-        for key in keys.iter() {
-            let hash = hash_of(&self.hasher, key);
-            let tag = tag_of(hash);
-            let candidate = self.table.find(hash, |e| e.tag == tag).map(|e| e.slot);
-            if let Some(i) = candidate {
-                prefetch(&self.slots[i as usize]);
-            }
-            probes.push(Probe { hash, candidate });
-        }
-        for p in probes.iter() {
-            if let Some(i) = p.candidate {
-                prefetch(self.slots[i as usize].data.as_ptr());
-            }
-        }
+        self.probe_all(keys, probes);
         for (index, (key, p)) in keys.iter().zip(probes.iter()).enumerate() {
             let (computed_at_ms, row) = item(index);
             self.insert_hashed(key, p.hash, computed_at_ms, row, ttl, now);
@@ -596,214 +587,4 @@ fn join(key: &[u8], row: &[u8]) -> Box<[u8]> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TTL: Duration = Duration::from_secs(60);
-
-    fn key(i: u64) -> Vec<u8> {
-        format!("fp:v:v1:{i}").into_bytes()
-    }
-
-    #[test]
-    fn hit_returns_the_row_and_its_timestamp() {
-        let mut c = HotCache::new(1 << 20);
-        let now = Instant::now();
-        c.insert(b"k", 42, &[1, 2, 3], TTL, now);
-        assert_eq!(
-            c.get(b"k", now),
-            Some(Hit {
-                computed_at_ms: 42,
-                row: &[1, 2, 3]
-            })
-        );
-        assert_eq!(c.get(b"x", now), None);
-        assert_eq!((c.counts().hits, c.counts().misses), (1, 1));
-    }
-
-    #[test]
-    fn a_batch_finds_what_single_lookups_find() {
-        let mut c = HotCache::new(1 << 20);
-        let now = Instant::now();
-        for i in 0..200u64 {
-            let ttl = if i % 10 == 0 {
-                Duration::from_millis(5)
-            } else {
-                TTL
-            };
-            c.insert(&key(i), i, &i.to_le_bytes(), ttl, now);
-        }
-        // Cached, never cached, and expired keys, some twice in one batch.
-        let asked: Vec<u64> = (0..300).map(|n| (n * 7) % 260).collect();
-        let mut keys = KeyList::default();
-        for &i in &asked {
-            keys.push_with(|b| b.extend_from_slice(&key(i)));
-        }
-        let later = now + Duration::from_millis(10);
-        let mut got = Vec::new();
-        c.get_many(&keys, later, &mut Vec::new(), |index, hit| {
-            got.push((index, hit.computed_at_ms, hit.row.to_vec()))
-        });
-        let want: Vec<(usize, u64, Vec<u8>)> = asked
-            .iter()
-            .enumerate()
-            .filter(|&(_, &i)| i < 200 && i % 10 != 0)
-            .map(|(index, &i)| (index, i, i.to_le_bytes().to_vec()))
-            .collect();
-        assert_eq!(got, want);
-        assert_eq!(c.counts().hits, want.len() as u64);
-        assert_eq!(c.counts().misses, (asked.len() - want.len()) as u64);
-        assert_eq!(
-            c.counts().expirations,
-            20,
-            "each expired key is dropped once"
-        );
-        assert_eq!(c.entries(), 180);
-    }
-
-    #[test]
-    fn a_batch_of_inserts_does_what_single_inserts_do() {
-        let now = Instant::now();
-        let (mut one, mut many) = (HotCache::new(1 << 16), HotCache::new(1 << 16));
-        // Rounds of 50 keys out of 400, each key's row newer or older than the one cached: the
-        // cache overflows, refreshes in place and refuses older rows alike both ways.
-        let mut seed = 11u64;
-        for round in 0..40u64 {
-            let mut keys = KeyList::default();
-            let mut items = Vec::new();
-            for _ in 0..50 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-                let k = (seed >> 40) % 400;
-                let at = round * 10 + (seed >> 20) % 15;
-                keys.push_with(|b| b.extend_from_slice(&key(k)));
-                items.push((at, at.to_le_bytes().to_vec()));
-                one.insert(&key(k), at, &at.to_le_bytes(), TTL, now);
-            }
-            many.insert_many(
-                &keys,
-                |j| (items[j].0, &items[j].1[..]),
-                TTL,
-                now,
-                &mut Vec::new(),
-            );
-            assert_eq!(one.counts(), many.counts(), "round {round}");
-            assert_eq!(one.bytes(), many.bytes());
-        }
-        for k in 0..400 {
-            assert_eq!(one.get(&key(k), now), many.get(&key(k), now), "key {k}");
-        }
-    }
-
-    #[test]
-    fn entries_expire_after_their_ttl() {
-        let mut c = HotCache::new(1 << 20);
-        let now = Instant::now();
-        c.insert(b"k", 1, &[0; 8], Duration::from_millis(100), now);
-        assert!(c.get(b"k", now + Duration::from_millis(99)).is_some());
-        assert!(c.get(b"k", now + Duration::from_millis(100)).is_none());
-        assert_eq!(c.counts().expirations, 1);
-        assert_eq!((c.entries(), c.bytes()), (0, 0));
-    }
-
-    #[test]
-    fn zero_ttl_caches_nothing() {
-        let mut c = HotCache::new(1 << 20);
-        c.insert(b"k", 1, &[0; 8], Duration::ZERO, Instant::now());
-        assert_eq!(c.entries(), 0);
-    }
-
-    #[test]
-    fn invalidation_removes_and_refresh_keeps_newest() {
-        let mut c = HotCache::new(1 << 20);
-        let now = Instant::now();
-        c.insert(b"k", 10, &[1], TTL, now);
-        c.insert(b"k", 5, &[2], TTL, now);
-        assert_eq!(
-            c.get(b"k", now).unwrap().row[..],
-            [1],
-            "an older read must not replace a newer row"
-        );
-        c.insert(b"k", 11, &[3], TTL, now);
-        assert_eq!(c.get(b"k", now).unwrap().row[..], [3]);
-        assert!(c.invalidate(b"k"));
-        assert!(!c.invalidate(b"k"));
-        assert_eq!(c.get(b"k", now), None);
-        assert_eq!(c.counts().invalidations, 1);
-    }
-
-    #[test]
-    fn byte_bound_holds_under_churn() {
-        let cap = 64 * 1024;
-        let mut c = HotCache::new(cap);
-        let now = Instant::now();
-        let mut seed = 7u64;
-        for n in 0..200_000u64 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let k = key(seed >> 50);
-            match n % 7 {
-                0 => {
-                    c.invalidate(&k);
-                }
-                1 | 2 => {
-                    c.get(&k, now);
-                }
-                _ => c.insert(&k, n, &vec![n as u8; 16 + (seed % 64) as usize], TTL, now),
-            }
-            assert!(
-                c.bytes() <= cap,
-                "{} bytes over a {cap} bound at step {n}",
-                c.bytes()
-            );
-        }
-        // The queues hold live entries plus a bounded number of stale positions.
-        assert!(
-            c.small.len() + c.main.len() <= 2 * c.entries() + 2 * 64 + 2,
-            "{} + {} positions for {} entries",
-            c.small.len(),
-            c.main.len(),
-            c.entries()
-        );
-        let accounted: usize = c.slots.iter().filter(|s| s.live).map(|s| s.charge()).sum();
-        assert_eq!(accounted, c.bytes());
-    }
-
-    #[test]
-    fn one_hit_wonders_do_not_displace_the_hot_set() {
-        // Room for about 100 entries; 50 hot keys read often, then a scan of 10,000 cold keys.
-        let mut c = HotCache::new(100 * (ENTRY_OVERHEAD + 16 + 8));
-        let now = Instant::now();
-        for round in 0..5 {
-            for i in 0..50 {
-                if c.get(&key(i), now).is_none() {
-                    c.insert(&key(i), round, &[0; 8], TTL, now);
-                }
-            }
-        }
-        for i in 1_000..11_000 {
-            if c.get(&key(i), now).is_none() {
-                c.insert(&key(i), 0, &[0; 8], TTL, now);
-            }
-        }
-        let hot_left = (0..50).filter(|&i| c.get(&key(i), now).is_some()).count();
-        assert!(
-            hot_left >= 45,
-            "only {hot_left} of 50 hot keys survived a scan"
-        );
-        assert!(c.counts().rejections > 9_000);
-    }
-
-    #[test]
-    fn overhead_covers_the_slot() {
-        // The charge per entry must cover what an entry really costs beyond key and row.
-        let slot = std::mem::size_of::<Slot>();
-        let index = std::mem::size_of::<Entry>() + 1; // hash table entry + control byte
-        let positions = std::mem::size_of::<(u32, u32)>();
-        let alloc_header = 16; // the key-and-row buffer's allocation, rounded
-        assert!(
-            slot + index + positions + alloc_header <= ENTRY_OVERHEAD,
-            "slot is {slot} bytes"
-        );
-    }
-}
+mod tests;
