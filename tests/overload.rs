@@ -75,3 +75,91 @@ fn a_flood_on_one_connection_is_shed_and_every_request_answered() {
         "the connection is kept"
     );
 }
+
+/// A queue standing in the shard (here: Redis frozen, so every GET waits out its deadline) sheds
+/// the GETs of a connection with many in flight at once, instead of adding them to the queue;
+/// the requests it had admitted are still answered (DEGRADED, with the defaults).
+#[test]
+fn a_standing_queue_sheds_a_deep_pipeline_at_once() {
+    let redis = Redis::start();
+    // The breaker never opens here, so every GET waits on the frozen Redis until its deadline.
+    let proxy = Proxy::start(
+        &redis,
+        1,
+        "shed_queue_delay = \"1ms\"\nbreaker_min_failures = 1000000",
+    );
+    let mut conn = RawConn::connect(proxy.port);
+    let schema = conn.schema("user_features");
+    let limits = Limits {
+        max_frame: u32::MAX,
+        max_batch: u32::MAX,
+    };
+    let get = |conn: &mut RawConn, id: u32, entity: String| {
+        let mut out = BytesMut::new();
+        Request::Get(GetRequest {
+            view_id: schema.view_id,
+            flags: featureproxy_protocol::GET_FLAG_BYPASS_CACHE,
+            schema_id: schema.schema_id,
+            deadline_us: 150_000,
+            keys: vec![Bytes::from(entity)],
+        })
+        .encode(&mut out, id);
+        conn.send_raw(&out);
+    };
+    redis.freeze();
+    // Two waves of GETs that each wait out their 150 ms deadline: two intervals of the shard's
+    // pressure test in which no GET was quick, so a queue stands.
+    let mut id = 0;
+    for wave in 0..2 {
+        for i in 0..10 {
+            id += 1;
+            get(&mut conn, id, format!("w{wave}-{i}"));
+        }
+        for _ in 0..10 {
+            let frame = conn.recv().expect("answered");
+            assert!(matches!(
+                Response::decode(&frame, &limits).unwrap(),
+                Response::Get(_)
+            ));
+        }
+    }
+    // A deep pipeline now: the first 64 are admitted (a connection with up to 64 in flight is
+    // never shed for the shard's queue), every later one is shed at once.
+    let n = 300u32;
+    let first = id + 1;
+    for i in 0..n {
+        id += 1;
+        get(&mut conn, id, format!("deep-{i}"));
+    }
+    let (mut shed, mut served) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let frame = conn.recv().expect("every request is answered");
+        match Response::decode(&frame, &limits).unwrap() {
+            Response::Error(e) if e.code == ErrorCode::Overloaded => {
+                assert!(served.is_empty(), "a shed GET waited behind a served one");
+                shed.push(frame.request_id);
+            }
+            Response::Get(g) => {
+                assert_eq!(g.status(0).status, featureproxy_protocol::Status::Degraded);
+                served.push(frame.request_id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    redis.thaw();
+    assert!(
+        (60..=70).contains(&served.len()),
+        "{} served, {} shed",
+        served.len(),
+        shed.len()
+    );
+    assert_eq!(shed.len() + served.len(), n as usize);
+    assert!(
+        served.iter().all(|&r| r < first + 70),
+        "the admitted GETs are the first ones"
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_requests_shed_total", &[]),
+        shed.len() as f64
+    );
+}

@@ -69,8 +69,9 @@ impl Serving {
     }
 
     /// Answers a started GET with what has arrived (what has not is DEGRADED) and encodes the
-    /// reply into `out`. The work keeps its view's id, not a borrow (it outlives this call's
-    /// borrow of `self` in a task of its own); the registry never changes, so the id resolves.
+    /// reply into `out`. The work keeps its view's id, not a borrow (it waits among the
+    /// connection's in-flight requests, past this call's borrow of `self`); the registry never
+    /// changes, so the id resolves.
     pub fn finish_get(&self, work: GetWork, out: &mut BytesMut, request_id: u32) {
         let Some(view) = self.registry.by_id(work.view) else {
             let err = ProtocolError::new(
