@@ -51,7 +51,8 @@ struct Scratch {
     /// A request's cache keys, for the batched lookup.
     keys: KeyList,
     probes: Vec<Probe>,
-    /// The hits of a lookup: entity index and when its row was computed.
+    /// Entity index and when its row was computed: the cache hits when a read starts, the rows
+    /// to cache when it finishes.
     hits: Vec<(usize, u64)>,
 }
 

@@ -6,8 +6,9 @@
 //! the connection may have in flight anyway (`max_inflight_per_connection`: a client that keeps
 //! a bounded number outstanding is never shed) and they would take longer than
 //! `shed_queue_delay` to serve, it answers GETs with a pre-encoded OVERLOADED frame instead of
-//! serving them. A shed costs a header decode and a 70-byte copy, a small fraction of a served
-//! GET, so shedding drains the queue quickly and the shard keeps serving at capacity. The oldest
+//! serving them. A shed costs a header decode and a copy of the pre-encoded reply (about 190
+//! bytes), a small fraction of a served GET, so shedding drains the queue quickly and the shard
+//! keeps serving at capacity. The oldest
 //! requests (at the front of the queue, already late) are the ones shed. Per connection: a client
 //! that floods sheds its own requests, not other clients'.
 //!
@@ -112,7 +113,7 @@ impl Backlog {
         let mut reply = BytesMut::new();
         Response::Error(ProtocolError::new(
             ErrorCode::Overloaded,
-            "shed: this connection's queue is longer than shed_queue_delay; retry with backoff or spread the load",
+            "shed: requests wait here longer than shed_queue_delay (on this connection, or in the shard while this connection has many in flight); retry with backoff or spread the load",
         ))
         .encode(&mut reply, 0);
         Backlog {
