@@ -8,9 +8,9 @@
 //! `shed_queue_delay` to serve, it answers GETs with a pre-encoded OVERLOADED frame instead of
 //! serving them. A shed costs a header decode and a copy of the pre-encoded reply (about 190
 //! bytes), a small fraction of a served GET, so shedding drains the queue quickly and the shard
-//! keeps serving at capacity. The oldest
-//! requests (at the front of the queue, already late) are the ones shed. Per connection: a client
-//! that floods sheds its own requests, not other clients'.
+//! keeps serving at capacity. The oldest requests (at the front of the queue, already late) are
+//! the ones shed. Per connection: a client that floods sheds its own requests, not other
+//! clients'.
 //!
 //! That estimate sees only what has reached the proxy's socket buffer, which holds few large
 //! requests; and requests already admitted can queue inside the shard (for the store, behind
