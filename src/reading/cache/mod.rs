@@ -23,6 +23,11 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 
+mod batch;
+
+use batch::prefetch;
+pub use batch::{KeyList, Probe};
+
 /// Bytes charged per entry beyond its key and row: the slot, the slot vector's growth by
 /// doubling, the hash-table entry and FIFO position, and the allocator's rounding of the
 /// key-and-row buffer. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated
@@ -36,52 +41,6 @@ pub struct Hit<'a> {
     pub row: &'a [u8],
 }
 
-/// Cache keys of one batch, in one buffer: built once per request, probed by
-/// [`HotCache::get_many`] and reused for the inserts that follow.
-#[derive(Debug, Default)]
-pub struct KeyList {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl KeyList {
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
-    /// Appends one key, written by `build` at the end of the buffer.
-    pub fn push_with(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
-        build(&mut self.bytes);
-        self.ends.push(self.bytes.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// Key `i`.
-    pub fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.len()).map(|i| self.get(i))
-    }
-}
-
-/// One probe of a batch between its stages: the key's hash and the slot its tag pointed to.
-#[derive(Debug, Clone, Copy)]
-pub struct Probe {
-    hash: u64,
-    candidate: Option<u32>,
-}
-
 /// A hash-table entry: the slot, and 32 more bits of the key's hash, so a probe that meets
 /// another key's entry can tell without reading that key's slot.
 #[derive(Debug, Clone, Copy)]
@@ -92,19 +51,6 @@ struct Entry {
 
 fn tag_of(hash: u64) -> u32 {
     (hash >> 32) as u32
-}
-
-/// Asks the CPU to start loading the line at `p`; a hint, never a fault, whatever `p` is.
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint with no architectural effect; any address is allowed.
-    #[allow(unused_unsafe)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Counts kept by the cache itself; the shard publishes them to its stats.
