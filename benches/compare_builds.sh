@@ -11,6 +11,8 @@
 #   one:   1 entity per GET, 50 connections x 1 in flight (50 inference threads calling in turn)
 #   batch: 100 entities per GET, 16 connections x 1 in flight
 # over 1,000,000 seeded entities of user_features, Zipf 0.99, the hot cache on, default shards.
+# PROXY_EXTRA adds arguments to both proxies (e.g. PROXY_EXTRA="--shards 1"); LOAD_EXTRA to every
+# loadgen run (e.g. LOAD_EXTRA="--bypass-cache").
 # Needs redis-server on PATH and a release loadgen (cargo build --release -p loadgen).
 set -euo pipefail
 
@@ -25,12 +27,15 @@ WARM=${WARM:-2}
 [ -x "$LOADGEN" ] || { echo "no loadgen at $LOADGEN: cargo build --release -p loadgen" >&2; exit 2; }
 # shellcheck source=benches/proc.sh
 source "$ROOT/benches/proc.sh"
+read -r -a PROXY_EXTRA <<<"${PROXY_EXTRA:-}"
+read -r -a LOAD_EXTRA <<<"${LOAD_EXTRA:-}"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_proxy() {
   PORT=$(free_port); STATS=$(free_port)
   "$1" serve --config "$ROOT/examples/features.toml" --listen "127.0.0.1:$PORT" \
-    --stats-listen "127.0.0.1:$STATS" --redis "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/proxy.log" &
+    --stats-listen "127.0.0.1:$STATS" --redis "redis://127.0.0.1:$REDIS_PORT" \
+    ${PROXY_EXTRA[@]+"${PROXY_EXTRA[@]}"} 2>"$WORK/proxy.log" &
   PROXY_PID=$!
   wait_port "$PORT"
 }
@@ -48,7 +53,8 @@ measure() {
   local build=$1 bin=$2 load=$3; shift 3
   start_proxy "$bin"
   "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed \
-    --duration "${DUR}s" --warmup "${WARM}s" --no-timeline --json "$WORK/run.json" "$@" >/dev/null &
+    --duration "${DUR}s" --warmup "${WARM}s" --no-timeline --json "$WORK/run.json" "$@" \
+    ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} >/dev/null &
   local lg=$!
   sleep "$WARM"
   local t0 c0 t1 c1
