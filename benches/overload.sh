@@ -108,23 +108,22 @@ print(round(good / batch), round(good))' "$WORK/capacity.json")
       done
     done
   done
-  ROUNDS_DONE=1
-fi
-
-for r in $(seq 1 "$ROUNDS"); do
-  [ -n "${ROUNDS_DONE:-}" ] && break
-  case $((r % 3)) in
-    1) order="shed noshed direct" ;; 2) order="noshed direct shed" ;; *) order="direct shed noshed" ;;
-  esac
-  for v in $order; do
-    echo "round $r: $v" >&2
-    case $v in
-      shed) start_proxy "$WORK/shed.toml"; run "proxy, shedding (default)" "127.0.0.1:$PORT"; stop_proxy ;;
-      noshed) start_proxy "$WORK/noshed.toml"; run "proxy, shed_queue_delay=0s" "127.0.0.1:$PORT"; stop_proxy ;;
-      direct) run "Redis direct" "resp://127.0.0.1:$REDIS_PORT" ;;
+else
+  # Bursts: 4x the rate for the last 2 s of every 10 s; Redis direct for reference.
+  for r in $(seq 1 "$ROUNDS"); do
+    case $((r % 3)) in
+      1) order="shed noshed direct" ;; 2) order="noshed direct shed" ;; *) order="direct shed noshed" ;;
     esac
+    for v in $order; do
+      echo "round $r: $v" >&2
+      case $v in
+        shed) start_proxy "$WORK/shed.toml"; run "proxy, shedding (default)" "127.0.0.1:$PORT"; stop_proxy ;;
+        noshed) start_proxy "$WORK/noshed.toml"; run "proxy, shed_queue_delay=0s" "127.0.0.1:$PORT"; stop_proxy ;;
+        direct) run "Redis direct" "resp://127.0.0.1:$REDIS_PORT" ;;
+      esac
+    done
   done
-done
+fi
 
 python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "${CAP:-}" "$CAP_GOOD" <<'EOF'
 import statistics, sys

@@ -48,6 +48,23 @@ pub(super) struct Judged {
 }
 
 impl Judged {
+    /// A stored row computed at `computed_at_ms`, found at `row`: FRESH or STALE by its age, or
+    /// EXPIRED with the defaults.
+    fn stored(view: &View, computed_at_ms: u64, now_ms: u64, row: RowRef) -> Judged {
+        let age = freshness::age_ms(now_ms, computed_at_ms);
+        let status = freshness::freshness(view, age);
+        Judged {
+            status,
+            age,
+            computed_at_ms,
+            row: if status == Status::Expired {
+                RowRef::Default
+            } else {
+                row
+            },
+        }
+    }
+
     /// The view's defaults, with `status` saying why.
     pub fn defaults(status: Status) -> Judged {
         Judged {
@@ -108,18 +125,7 @@ impl Answers {
     /// A cached row, already in the block: FRESH or STALE by its age, or EXPIRED with the
     /// defaults.
     pub(super) fn judge_cached(view: &View, computed_at_ms: u64, now_ms: u64) -> Judged {
-        let age = freshness::age_ms(now_ms, computed_at_ms);
-        let status = freshness::freshness(view, age);
-        Judged {
-            status,
-            age,
-            computed_at_ms,
-            row: if status == Status::Expired {
-                RowRef::Default
-            } else {
-                RowRef::Block
-            },
-        }
+        Judged::stored(view, computed_at_ms, now_ms, RowRef::Block)
     }
 
     /// What the store answered for entity `i`, judged; its row stays where the store put it
@@ -155,22 +161,15 @@ impl Answers {
                 }
             },
         };
-        let age = freshness::age_ms(now_ms, computed_at_ms);
-        let status = freshness::freshness(view, age);
-        let row = match (status, in_place) {
-            (Status::Expired, _) => RowRef::Default,
-            (_, false) => RowRef::Block,
-            (_, true) => RowRef::Fetched {
+        let row = if in_place {
+            RowRef::Fetched {
                 result: self.result_index(result),
                 index: p.index,
-            },
+            }
+        } else {
+            RowRef::Block
         };
-        Judged {
-            status,
-            age,
-            computed_at_ms,
-            row,
-        }
+        Judged::stored(view, computed_at_ms, now_ms, row)
     }
 
     /// The answers' index of a batch result, kept once however many entities it serves.

@@ -169,7 +169,6 @@ pub async fn serve(
             _ = shutdown.changed(), if closing.is_none() => closing = Some(CloseReason::Shutdown),
         }
     }
-    outbox.close();
     let _ = wr.shutdown().await;
     let reason = closing.unwrap_or(CloseReason::Peer);
     stats.connections_closed[reason as usize].inc();

@@ -2,7 +2,7 @@
 //! requests waiting inside it ([`super::inflight`]) append; the task writes them all at the end
 //! of its turn. Owned by one shard's thread, so plain cells: no lock, no atomic.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use bytes::BytesMut;
 use featureproxy_protocol::{ProtocolError, Response};
@@ -14,16 +14,13 @@ use crate::telemetry::counters::ShardStats;
 #[derive(Default)]
 pub struct Outbox {
     buf: RefCell<BytesMut>,
-    /// The connection is gone: late replies are dropped.
-    closed: Cell<bool>,
 }
 
 impl Outbox {
-    /// Appends a reply encoded by `f`; the connection writes it at the end of its turn.
+    /// Appends a reply encoded by `f`; the connection writes it at the end of its turn. (Every
+    /// request that may push lives inside the connection's task, so none pushes after it ends.)
     pub fn push(&self, f: impl FnOnce(&mut BytesMut)) {
-        if !self.closed.get() {
-            f(&mut self.buf.borrow_mut());
-        }
+        f(&mut self.buf.borrow_mut());
     }
 
     pub fn response(&self, resp: &Response, request_id: u32) {
@@ -49,11 +46,5 @@ impl Outbox {
     /// The waiting replies, for the connection task to write (and clear what it wrote).
     pub fn pending(&self) -> std::cell::RefMut<'_, BytesMut> {
         self.buf.borrow_mut()
-    }
-
-    /// The connection task is gone; replies that come later are dropped.
-    pub fn close(&self) {
-        self.closed.set(true);
-        self.buf.borrow_mut().clear();
     }
 }
