@@ -201,3 +201,63 @@ async fn concurrent_gets_share_redis_reads() {
         "no single-flight joins among 1000 reads of 50 keys"
     );
 }
+
+/// `redis-cli -a PASSWORD -n DB ARGS...`: what an operator sees in that database.
+fn cli_in_db(redis: &Redis, password: &str, db: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "-a", password, "--no-auth-warning"])
+        .args(["-n", db])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_s_password_and_database_hold_for_reads_and_writes() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
+    let proxy = Proxy::start_with(&url, 1, "", &[]);
+    let c = Client::connect(proxy.addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "/health 200 with Redis up", || {
+        (proxy.http("/health").0 == 200).then_some(())
+    });
+    c.put("user_features", &[("u1", now_ms(), flat_row(4.0))])
+        .await
+        .unwrap();
+    // Read from Redis itself (the read connection has its own handshake), not the hot cache.
+    let from_redis = GetOptions {
+        bypass_cache: true,
+        ..GetOptions::default()
+    };
+    let b = c
+        .get_with("user_features", &["u1", "nobody"], from_redis)
+        .await
+        .unwrap();
+    assert_eq!(b.status(0).status, Status::Fresh);
+    assert_eq!(b.row(0), flat_row(4.0));
+    assert_eq!(b.status(1).status, Status::Missing);
+    // The row went to database 3, nothing to database 0.
+    assert_eq!(cli_in_db(&redis, "s3cret", "3", &["DBSIZE"]), "1");
+    assert_eq!(cli_in_db(&redis, "s3cret", "0", &["DBSIZE"]), "0");
+
+    // A wrong password: nothing is read, every entity gets its defaults, and the log says why.
+    let wrong = format!("redis://:nope@127.0.0.1:{}/3", redis.port);
+    let mut refused = Proxy::start_with(&wrong, 1, "", &[]);
+    let c = Client::connect(refused.addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    let b = c
+        .get_with("user_features", &["u1"], from_redis)
+        .await
+        .unwrap();
+    assert_eq!(b.status(0).status, Status::Degraded);
+    assert_eq!(b.row(0), flat_row(0.0));
+    eventually(Duration::from_secs(5), "the refusal in the log", || {
+        let logs = refused.logs();
+        (logs.contains("handshake") && logs.contains("WRONGPASS")).then_some(())
+    });
+    refused.stop();
+}

@@ -4,8 +4,9 @@
 
 pub mod child;
 pub mod cluster;
-pub mod hashes;
 pub mod node;
+pub mod pipe;
+pub mod resp;
 pub mod standalone;
 pub mod tracking;
 

@@ -118,7 +118,7 @@ impl Members {
         if let Some(m) = self.nodes.borrow_mut().get_mut(addr) {
             if m.readonly.is_none() {
                 let armed = Rc::new(Cell::new(false));
-                m.tasks.push(node.readonly_on_connect(armed.clone()));
+                node.read_as_replica(armed.clone());
                 m.readonly = Some(armed);
             }
         }
