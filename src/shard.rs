@@ -123,7 +123,12 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         reader,
         backend: backend.clone(),
         peers,
-        pressure: RefCell::new(Pressure::new(settings.shed_queue_delay)),
+        // Admitted requests may queue for half the default deadline while a queue stands; the
+        // store's own time and the reply take the rest.
+        pressure: RefCell::new(Pressure::new(
+            settings.shed_queue_delay,
+            settings.default_deadline / 2,
+        )),
     });
     // Give Redis a moment before taking clients (they queue in the listen backlog meanwhile), so
     // the first requests after start do not get defaults for nothing. A Redis that is down stays

@@ -202,10 +202,60 @@ async fn concurrent_gets_share_redis_reads() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_timed_out_does_not_answer_the_next_one() {
+    let redis = Redis::start();
+    // The breaker stays closed: the connection (and the late reply on it) is kept.
+    let proxy = Proxy::start(&redis, 1, "breaker_min_failures = 1000");
+    let c = Client::connect(proxy.addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    c.put(
+        "user_features",
+        &[
+            ("late", now_ms(), flat_row(1.0)),
+            ("next", now_ms(), flat_row(2.0)),
+        ],
+    )
+    .await
+    .unwrap();
+    let opts = |ms| GetOptions {
+        bypass_cache: true,
+        deadline: Some(Duration::from_millis(ms)),
+    };
+    redis.freeze();
+    let b = c
+        .get_with("user_features", &["late"], opts(30))
+        .await
+        .unwrap();
+    assert_eq!(b.status(0).status, Status::Degraded);
+    redis.thaw();
+    // The reply to the abandoned read comes first on the connection; it must not be taken for
+    // the next read's.
+    for (key, want) in [("next", 2.0), ("late", 1.0), ("next", 2.0)] {
+        let b = c
+            .get_with("user_features", &[key], opts(5000))
+            .await
+            .unwrap();
+        assert_eq!(b.status(0).status, Status::Fresh, "{key}");
+        assert_eq!(b.row(0), flat_row(want), "{key}");
+    }
+    assert_eq!(
+        proxy.metric("featureproxy_breaker_state", &[("shard", "0")]),
+        0.0
+    );
+}
+
 /// `redis-cli -a PASSWORD -n DB ARGS...`: what an operator sees in that database.
 fn cli_in_db(redis: &Redis, password: &str, db: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "-a", password, "--no-auth-warning"])
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "-a",
+            password,
+            "--no-auth-warning",
+        ])
         .args(["-n", db])
         .args(args)
         .output()

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use bytes::{Bytes, BytesMut};
 use common::{Proxy, RawConn, Redis};
+use featureproxy::serving::overload::SHED_FLOOR;
 use featureproxy_protocol::{ErrorCode, GetRequest, Limits, Request, Response};
 
 #[test]
@@ -123,8 +124,9 @@ fn a_standing_queue_sheds_a_deep_pipeline_at_once() {
             ));
         }
     }
-    // A deep pipeline now: the first 64 are admitted (a connection with up to 64 in flight is
-    // never shed for the shard's queue), every later one is shed at once.
+    // A deep pipeline now: the shard answered too few to admit more than the floor, so the
+    // first SHED_FLOOR + 1 are admitted (a connection with up to SHED_FLOOR in flight is never
+    // shed for the shard's queue), every later one is shed at once.
     let n = 300u32;
     let first = id + 1;
     for i in 0..n {
@@ -148,14 +150,14 @@ fn a_standing_queue_sheds_a_deep_pipeline_at_once() {
     }
     redis.thaw();
     assert!(
-        (60..=70).contains(&served.len()),
+        (SHED_FLOOR + 1..=SHED_FLOOR + 6).contains(&served.len()),
         "{} served, {} shed",
         served.len(),
         shed.len()
     );
     assert_eq!(shed.len() + served.len(), n as usize);
     assert!(
-        served.iter().all(|&r| r < first + 70),
+        served.iter().all(|&r| r < first + SHED_FLOOR as u32 + 6),
         "the admitted GETs are the first ones"
     );
     assert_eq!(

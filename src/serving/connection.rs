@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::dispatch::dispatch;
 use super::inflight::InFlight;
 use super::outbox::Outbox;
-use super::overload::{Backlog, SHED_FLOOR};
+use super::overload::Backlog;
 use super::session::Session;
 use super::Serving;
 use crate::telemetry::counters::CloseReason;
@@ -175,9 +175,13 @@ pub async fn serve(
 }
 
 /// Whether this connection's GETs are shed now: its own backlog is too long, or a queue stands
-/// in the shard and it has more than [`SHED_FLOOR`] requests in flight.
+/// in the shard, the shard has as many waiting on the store as it may, and this connection has
+/// more than its floor of them ([`Pressure::sheds`](super::overload::Pressure::sheds)).
 fn sheds(backlog: &Backlog, serving: &Serving, inflight: usize) -> bool {
-    backlog.shedding() || (inflight > SHED_FLOOR && serving.pressure.borrow().standing())
+    backlog.shedding() || {
+        let waiting = serving.stats.inflight_requests.get() as usize;
+        serving.pressure.borrow().sheds(inflight, waiting)
+    }
 }
 
 /// Whether the connection may take the frame at the front of `rbuf` (or read to find one):

@@ -16,10 +16,14 @@
 //! requests; and requests already admitted can queue inside the shard (for the store, behind
 //! one another's batches). So the shard also watches how long the requests that wait on the
 //! store take, CoDel-style ([`Pressure`]): when even the quickest of them over an interval took
-//! longer than `shed_queue_delay`, a queue is standing, and every connection with more than
-//! [`SHED_FLOOR`] requests in flight has its further GETs shed, even past
+//! longer than `shed_queue_delay`, a queue is standing. While it stands, the shard admits only as
+//! many GETs to wait on the store as it answers, at its recent pace, within half the default
+//! deadline (Little's law: that many in flight wait about that long), and a connection with more
+//! than [`SHED_FLOOR`] in flight has its further GETs shed past that limit, even past
 //! `max_inflight_per_connection` (where it would otherwise stop reading and leave the queue in
-//! the kernel and the client, out of sight), until the queue has drained.
+//! the kernel and the client, out of sight). The limit follows capacity: no fixed number of
+//! requests in flight suits both a store that answers 100,000 GETs a second and one that
+//! answers 5,000.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -31,35 +35,48 @@ use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
 const PACE_WEIGHT: f64 = 0.25;
 
 /// A connection with at most this many requests waiting on the store is never shed for the
-/// shard's standing queue: a caller that waits for its answers is not what makes the queue, and
-/// a shard needs requests in flight to fill its batches. Measured (`FACTORS="2 4"
-/// benches/overload.sh`, 100 entities, bypass, one shard, 2x and 4x capacity): 32 gave p99
-/// 124-143 ms and 53-55% of the capacity's goodput, 64 gave 68 ms and 65-67%.
-pub const SHED_FLOOR: usize = 64;
+/// shard's standing queue: a caller that waits for its answers is not what makes the queue.
+/// Also the least the shard admits while a queue stands, so a store that answers slowly still
+/// gets work.
+pub const SHED_FLOOR: usize = 16;
 
 /// How long the shard watches its waiting requests before it judges whether a queue stands.
 const PRESSURE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Weight of the newest interval in the shard's answer pace.
+const ANSWER_PACE_WEIGHT: f64 = 0.5;
+
 /// Whether a queue stands in the shard: CoDel's test (Nichols and Jacobson, "Controlling Queue
 /// Delay", 2012) on the time requests that waited on the store took, from their read to their
 /// answer. A queue that drains within an interval lets at least one request through quickly; one
-/// that stands does not. Owned by the shard's thread.
+/// that stands does not. Also the pace at which those requests are answered, for the number the
+/// shard may admit while a queue stands. Owned by the shard's thread.
 #[derive(Debug)]
 pub struct Pressure {
     target: Duration,
+    /// How long admitted requests may queue while a queue stands.
+    budget: Duration,
     interval_start: Option<Instant>,
     /// The quickest wait in the current interval.
     quickest: Duration,
+    /// Requests answered in the current interval.
+    answered: u64,
+    /// Answers per second over recent intervals; None until one interval ended.
+    pace: Option<f64>,
     standing: bool,
 }
 
 impl Pressure {
-    /// Judges against `target` (`shed_queue_delay`); a zero target never reports a queue.
-    pub fn new(target: Duration) -> Pressure {
+    /// Judges against `target` (`shed_queue_delay`; a zero target never reports a queue) and
+    /// admits, while a queue stands, what the shard answers within `budget`.
+    pub fn new(target: Duration, budget: Duration) -> Pressure {
         Pressure {
             target,
+            budget,
             interval_start: None,
             quickest: Duration::MAX,
+            answered: 0,
+            pace: None,
             standing: false,
         }
     }
@@ -70,17 +87,38 @@ impl Pressure {
             return;
         }
         self.quickest = self.quickest.min(waited);
+        self.answered += 1;
         let start = *self.interval_start.get_or_insert(now);
-        if now.saturating_duration_since(start) >= PRESSURE_INTERVAL {
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= PRESSURE_INTERVAL {
             self.standing = self.quickest > self.target;
+            let sample = self.answered as f64 / elapsed.as_secs_f64();
+            self.pace = Some(match self.pace {
+                Some(p) => p + ANSWER_PACE_WEIGHT * (sample - p),
+                None => sample,
+            });
             self.interval_start = Some(now);
             self.quickest = Duration::MAX;
+            self.answered = 0;
         }
     }
 
     /// True while the last interval's quickest wait was above the target.
     pub fn standing(&self) -> bool {
         self.standing
+    }
+
+    /// How many requests may wait on the store while a queue stands: as many as the shard
+    /// answers within the budget at its recent pace, and at least [`SHED_FLOOR`].
+    pub fn limit(&self) -> usize {
+        let paced = self.pace.unwrap_or(0.0) * self.budget.as_secs_f64();
+        (paced as usize).max(SHED_FLOOR)
+    }
+
+    /// True when a GET from a connection with `inflight` requests waiting on the store, in a
+    /// shard with `waiting` of them, is to be shed for the shard's queue.
+    pub fn sheds(&self, inflight: usize, waiting: usize) -> bool {
+        self.standing && inflight > SHED_FLOOR && waiting >= self.limit()
     }
 }
 
@@ -231,7 +269,7 @@ mod tests {
     #[test]
     fn a_queue_stands_only_while_even_the_quickest_wait_is_above_target() {
         let target = Duration::from_millis(10);
-        let mut p = Pressure::new(target);
+        let mut p = Pressure::new(target, Duration::from_millis(25));
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         // One interval of slow answers but one quick one: no standing queue.
@@ -250,11 +288,38 @@ mod tests {
         }
         assert!(!p.standing());
         // A zero target (shedding off) never reports a queue.
-        let mut off = Pressure::new(Duration::ZERO);
+        let mut off = Pressure::new(Duration::ZERO, Duration::from_millis(25));
         for at in 0..10 {
             off.record(ms(500), t0 + ms(at * 50));
         }
         assert!(!off.standing());
+    }
+
+    #[test]
+    fn while_a_queue_stands_the_shard_admits_what_it_answers_within_the_budget() {
+        let ms = Duration::from_millis;
+        let mut p = Pressure::new(ms(10), ms(25));
+        let t0 = Instant::now();
+        // Two intervals of 1,000 slow answers each: 10,000 answers a second.
+        for i in 0..=2000u64 {
+            p.record(ms(30), t0 + Duration::from_micros(i * 100));
+        }
+        assert!(p.standing());
+        // 10,000/s x 25 ms: 250 may wait.
+        assert!((245..=255).contains(&p.limit()), "limit {}", p.limit());
+        assert!(!p.sheds(100, 249), "below the limit");
+        assert!(p.sheds(100, 250), "at the limit");
+        assert!(!p.sheds(SHED_FLOOR, 1000), "a connection at the floor");
+        // A store that answers ten a second still gets the floor's worth.
+        let mut slow = Pressure::new(ms(10), ms(25));
+        for i in 0..=3u64 {
+            slow.record(ms(150), t0 + ms(i * 150));
+        }
+        assert!(slow.standing());
+        assert_eq!(slow.limit(), SHED_FLOOR);
+        // No standing queue, no shedding, however many wait.
+        let calm = Pressure::new(ms(10), ms(25));
+        assert!(!calm.sheds(1000, 1000));
     }
 
     #[test]

@@ -35,6 +35,9 @@ use crate::store::StoreError;
 /// Most calls waiting for replies on one connection; past it a call fails at once instead of
 /// queueing behind a server that stopped answering (as fred's command buffer limit does).
 const MAX_PENDING: usize = 50_000;
+/// Most bytes of commands waiting for a socket that does not take them (a frozen server); past
+/// it a call fails at once, so a stuck connection holds a bounded amount of memory.
+const MAX_BACKLOG: usize = 16 * 1024 * 1024;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Reconnect delays: from nothing, doubling up to this (fred's policy for the other connection).
@@ -173,9 +176,11 @@ impl Pipe {
                 self.inner.target.addr
             )));
         };
-        if conn.pending.len() >= MAX_PENDING {
+        if conn.pending.len() >= MAX_PENDING || conn.backlog.len() >= MAX_BACKLOG {
             return Err(StoreError::Unavailable(format!(
-                "{MAX_PENDING} reads already wait for Redis at {}",
+                "{} reads ({} bytes unsent) already wait for Redis at {}",
+                conn.pending.len(),
+                conn.backlog.len(),
                 self.inner.target.addr
             )));
         }
