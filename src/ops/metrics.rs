@@ -279,7 +279,7 @@ pub static METRICS: &[Metric] = &[
     ),
     counter(
         "featureproxy_requests_shed_total",
-        "GETs answered OVERLOADED, unserved, because their connection's queue would take longer than shed_queue_delay to serve, or a queue stood in the shard while the connection had more than 64 requests in flight.",
+        "GETs answered OVERLOADED, unserved, because their connection's queue would take longer than shed_queue_delay to serve, or a queue stood in the shard, the shard already had as many waiting on Redis as it answers in half the default deadline, and the connection had more than 16 in flight.",
         &[],
         Read::Total(|s| s.requests_shed.get()),
     ),
