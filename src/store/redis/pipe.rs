@@ -367,7 +367,7 @@ impl Pipe {
                     continue;
                 }
                 drop(frames);
-                conn.pending.pop_front().expect("a front call")
+                conn.pending.pop_front().ok_or("no call to complete")?
             };
             let frames = done.frames.take();
             match &done.purpose {
