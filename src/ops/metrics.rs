@@ -93,7 +93,7 @@ pub static METRICS: &[Metric] = &[
     ),
     counter(
         "featureproxy_cache_expirations_total",
-        "Entries dropped at their hot-cache TTL.",
+        "Entries found past their hot-cache TTL (a miss; each counted once, and kept for the refresh that follows).",
         &["shard"],
         Read::PerShard(|s| s.cache.expirations.load(Relaxed)),
     ),

@@ -3,14 +3,22 @@
 //! Feature traffic is power-law: a few entities take a large share of reads. Eviction is S3-FIFO
 //! (Yang et al., SOSP'23): new entries go to a small FIFO (a tenth of the bytes); only those read
 //! again while there move to the main FIFO, so one-hit wonders and scans pass through without
-//! displacing the hot set. A ghost list remembers keys recently dropped from the small FIFO, and a
-//! key that comes back soon goes straight to main. Hits only bump a 2-bit counter.
+//! displacing the hot set. A ghost filter remembers keys recently dropped from the small FIFO, and
+//! a key that comes back soon goes straight to main. Hits only bump a 2-bit counter.
 //!
 //! Bounded in bytes: every entry is charged its key, its row and [`ENTRY_OVERHEAD`]. Rows are
 //! stored as compact copies, never as the `Bytes` the backend hands out (those pin its whole read
 //! buffer), and a hit lends the row to the caller, who copies it into the reply: no refcount, no
 //! allocation per hit. Every entry expires after its view's hot-cache TTL, so rows written behind
 //! the proxy's back are picked up within that TTL; writes through the proxy invalidate at once.
+//! An expired entry is never served, but it keeps its place until the store's answer refreshes it
+//! (the usual case: a hot key expires, misses once and is read again), so a refresh costs a
+//! compare instead of a removal, an allocation and another entry's eviction.
+//!
+//! Inserts are where a miss costs most: each touches a few cache lines nobody has read lately.
+//! So an insert evicts first and reuses the victim's buffer when it is the same size (a view's
+//! rows are), and the ghost is a fixed array of fingerprints (one line per lookup), not a list
+//! and a hash set.
 //!
 //! Lookups come in batches ([`HotCache::get_many`]): a probe chases up to three cache lines that
 //! are rarely in the CPU's cache (the table's bucket, the slot, the key and row), so a batch runs
@@ -24,12 +32,14 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 
 mod batch;
+mod ghost;
 
 use batch::prefetch;
 pub use batch::{KeyList, Probe};
+use ghost::Ghost;
 
 /// Bytes charged per entry beyond its key and row: the slot, the slot vector's growth by
-/// doubling, the hash-table entry and FIFO position, and the allocator's rounding of the
+/// doubling, the hash-table entry and FIFO position, the ghost's places, and the allocator's rounding of the
 /// key-and-row buffer. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated
 /// (benches/RESULTS.md); 176 keeps the byte bound true with room to spare.
 pub const ENTRY_OVERHEAD: usize = 176;
@@ -88,6 +98,8 @@ struct Slot {
     /// recognised and skipped.
     generation: u32,
     live: bool,
+    /// A lookup has found this entry expired (and counted it): it waits for a refresh.
+    expired: bool,
 }
 
 impl Slot {
@@ -113,10 +125,9 @@ pub struct HotCache {
     main: VecDeque<(u32, u32)>,
     small_bytes: usize,
     main_bytes: usize,
-    /// Queue positions whose slot was freed by invalidation or expiry; compacted when they pile up.
+    /// Queue positions whose slot was freed by invalidation; compacted when they pile up.
     stale_positions: usize,
-    ghost: VecDeque<u64>,
-    ghost_set: HashTable<u64>,
+    ghost: Ghost,
     hasher: foldhash::fast::FixedState,
     counts: CacheCounts,
 }
@@ -139,8 +150,7 @@ impl HotCache {
             small_bytes: 0,
             main_bytes: 0,
             stale_positions: 0,
-            ghost: VecDeque::new(),
-            ghost_set: HashTable::new(),
+            ghost: Ghost::for_entries(16),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed),
             counts: CacheCounts::default(),
         }
@@ -227,21 +237,25 @@ impl HotCache {
         }
     }
 
-    /// Counts a lookup that found slot `i` (or nothing), dropping the entry if it has expired.
+    /// Counts a lookup that found slot `i` (or nothing). An expired entry is a miss; it stays
+    /// for the refresh that usually follows, and counts as an expiration once.
     fn take_hit(&mut self, i: Option<u32>, now: Instant) -> Option<Hit<'_>> {
         let Some(i) = i else {
             self.counts.misses += 1;
             return None;
         };
-        if now >= self.slots[i as usize].expires_at {
-            self.remove(i);
-            self.counts.expirations += 1;
+        let slot = &mut self.slots[i as usize];
+        // Read: popular, whether or not its row is still good.
+        slot.freq = (slot.freq + 1).min(3);
+        if now >= slot.expires_at {
+            if !slot.expired {
+                slot.expired = true;
+                self.counts.expirations += 1;
+            }
             self.counts.misses += 1;
             return None;
         }
         self.counts.hits += 1;
-        let slot = &mut self.slots[i as usize];
-        slot.freq = (slot.freq + 1).min(3);
         Some(Hit {
             computed_at_ms: slot.computed_at_ms,
             row: &slot.data[slot.key_len..],
@@ -297,52 +311,50 @@ impl HotCache {
             return;
         }
         if let Some(i) = self.find(key, hash) {
-            // A newer read of a cached key: refresh in place, keep its place and frequency.
-            let slot = &mut self.slots[i as usize];
-            if computed_at_ms < slot.computed_at_ms {
-                return;
-            }
-            if computed_at_ms == slot.computed_at_ms && &slot.data[slot.key_len..] == row {
-                // The store confirmed the same row again: it is current as of now.
-                slot.expires_at = now + ttl;
-                return;
-            }
-            let old = slot.charge();
-            slot.data = join(key, row);
-            slot.computed_at_ms = computed_at_ms;
-            slot.expires_at = now + ttl;
-            let new = slot.charge();
-            match slot.queue {
-                Queue::Small => self.small_bytes = self.small_bytes + new - old,
-                Queue::Main => self.main_bytes = self.main_bytes + new - old,
-            }
-            while self.bytes() > self.capacity && self.evict_one() {}
+            self.refresh(i, key, computed_at_ms, row, ttl, now);
             return;
         }
-        let to_main = self.ghost_remove(hash);
-        let slot = Slot {
-            data: join(key, row),
+        // Room first, so that the victim's buffer can take the new entry.
+        while self.bytes() + charge > self.capacity && self.evict_one() {}
+        let to_main = self.ghost.take(hash);
+        let (i, data) = match self.free.pop() {
+            Some(i) => {
+                let old = std::mem::take(&mut self.slots[i as usize].data);
+                (i, fill(old, key, row))
+            }
+            None => {
+                self.slots.push(Slot {
+                    data: Box::default(),
+                    key_len: 0,
+                    hash: 0,
+                    computed_at_ms: 0,
+                    expires_at: now,
+                    freq: 0,
+                    queue: Queue::Small,
+                    generation: 0,
+                    live: false,
+                    expired: false,
+                });
+                (
+                    (self.slots.len() - 1) as u32,
+                    fill(Box::default(), key, row),
+                )
+            }
+        };
+        let slot = &mut self.slots[i as usize];
+        *slot = Slot {
+            data,
             key_len: key.len(),
             hash,
             computed_at_ms,
             expires_at: now + ttl,
             freq: 0,
             queue: if to_main { Queue::Main } else { Queue::Small },
-            generation: 0,
+            generation: slot.generation,
             live: true,
+            expired: false,
         };
-        let i = match self.free.pop() {
-            Some(i) => {
-                let generation = self.slots[i as usize].generation;
-                self.slots[i as usize] = Slot { generation, ..slot };
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let generation = self.slots[i as usize].generation;
+        let generation = slot.generation;
         let slots = &self.slots;
         self.table.insert_unique(
             hash,
@@ -360,8 +372,42 @@ impl HotCache {
             self.small_bytes += charge;
         }
         self.counts.admissions += 1;
-        while self.bytes() > self.capacity && self.evict_one() {}
+        // A quarter of the entries, rounded up to a power of two (see the ghost's module).
+        self.ghost.fit(self.table.len() / 4);
         self.compact_if_needed();
+    }
+
+    /// A newer read of cached slot `i`: its row and expiry are renewed in place; it keeps its
+    /// place and frequency. An older row is refused while the cached one is alive; once that
+    /// has expired, what the store answers now is what it holds.
+    fn refresh(
+        &mut self,
+        i: u32,
+        key: &[u8],
+        computed_at_ms: u64,
+        row: &[u8],
+        ttl: Duration,
+        now: Instant,
+    ) {
+        let slot = &mut self.slots[i as usize];
+        if computed_at_ms < slot.computed_at_ms && now < slot.expires_at {
+            return;
+        }
+        slot.expires_at = now + ttl;
+        slot.expired = false;
+        if computed_at_ms == slot.computed_at_ms && &slot.data[slot.key_len..] == row {
+            // The store confirmed the same row again: it is current as of now.
+            return;
+        }
+        let old = slot.charge();
+        slot.data = fill(std::mem::take(&mut slot.data), key, row);
+        slot.computed_at_ms = computed_at_ms;
+        let new = slot.charge();
+        match slot.queue {
+            Queue::Small => self.small_bytes = self.small_bytes + new - old,
+            Queue::Main => self.main_bytes = self.main_bytes + new - old,
+        }
+        while self.bytes() > self.capacity && self.evict_one() {}
     }
 
     /// Drops every entry (counted as invalidations).
@@ -392,8 +438,15 @@ impl HotCache {
         }
     }
 
-    /// Frees slot `i` wherever it is; its queue position goes stale.
+    /// Frees slot `i` wherever it is, and its buffer; its queue position goes stale.
     fn remove(&mut self, i: u32) {
+        self.unlink(i);
+        self.slots[i as usize].data = Box::default();
+    }
+
+    /// Frees slot `i` but keeps its buffer for the insert that evicted it: `free` is a stack,
+    /// so that insert takes this slot next.
+    fn unlink(&mut self, i: u32) {
         let slot = &mut self.slots[i as usize];
         let charge = slot.charge();
         match slot.queue {
@@ -402,8 +455,8 @@ impl HotCache {
         }
         let hash = slot.hash;
         slot.live = false;
+        slot.key_len = 0;
         slot.generation = slot.generation.wrapping_add(1);
-        slot.data = Box::default();
         if let Ok(e) = self.table.find_entry(hash, |e| e.slot == i) {
             e.remove();
         }
@@ -430,11 +483,10 @@ impl HotCache {
     }
 
     fn evict_small(&mut self) -> bool {
-        // The next victim is the slot behind this one: start loading it now, so the next insert
-        // that evicts does not wait for it.
-        if let Some(&(next, _)) = self.small.get(1) {
-            prefetch(&self.slots[next as usize]);
-        }
+        // The next victims are the slots behind this one: start loading the one after next, and
+        // the buffer of the next (its slot was loaded the same way), so the inserts that follow
+        // do not wait for them.
+        self.prefetch_victims(Queue::Small);
         while let Some(pos) = self.small.pop_front() {
             if !self.live_position(pos) {
                 continue;
@@ -452,20 +504,18 @@ impl HotCache {
                 return true;
             }
             let hash = slot.hash;
-            self.remove(i);
-            // remove() counted the position stale, but it has already left its queue.
+            self.unlink(i);
+            // unlink() counted the position stale, but it has already left its queue.
             self.stale_positions -= 1;
             self.counts.rejections += 1;
-            self.ghost_add(hash);
+            self.ghost.add(hash);
             return true;
         }
         false
     }
 
     fn evict_main(&mut self) -> bool {
-        if let Some(&(next, _)) = self.main.get(1) {
-            prefetch(&self.slots[next as usize]);
-        }
+        self.prefetch_victims(Queue::Main);
         while let Some(pos) = self.main.pop_front() {
             if !self.live_position(pos) {
                 continue;
@@ -476,7 +526,7 @@ impl HotCache {
                 self.main.push_back(pos);
                 continue;
             }
-            self.remove(pos.0);
+            self.unlink(pos.0);
             self.stale_positions -= 1;
             self.counts.evictions += 1;
             return true;
@@ -484,29 +534,16 @@ impl HotCache {
         false
     }
 
-    /// The ghost list holds as many hashes as the cache holds entries.
-    fn ghost_add(&mut self, hash: u64) {
-        let limit = self.table.len().max(16);
-        while self.ghost.len() >= limit {
-            if let Some(old) = self.ghost.pop_front() {
-                if let Ok(e) = self.ghost_set.find_entry(old, |&h| h == old) {
-                    e.remove();
-                }
-            }
+    fn prefetch_victims(&self, queue: Queue) {
+        let positions = match queue {
+            Queue::Small => &self.small,
+            Queue::Main => &self.main,
+        };
+        if let Some(&(after_next, _)) = positions.get(2) {
+            prefetch(&self.slots[after_next as usize]);
         }
-        if self.ghost_set.find(hash, |&h| h == hash).is_none() {
-            self.ghost.push_back(hash);
-            self.ghost_set.insert_unique(hash, hash, |&h| h);
-        }
-    }
-
-    fn ghost_remove(&mut self, hash: u64) -> bool {
-        match self.ghost_set.find_entry(hash, |&h| h == hash) {
-            Ok(e) => {
-                e.remove();
-                true
-            }
-            Err(_) => false,
+        if let Some(&(next, _)) = positions.get(1) {
+            prefetch(self.slots[next as usize].data.as_ptr());
         }
     }
 
@@ -525,11 +562,18 @@ impl HotCache {
     }
 }
 
-fn join(key: &[u8], row: &[u8]) -> Box<[u8]> {
-    let mut v = Vec::with_capacity(key.len() + row.len());
-    v.extend_from_slice(key);
-    v.extend_from_slice(row);
-    v.into_boxed_slice()
+/// `key` then `row` in `buffer` when it is their size, else in a new one.
+fn fill(mut buffer: Box<[u8]>, key: &[u8], row: &[u8]) -> Box<[u8]> {
+    if buffer.len() != key.len() + row.len() {
+        let mut v = Vec::with_capacity(key.len() + row.len());
+        v.extend_from_slice(key);
+        v.extend_from_slice(row);
+        return v.into_boxed_slice();
+    }
+    let (k, r) = buffer.split_at_mut(key.len());
+    k.copy_from_slice(key);
+    r.copy_from_slice(row);
+    buffer
 }
 
 #[cfg(test)]

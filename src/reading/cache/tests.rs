@@ -60,9 +60,9 @@ fn a_batch_finds_what_single_lookups_find() {
     assert_eq!(
         c.counts().expirations,
         20,
-        "each expired key is dropped once"
+        "each expired key counts once, however often it is asked for"
     );
-    assert_eq!(c.entries(), 180);
+    assert_eq!(c.entries(), 200, "expired entries wait for their refresh");
 }
 
 #[test]
@@ -105,8 +105,62 @@ fn entries_expire_after_their_ttl() {
     c.insert(b"k", 1, &[0; 8], Duration::from_millis(100), now);
     assert!(c.get(b"k", now + Duration::from_millis(99)).is_some());
     assert!(c.get(b"k", now + Duration::from_millis(100)).is_none());
+    assert!(c.get(b"k", now + Duration::from_millis(150)).is_none());
     assert_eq!(c.counts().expirations, 1);
-    assert_eq!((c.entries(), c.bytes()), (0, 0));
+    assert_eq!(c.counts().misses, 2);
+    // Never served again, but it keeps its place (and its bytes) for the refresh.
+    assert_eq!((c.entries(), c.bytes()), (1, 1 + 8 + ENTRY_OVERHEAD));
+}
+
+#[test]
+fn a_refresh_after_expiry_renews_in_place() {
+    let mut c = HotCache::new(1 << 20);
+    let now = Instant::now();
+    let ttl = Duration::from_millis(100);
+    c.insert(b"k", 10, &[1; 8], ttl, now);
+    let later = now + Duration::from_millis(200);
+    assert!(c.get(b"k", later).is_none());
+    // The store answers the same row again: no new admission, served until later + ttl.
+    c.insert(b"k", 10, &[1; 8], ttl, later);
+    assert_eq!(c.counts().admissions, 1);
+    assert_eq!(c.get(b"k", later).map(|h| h.row.to_vec()), Some(vec![1; 8]));
+    assert!(c.get(b"k", later + ttl).is_none());
+    // Once expired, an older row (a backfill rewrote Redis) is taken: it is what Redis holds.
+    let much_later = later + Duration::from_secs(1);
+    c.insert(b"k", 5, &[2; 8], ttl, much_later);
+    let hit = c
+        .get(b"k", much_later)
+        .expect("the older row replaced the expired one");
+    assert_eq!((hit.computed_at_ms, hit.row.to_vec()), (5, vec![2; 8]));
+    assert_eq!(c.counts().expirations, 2);
+    assert_eq!((c.entries(), c.counts().admissions), (1, 1));
+}
+
+#[test]
+fn an_insert_that_evicts_reuses_the_victim_s_buffer() {
+    // Room for 40 entries of the same size; once full, every insert evicts one (a one-hit
+    // wonder from the small FIFO) and takes its buffer.
+    let row = [9u8; 32];
+    let mut c = HotCache::new(40 * (key(100).len() + row.len() + ENTRY_OVERHEAD));
+    let now = Instant::now();
+    for i in 100..140 {
+        c.insert(&key(i), 1, &row, TTL, now);
+    }
+    let buffers: Vec<*const u8> = c.slots.iter().map(|s| s.data.as_ptr()).collect();
+    for i in 140..400 {
+        c.insert(&key(i), 1, &row, TTL, now);
+        assert!(c.bytes() <= c.capacity());
+    }
+    assert_eq!(c.counts().rejections, 260);
+    let now_held: Vec<*const u8> = c.slots.iter().map(|s| s.data.as_ptr()).collect();
+    assert_eq!(now_held, buffers, "every insert took its victim's buffer");
+    for i in 396..400 {
+        assert_eq!(
+            c.get(&key(i), now).map(|h| h.row),
+            Some(&row[..]),
+            "key {i}"
+        );
+    }
 }
 
 #[test]
@@ -205,8 +259,14 @@ fn overhead_covers_the_slot() {
     let index = std::mem::size_of::<Entry>() + 1; // hash table entry + control byte
     let positions = std::mem::size_of::<(u32, u32)>();
     let alloc_header = 16; // the key-and-row buffer's allocation, rounded
+    let ghost = 2 * std::mem::size_of::<u32>(); // at most two places per entry
     assert!(
-        slot + index + positions + alloc_header <= ENTRY_OVERHEAD,
+        slot + index + positions + alloc_header + ghost <= ENTRY_OVERHEAD,
         "slot is {slot} bytes"
     );
+    let mut c = HotCache::new(1 << 30);
+    for i in 0..10_000 {
+        c.insert(&key(i), 1, &[0; 8], TTL, Instant::now());
+        assert!(c.ghost.bytes() <= ghost * c.entries().max(16), "at {i}");
+    }
 }
