@@ -29,14 +29,14 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
-use hashbrown::HashTable;
-
 mod batch;
 mod ghost;
+mod table;
 
 use batch::prefetch;
 pub use batch::{KeyList, Probe};
 use ghost::Ghost;
+use table::Table;
 
 /// Bytes charged per entry beyond its key and row: the slot, the slot vector's growth by
 /// doubling, the hash-table entry and FIFO position, the ghost's places, and the allocator's rounding of the
@@ -49,18 +49,6 @@ pub const ENTRY_OVERHEAD: usize = 176;
 pub struct Hit<'a> {
     pub computed_at_ms: u64,
     pub row: &'a [u8],
-}
-
-/// A hash-table entry: the slot, and 32 more bits of the key's hash, so a probe that meets
-/// another key's entry can tell without reading that key's slot.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    slot: u32,
-    tag: u32,
-}
-
-fn tag_of(hash: u64) -> u32 {
-    (hash >> 32) as u32
 }
 
 /// Counts kept by the cache itself; the shard publishes them to its stats.
@@ -118,7 +106,7 @@ impl Slot {
 pub struct HotCache {
     capacity: usize,
     small_target: usize,
-    table: HashTable<Entry>,
+    table: Table,
     slots: Vec<Slot>,
     free: Vec<u32>,
     small: VecDeque<(u32, u32)>,
@@ -142,7 +130,7 @@ impl HotCache {
         HotCache {
             capacity: capacity_bytes,
             small_target: capacity_bytes / 10,
-            table: HashTable::new(),
+            table: Table::new(),
             slots: Vec::new(),
             free: Vec::new(),
             small: VecDeque::new(),
@@ -174,12 +162,8 @@ impl HotCache {
     }
 
     fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
-        let tag = tag_of(hash);
         self.table
-            .find(hash, |e| {
-                e.tag == tag && self.slots[e.slot as usize].key() == key
-            })
-            .map(|e| e.slot)
+            .find(hash, |slot| self.slots[slot as usize].key() == key)
     }
 
     /// The row cached for `key`, unless absent or older than its TTL at `now`.
@@ -216,19 +200,24 @@ impl HotCache {
         }
     }
 
-    /// The first two stages of a batch, for every key of `keys` into `probes`: hash, and find
-    /// the entry whose tag matches without reading any slot, prefetching the slot; then, the
-    /// slots being on their way, prefetch their keys and rows.
+    /// The first stages of a batch, for every key of `keys` into `probes`: hash, and start
+    /// loading the table's line; then, those lines being on their way, find the slot whose tag
+    /// matches (without reading any slot) and start loading it; then its key and row.
     fn probe_all(&self, keys: &KeyList, probes: &mut Vec<Probe>) {
         probes.clear();
         for key in keys.iter() {
             let hash = hash_of(&self.hasher, key);
-            let tag = tag_of(hash);
-            let candidate = self.table.find(hash, |e| e.tag == tag).map(|e| e.slot);
-            if let Some(i) = candidate {
+            self.table.prefetch(hash);
+            probes.push(Probe {
+                hash,
+                candidate: None,
+            });
+        }
+        for p in probes.iter_mut() {
+            p.candidate = self.table.find(p.hash, |_| true);
+            if let Some(i) = p.candidate {
                 prefetch(&self.slots[i as usize]);
             }
-            probes.push(Probe { hash, candidate });
         }
         for p in probes.iter() {
             if let Some(i) = p.candidate {
@@ -355,15 +344,7 @@ impl HotCache {
             expired: false,
         };
         let generation = slot.generation;
-        let slots = &self.slots;
-        self.table.insert_unique(
-            hash,
-            Entry {
-                slot: i,
-                tag: tag_of(hash),
-            },
-            |e| slots[e.slot as usize].hash,
-        );
+        self.table.insert(hash, i);
         if to_main {
             self.main.push_back((i, generation));
             self.main_bytes += charge;
@@ -457,9 +438,7 @@ impl HotCache {
         slot.live = false;
         slot.key_len = 0;
         slot.generation = slot.generation.wrapping_add(1);
-        if let Ok(e) = self.table.find_entry(hash, |e| e.slot == i) {
-            e.remove();
-        }
+        self.table.remove(hash, i);
         self.free.push(i);
         self.stale_positions += 1;
     }
