@@ -17,8 +17,8 @@
 //!
 //! Inserts are where a miss costs most: each touches a few cache lines nobody has read lately.
 //! So an insert evicts first and reuses the victim's buffer when it is the same size (a view's
-//! rows are), and the ghost is a fixed array of fingerprints (one line per lookup), not a list
-//! and a hash set.
+//! rows are), and the ghost is a direct-mapped array of fingerprints (one line per lookup), not
+//! a list and a hash set.
 //!
 //! Lookups come in batches ([`HotCache::get_many`]): a probe chases up to three cache lines that
 //! are rarely in the CPU's cache (the table's bucket, the slot, the key and row), so a batch runs
@@ -39,8 +39,8 @@ use ghost::Ghost;
 use table::Table;
 
 /// Bytes charged per entry beyond its key and row: the slot, the slot vector's growth by
-/// doubling, the hash-table entry and FIFO position, the ghost's places, and the allocator's rounding of the
-/// key-and-row buffer. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated
+/// doubling, the index's buckets, the FIFO position, the ghost's places, and the allocator's
+/// rounding of the key-and-row buffer. `cargo bench --bench cache_hit_ratio` counts the bytes really allocated
 /// (benches/RESULTS.md); 176 keeps the byte bound true with room to spare.
 pub const ENTRY_OVERHEAD: usize = 176;
 
@@ -306,44 +306,36 @@ impl HotCache {
         // Room first, so that the victim's buffer can take the new entry.
         while self.bytes() + charge > self.capacity && self.evict_one() {}
         let to_main = self.ghost.take(hash);
-        let (i, data) = match self.free.pop() {
+        let free = self.free.pop();
+        let (buffer, generation) = match free {
             Some(i) => {
-                let old = std::mem::take(&mut self.slots[i as usize].data);
-                (i, fill(old, key, row))
+                let slot = &mut self.slots[i as usize];
+                (std::mem::take(&mut slot.data), slot.generation)
             }
-            None => {
-                self.slots.push(Slot {
-                    data: Box::default(),
-                    key_len: 0,
-                    hash: 0,
-                    computed_at_ms: 0,
-                    expires_at: now,
-                    freq: 0,
-                    queue: Queue::Small,
-                    generation: 0,
-                    live: false,
-                    expired: false,
-                });
-                (
-                    (self.slots.len() - 1) as u32,
-                    fill(Box::default(), key, row),
-                )
-            }
+            None => (Box::default(), 0),
         };
-        let slot = &mut self.slots[i as usize];
-        *slot = Slot {
-            data,
+        let slot = Slot {
+            data: fill(buffer, key, row),
             key_len: key.len(),
             hash,
             computed_at_ms,
             expires_at: now + ttl,
             freq: 0,
             queue: if to_main { Queue::Main } else { Queue::Small },
-            generation: slot.generation,
+            generation,
             live: true,
             expired: false,
         };
-        let generation = slot.generation;
+        let i = match free {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
         self.table.insert(hash, i);
         if to_main {
             self.main.push_back((i, generation));
