@@ -30,6 +30,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 mod batch;
+mod evict;
 mod ghost;
 mod table;
 
@@ -433,103 +434,6 @@ impl HotCache {
         self.table.remove(hash, i);
         self.free.push(i);
         self.stale_positions += 1;
-    }
-
-    /// Evicts from the small FIFO while it holds more than its share, else from main.
-    fn evict_one(&mut self) -> bool {
-        if self.small_bytes > self.small_target || self.main.is_empty() {
-            self.evict_small()
-        } else {
-            self.evict_main()
-        }
-    }
-
-    fn live_position(&mut self, pos: (u32, u32)) -> bool {
-        let slot = &self.slots[pos.0 as usize];
-        let live = slot.live && slot.generation == pos.1;
-        if !live {
-            self.stale_positions = self.stale_positions.saturating_sub(1);
-        }
-        live
-    }
-
-    fn evict_small(&mut self) -> bool {
-        // The next victims are the slots behind this one: start loading the one after next, and
-        // the buffer of the next (its slot was loaded the same way), so the inserts that follow
-        // do not wait for them.
-        self.prefetch_victims(Queue::Small);
-        while let Some(pos) = self.small.pop_front() {
-            if !self.live_position(pos) {
-                continue;
-            }
-            let i = pos.0;
-            let slot = &mut self.slots[i as usize];
-            let charge = slot.charge();
-            if slot.freq > 0 {
-                // Read again while on probation: it has earned a place in main.
-                slot.freq = 0;
-                slot.queue = Queue::Main;
-                self.small_bytes -= charge;
-                self.main_bytes += charge;
-                self.main.push_back(pos);
-                return true;
-            }
-            let hash = slot.hash;
-            self.unlink(i);
-            // unlink() counted the position stale, but it has already left its queue.
-            self.stale_positions -= 1;
-            self.counts.rejections += 1;
-            self.ghost.add(hash);
-            return true;
-        }
-        false
-    }
-
-    fn evict_main(&mut self) -> bool {
-        self.prefetch_victims(Queue::Main);
-        while let Some(pos) = self.main.pop_front() {
-            if !self.live_position(pos) {
-                continue;
-            }
-            let slot = &mut self.slots[pos.0 as usize];
-            if slot.freq > 0 {
-                slot.freq -= 1;
-                self.main.push_back(pos);
-                continue;
-            }
-            self.unlink(pos.0);
-            self.stale_positions -= 1;
-            self.counts.evictions += 1;
-            return true;
-        }
-        false
-    }
-
-    fn prefetch_victims(&self, queue: Queue) {
-        let positions = match queue {
-            Queue::Small => &self.small,
-            Queue::Main => &self.main,
-        };
-        if let Some(&(after_next, _)) = positions.get(2) {
-            prefetch(&self.slots[after_next as usize]);
-        }
-        if let Some(&(next, _)) = positions.get(1) {
-            prefetch(self.slots[next as usize].data.as_ptr());
-        }
-    }
-
-    /// Invalidations leave positions behind in the FIFOs; drop them once they outnumber the live
-    /// entries, so churn without eviction cannot grow the queues without bound.
-    fn compact_if_needed(&mut self) {
-        if self.stale_positions <= self.table.len().max(64) {
-            return;
-        }
-        let slots = &self.slots;
-        let live =
-            |p: &(u32, u32)| slots[p.0 as usize].live && slots[p.0 as usize].generation == p.1;
-        self.small.retain(live);
-        self.main.retain(live);
-        self.stale_positions = 0;
     }
 }
 
