@@ -13,6 +13,7 @@ use crate::reading::freshness::now_ms;
 use crate::serving::accept::reuseport_listener;
 use crate::shard::{self, ShardSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
+use crate::store::redis::url;
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms;
 
@@ -118,7 +119,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         listen = %addr,
         stats = %stats_addr,
         shards = settings.shards,
-        redis = %redis_url,
+        redis = %url::redacted(&redis_url),
         "featureproxy serving"
     );
 

@@ -137,7 +137,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         .await
         .is_err()
     {
-        warn!(shard, redis = %redis_url, "Redis did not answer within 2s of start; serving defaults until it does");
+        warn!(shard, redis = %redis::url::redacted(&redis_url), "Redis did not answer within 2s of start; serving defaults until it does");
     }
     accept::run(listener, serving, shutdown).await;
     backend.close().await;

@@ -309,5 +309,33 @@ async fn a_url_s_password_and_database_hold_for_reads_and_writes() {
         let logs = refused.logs();
         (logs.contains("handshake") && logs.contains("WRONGPASS")).then_some(())
     });
+    // It retries with backoff, not as fast as Redis refuses, and warns once. (What is checked is
+    // that something does not happen over a window, so the window is a sleep.)
+    let connections = || -> u64 {
+        cli_in_db(&redis, "s3cret", "0", &["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats has total_connections_received")
+    };
+    let before = connections();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = connections() - before - 1; // less the INFO's own connection
+    assert!(
+        during <= 8,
+        "{during} connections in 2 s from a proxy whose password Redis refuses"
+    );
     refused.stop();
+    let logs = refused.logs();
+    assert_eq!(
+        logs.matches("refused the read connection's handshake;")
+            .count(),
+        1,
+        "one warning, however often it retries"
+    );
+    assert!(!logs.contains("nope"), "the password reached the log");
+    assert!(
+        logs.contains("redis://:***@127.0.0.1:"),
+        "the URL is logged redacted"
+    );
 }

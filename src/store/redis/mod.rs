@@ -1,6 +1,7 @@
 //! Redis beneath the storage seam: the [`node`] (one server, its connection and breaker), the
 //! backends built from nodes ([`standalone`], [`cluster`]), client-side-caching notices of writes made behind
-//! the proxy ([`tracking`]), and the private server a newcomer gets without `--redis` ([`child`]).
+//! the proxy ([`tracking`]), the private server a newcomer gets without `--redis` ([`child`]), and
+//! URLs fit for logs ([`url`]).
 
 pub mod child;
 pub mod cluster;
@@ -9,6 +10,7 @@ pub mod pipe;
 pub mod resp;
 pub mod standalone;
 pub mod tracking;
+pub mod url;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -65,8 +65,12 @@ impl Node {
         stats: Arc<ShardStats>,
         histograms: Rc<RefCell<ShardHistograms>>,
     ) -> Result<Rc<Node>, StoreError> {
-        let config = Config::from_url(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
+        let config = Config::from_url(url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "bad Redis URL {:?}: {e}",
+                super::url::redacted(url)
+            ))
+        })?;
         let reads = Pipe::start(read_target(&config, url)?);
         let client = Builder::from_config(config)
             .with_performance_config(|p| {

@@ -70,6 +70,13 @@ struct Inner {
     changed: Notify,
     drop_asked: Cell<bool>,
     closed: Cell<bool>,
+    /// Redis has answered on the current connection (its handshake, or a read): only such a
+    /// connection, once ended, is retried at once. One refused or cut before any answer waits
+    /// its backoff, so a wrong password or a full server is not hammered with connections.
+    answered: Cell<bool>,
+    /// The last handshake refusal logged; the same one again is logged at debug only, until a
+    /// handshake is accepted.
+    refusal: RefCell<Option<String>>,
 }
 
 /// One live connection: its write half, what could not be written yet, and the calls waiting
@@ -132,6 +139,8 @@ impl Pipe {
                 changed: Notify::new(),
                 drop_asked: Cell::new(false),
                 closed: Cell::new(false),
+                answered: Cell::new(false),
+                refusal: RefCell::new(None),
             }),
         };
         tokio::task::spawn_local(pipe.clone().run());
@@ -248,7 +257,6 @@ impl Pipe {
         while !self.inner.closed.get() {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
                 Ok(Ok(stream)) => {
-                    backoff = Duration::ZERO;
                     let _ = stream.set_nodelay(true);
                     let (read, write) = stream.into_split();
                     self.up(write);
@@ -256,6 +264,9 @@ impl Pipe {
                         debug!(%addr, %why, "Redis read connection ended");
                     }
                     self.down();
+                    if self.inner.answered.get() {
+                        backoff = Duration::ZERO;
+                    }
                 }
                 Ok(Err(e)) => debug!(%addr, error = %e, "cannot connect to Redis"),
                 Err(_) => debug!(%addr, "connecting to Redis timed out"),
@@ -271,6 +282,7 @@ impl Pipe {
     /// Installs a new connection, its handshake (and READONLY) queued ahead of any read.
     fn up(&self, write: OwnedWriteHalf) {
         self.inner.drop_asked.set(false);
+        self.inner.answered.set(false);
         *self.inner.conn.borrow_mut() = Some(Conn {
             write: Rc::new(write),
             backlog: BytesMut::with_capacity(16 * 1024),
@@ -371,25 +383,43 @@ impl Pipe {
             };
             let frames = done.frames.take();
             match &done.purpose {
-                Purpose::Read if done.abandoned.get() => {}
-                Purpose::Read => done.settle(Ok(frames)),
+                Purpose::Read if done.abandoned.get() => self.inner.answered.set(true),
+                Purpose::Read => {
+                    self.inner.answered.set(true);
+                    done.settle(Ok(frames))
+                }
                 Purpose::Hello => {
                     if let Some(BytesFrame::Error(e)) =
                         frames.iter().find(|f| matches!(f, BytesFrame::Error(_)))
                     {
-                        warn!(
-                            addr = %self.inner.target.addr,
-                            error = %&**e,
-                            "Redis refused the read connection's handshake; check the URL's user, password and database"
-                        );
+                        self.refused(e);
                         return Err("handshake refused".into());
                     }
+                    self.inner.answered.set(true);
+                    *self.inner.refusal.borrow_mut() = None;
                 }
                 Purpose::ReadOnly(armed) => {
                     armed.set(matches!(frames.first(), Some(BytesFrame::SimpleString(_))))
                 }
             }
         }
+    }
+
+    /// Logs Redis's refusal of the handshake: a warning the first time (and whenever the reason
+    /// changes), at debug while it repeats on every reconnect.
+    fn refused(&self, error: &str) {
+        let addr = &self.inner.target.addr;
+        let mut last = self.inner.refusal.borrow_mut();
+        if last.as_deref() == Some(error) {
+            debug!(%addr, error, "Redis refused the read connection's handshake again");
+            return;
+        }
+        warn!(
+            %addr,
+            error,
+            "Redis refused the read connection's handshake; check the URL's user, password and database (retrying with backoff up to 1s)"
+        );
+        *last = Some(error.to_string());
     }
 }
 
