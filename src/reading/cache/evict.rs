@@ -30,51 +30,62 @@ impl HotCache {
         // the buffer of the next (its slot was loaded the same way), so the inserts that follow
         // do not wait for them.
         self.prefetch_victims(Queue::Small);
-        while let Some(pos) = self.small.pop_front() {
-            if !self.live_position(pos) {
-                continue;
-            }
-            let i = pos.0;
-            let slot = &mut self.slots[i as usize];
+        let Some(pos) = self.pop_live(Queue::Small) else {
+            return false;
+        };
+        let slot = &mut self.slots[pos.0 as usize];
+        if slot.freq > 0 {
+            // Read again while on probation: it has earned a place in main.
             let charge = slot.charge();
-            if slot.freq > 0 {
-                // Read again while on probation: it has earned a place in main.
-                slot.freq = 0;
-                slot.queue = Queue::Main;
-                self.small_bytes -= charge;
-                self.main_bytes += charge;
-                self.main.push_back(pos);
-                return true;
-            }
-            let hash = slot.hash;
-            self.unlink(i);
-            // unlink() counted the position stale, but it has already left its queue.
-            self.stale_positions -= 1;
-            self.counts.rejections += 1;
-            self.ghost.add(hash);
+            slot.freq = 0;
+            slot.queue = Queue::Main;
+            self.small_bytes -= charge;
+            self.main_bytes += charge;
+            self.main.push_back(pos);
             return true;
         }
-        false
+        let hash = slot.hash;
+        self.evict_slot(pos.0);
+        self.counts.rejections += 1;
+        self.ghost.add(hash);
+        true
     }
 
     fn evict_main(&mut self) -> bool {
         self.prefetch_victims(Queue::Main);
-        while let Some(pos) = self.main.pop_front() {
-            if !self.live_position(pos) {
-                continue;
-            }
+        while let Some(pos) = self.pop_live(Queue::Main) {
             let slot = &mut self.slots[pos.0 as usize];
             if slot.freq > 0 {
                 slot.freq -= 1;
                 self.main.push_back(pos);
                 continue;
             }
-            self.unlink(pos.0);
-            self.stale_positions -= 1;
+            self.evict_slot(pos.0);
             self.counts.evictions += 1;
             return true;
         }
         false
+    }
+
+    /// Takes the front position of `queue` whose slot still holds its entry, dropping the stale
+    /// ones before it.
+    fn pop_live(&mut self, queue: Queue) -> Option<(u32, u32)> {
+        loop {
+            let pos = match queue {
+                Queue::Small => self.small.pop_front(),
+                Queue::Main => self.main.pop_front(),
+            }?;
+            if self.live_position(pos) {
+                return Some(pos);
+            }
+        }
+    }
+
+    /// Frees a victim already taken off its queue: unlike an invalidation, it leaves no stale
+    /// position behind.
+    fn evict_slot(&mut self, i: u32) {
+        self.unlink(i);
+        self.stale_positions -= 1;
     }
 
     fn prefetch_victims(&self, queue: Queue) {
