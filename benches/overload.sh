@@ -20,6 +20,12 @@
 # `--inflight 4096`: the client does not cap its own queue (an open-loop population of callers
 # does not), so an overloaded server sees the whole queue. Needs redis-server and release builds
 # of featureproxy and loadgen (cargo build --release --workspace).
+#
+# PIN=1: Redis and the proxy run on CPU 0 and loadgen on CPU 1 (taskset). On a small box the
+# load generator's cost grows with what it offers (at 4x it makes and reads four times the
+# requests), and unpinned that CPU comes out of the servers' share: goodput then falls for want
+# of CPU, not because of how the proxy sheds. Pinned, capacity and every factor get one CPU for
+# the servers, whatever loadgen spends. The "server cores" column shows what they got.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +41,12 @@ ENTITIES=${ENTITIES:-1000000}
 for b in "$BIN" "$LOADGEN"; do
   [ -x "$b" ] || { echo "missing $b: cargo build --release --workspace" >&2; exit 2; }
 done
+SERVER_ON=(); LOAD_ON=()
+if [ "${PIN:-0}" = 1 ]; then
+  command -v taskset >/dev/null || { echo "PIN=1 needs taskset (apt-get install util-linux)" >&2; exit 2; }
+  [ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs 2 CPUs (servers on 0, loadgen on 1); this machine has $(nproc)" >&2; exit 2; }
+  SERVER_ON=(taskset -c 0); LOAD_ON=(taskset -c 1)
+fi
 # shellcheck source=benches/proc.sh
 source "$ROOT/benches/proc.sh"
 
@@ -44,7 +56,7 @@ cp "$ROOT/examples/features.toml" "$WORK/shed.toml"
 
 start_proxy() {
   PORT=$(free_port); STATS=$(free_port)
-  "$BIN" serve --config "$1" --listen "127.0.0.1:$PORT" --stats-listen "127.0.0.1:$STATS" \
+  ${SERVER_ON[@]+"${SERVER_ON[@]}"} "$BIN" serve --config "$1" --listen "127.0.0.1:$PORT" --stats-listen "127.0.0.1:$STATS" \
     --redis "redis://127.0.0.1:$REDIS_PORT" ${PROXY_EXTRA[@]+"${PROXY_EXTRA[@]}"} 2>"$WORK/proxy.log" &
   PROXY_PID=$!
   wait_port "$PORT"
@@ -55,15 +67,17 @@ stop_proxy() { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_P
 # and EXPIRED after 10).
 echo "seeding $ENTITIES entities" >&2
 start_proxy "$WORK/shed.toml"
-"$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null 2>&1
+${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null 2>&1
 stop_proxy
 
 LOAD=(--entities "$ENTITIES" --rate "$RATE" --burst 4x:2s/10s --duration 30s --warmup 3s
       --connections 4 --inflight 4096 --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"})
 RESULTS="$WORK/results.tsv"
 run() {
-  local name=$1 target=$2 shed=""
-  "$LOADGEN" run --target "$target" "${LOAD[@]}" --json "$WORK/run.json" >/dev/null 2>&1 || true
+  local name=$1 target=$2 shed="" pids=(--server-pid "$REDIS_PID")
+  [ -n "$PROXY_PID" ] && pids+=(--server-pid "$PROXY_PID")
+  ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" run --target "$target" "${LOAD[@]}" "${pids[@]}" \
+    --json "$WORK/run.json" >/dev/null 2>&1 || true
   if [ -n "$PROXY_PID" ]; then
     shed=$(curl -s "127.0.0.1:$STATS/metrics" | awk '/^featureproxy_requests_shed_total/ {print $2}')
   fi
@@ -75,7 +89,9 @@ good = (st["fresh"] + st["stale"]) / j["duration_s"]
 # Goodput counts entities; offered is in requests: scale it to entities for the share.
 batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
 over = sum(v for k, v in j["errors"].items() if "OVERLOADED" in k)
-print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}\t{100 * j['late_share']:.1f}")
+# CPU the servers (Redis, and the proxy if any) used over the window, in cores.
+cores = sum(c["cpu_s"] / c["window_s"] for c in j["server_cpu"] if c["cpu_s"] is not None)
+print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}\t{100 * j['late_share']:.1f}\t{cores:.2f}")
 EOF
 }
 
@@ -84,16 +100,17 @@ CAP_GOOD=""
 if [ -n "$FACTORS" ]; then
   echo "measuring capacity (closed loop, shedding off)" >&2
   start_proxy "$WORK/noshed.toml"
-  "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
+  ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
     --inflight 64 --duration 10s --warmup 3s --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
-    --json "$WORK/capacity.json" >/dev/null 2>&1
+    --server-pid "$PROXY_PID" --server-pid "$REDIS_PID" --json "$WORK/capacity.json" >/dev/null 2>&1
   stop_proxy
-  read -r CAP CAP_GOOD < <(python3 -c 'import json, sys
+  read -r CAP CAP_GOOD CAP_CORES < <(python3 -c 'import json, sys
 j = json.load(open(sys.argv[1]))
 good = (j["statuses"]["fresh"] + j["statuses"]["stale"]) / j["duration_s"]
 batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
-print(round(good / batch), round(good))' "$WORK/capacity.json")
-  echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s" >&2
+cores = sum(c["cpu_s"] / c["window_s"] for c in j["server_cpu"] if c["cpu_s"] is not None)
+print(round(good / batch), round(good), f"{cores:.2f}")' "$WORK/capacity.json")
+  echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s, server cores $CAP_CORES" >&2
   for r in $(seq 1 "$ROUNDS"); do
     for f in $FACTORS; do
       LOAD=(--entities "$ENTITIES" --rate $((f * CAP)) --duration 30s --warmup 3s
@@ -125,20 +142,22 @@ else
   done
 fi
 
-python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "${CAP:-}" "$CAP_GOOD" <<'EOF'
+PLACED="every process on any CPU"
+[ "${PIN:-0}" = 1 ] && PLACED="Redis and the proxy pinned to CPU 0, loadgen to CPU 1 (PIN=1)"
+python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "${CAP:-}" "$CAP_GOOD" "$PLACED" "${CAP_CORES:-}" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 cap, cap_good = sys.argv[5], sys.argv[6]
-print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}")
+print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}; {sys.argv[7]}")
 if cap:
-    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding off): {cap} requests/s answered FRESH or STALE ({cap_good} entities/s); the command above is the last run's, each row names its factor.")
+    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding off): {cap} requests/s answered FRESH or STALE ({cap_good} entities/s), the servers using {sys.argv[8]} cores; the command above is the last run's, each row names its factor.")
 print()
-print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors | loadgen sends > 1 ms late |" + (" goodput / capacity's |" if cap else ""))
-print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
+print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors | loadgen sends > 1 ms late | server cores |" + (" goodput / capacity's |" if cap else ""))
+print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
 for name in dict.fromkeys(r[0] for r in rows):
     rs = [r for r in rows if r[0] == name]
     med = lambda i: statistics.median(float(r[i]) for r in rs)
     shed = "-" if rs[0][7] == "-" else f"{med(7):.0f}"
     share = f" {med(3) / float(cap_good):.1%} |" if cap else ""
-    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} | {med(10):.1f}% |{share}")
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} | {med(10):.1f}% | {med(11):.2f} |{share}")
 EOF

@@ -1,6 +1,7 @@
 # Sourced by benches/compare_builds.sh and benches/overload.sh: a work directory, free ports, and
 # a private redis-server, all cleaned up on exit. Sets WORK, REDIS_PORT, REDIS_PID; scripts set
-# PROXY_PID while a proxy runs, so that it is stopped on exit too.
+# PROXY_PID while a proxy runs, so that it is stopped on exit too. A script may set SERVER_ON
+# (e.g. `taskset -c 0`) to start Redis under it.
 command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/fp-bench.XXXXXX)
@@ -16,6 +17,6 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 1 500); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing listens on $1" >&2; exit 1; }
 
 REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+${SERVER_ON[@]+"${SERVER_ON[@]}"} redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
 REDIS_PID=$!
 wait_port "$REDIS_PORT"

@@ -112,7 +112,8 @@ pub struct Settings {
     pub frame_timeout: Duration,
     /// While the requests waiting on a connection would take longer than this to serve, or
     /// while even the quickest GET that waited on Redis over the last 100 ms took longer than
-    /// this (a queue stands in the shard), the shard has as many waiting as it answers in half
+    /// this (a queue stands in the shard; it stands on while the limit that follows turns GETs
+    /// away in each 100 ms), the shard has as many waiting as it answers in half
     /// the default deadline and the connection has more than 16 in flight, its GETs are
     /// answered OVERLOADED instead of queueing (see `serving::overload`); "0s" never sheds.
     #[serde(deserialize_with = "duration")]

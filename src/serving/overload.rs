@@ -16,15 +16,20 @@
 //! requests; and requests already admitted can queue inside the shard (for the store, behind
 //! one another's batches). So the shard also watches how long the requests that wait on the
 //! store take, CoDel-style ([`Pressure`]): when even the quickest of them over an interval took
-//! longer than `shed_queue_delay`, a queue is standing. While it stands, the shard admits only as
-//! many GETs to wait on the store as it answers, at its recent pace, within half the default
-//! deadline (Little's law: that many in flight wait about that long), and a connection with more
-//! than [`SHED_FLOOR`] in flight has its further GETs shed past that limit, even past
-//! `max_inflight_per_connection` (where it would otherwise stop reading and leave the queue in
-//! the kernel and the client, out of sight). The limit follows capacity: no fixed number of
+//! longer than `shed_queue_delay`, a queue is standing, and it goes on standing for as long as
+//! the limit below turns GETs away in each interval: the limit itself keeps the waits near its
+//! budget, where one dips below the target now and then, and lifting the limit then let an
+//! interval's worth of surplus in, which later requests waited behind (p99 86-110 ms at 2x-4x
+//! capacity, against 36-38 ms with the rule; benches/RESULTS.md). While it stands, the shard
+//! admits only as many GETs to wait on the store as it answers, at its recent pace, within half
+//! the default deadline (Little's law: that many in flight wait about that long), and a
+//! connection with more than [`SHED_FLOOR`] in flight has its further GETs shed past that limit,
+//! even past `max_inflight_per_connection` (where it would otherwise stop reading and leave the
+//! queue in the kernel and the client, out of sight). The limit follows capacity: no fixed number of
 //! requests in flight suits both a store that answers 100,000 GETs a second and one that
 //! answers 5,000.
 
+use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -64,6 +69,8 @@ pub struct Pressure {
     /// Answers per second over recent intervals; None until one interval ended.
     pace: Option<f64>,
     standing: bool,
+    /// Whether the limit was reached in the current interval (set by [`Pressure::sheds`]).
+    reached: Cell<bool>,
 }
 
 impl Pressure {
@@ -78,6 +85,7 @@ impl Pressure {
             answered: 0,
             pace: None,
             standing: false,
+            reached: Cell::new(false),
         }
     }
 
@@ -91,7 +99,10 @@ impl Pressure {
         let start = *self.interval_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= PRESSURE_INTERVAL {
-            self.standing = self.quickest > self.target;
+            // A limit that turned GETs away means the demand is still above what the shard
+            // answers, whatever the quickest wait (see the module's comment).
+            self.standing = self.quickest > self.target || (self.standing && self.reached.get());
+            self.reached.set(false);
             let sample = self.answered as f64 / elapsed.as_secs_f64();
             self.pace = Some(match self.pace {
                 Some(p) => p + ANSWER_PACE_WEIGHT * (sample - p),
@@ -116,9 +127,14 @@ impl Pressure {
     }
 
     /// True when a GET from a connection with `inflight` requests waiting on the store, in a
-    /// shard with `waiting` of them, is to be shed for the shard's queue.
+    /// shard with `waiting` of them, is to be shed for the shard's queue. Notes whether the
+    /// limit was reached, which keeps a standing queue standing.
     pub fn sheds(&self, inflight: usize, waiting: usize) -> bool {
-        self.standing && inflight > SHED_FLOOR && waiting >= self.limit()
+        if !self.standing || waiting < self.limit() {
+            return false;
+        }
+        self.reached.set(true);
+        inflight > SHED_FLOOR
     }
 }
 
@@ -320,6 +336,38 @@ mod tests {
         // No standing queue, no shedding, however many wait.
         let calm = Pressure::new(ms(10), ms(25));
         assert!(!calm.sheds(1000, 1000));
+    }
+
+    #[test]
+    fn a_queue_held_at_the_limit_stands_until_an_interval_passes_without_reaching_it() {
+        let ms = Duration::from_millis;
+        let mut p = Pressure::new(ms(10), ms(25));
+        let t0 = Instant::now();
+        // Two intervals of slow answers: a queue stands, and the limit is reached.
+        let mut at = 0;
+        for _ in 0..=200 {
+            p.record(ms(30), t0 + Duration::from_micros(at));
+            at += 1000;
+        }
+        assert!(p.standing());
+        let limit = p.limit();
+        assert!(p.sheds(100, limit));
+        // The limit holds the waits near the budget; one dips below the target. Because the
+        // limit turned GETs away in that interval, the queue still stands.
+        for waited in [20, 9, 20] {
+            p.record(ms(waited), t0 + Duration::from_micros(at));
+            at += 50_000;
+        }
+        assert!(p.standing(), "the limit was reached in the interval");
+        // An interval with a quick answer and nothing turned away: the demand fell below what
+        // the shard answers, and the queue no longer stands.
+        for waited in [20, 9, 20] {
+            p.record(ms(waited), t0 + Duration::from_micros(at));
+            at += 50_000;
+        }
+        assert!(!p.standing());
+        // Below the limit, a GET is not shed and the limit is not marked as reached.
+        assert!(!p.sheds(100, 0));
     }
 
     #[test]
