@@ -8,11 +8,13 @@
 //! store is not asked for twice: a later request joins the read in flight (single-flight).
 
 use std::cell::{Cell, RefCell};
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use hashbrown::hash_table::{Entry, HashTable};
 use tokio::sync::Notify;
 
 use crate::store::{Backend, Fetched, ReadKey};
@@ -24,6 +26,9 @@ pub type BatchResult = Vec<Fetched>;
 /// One batch of reads on its way: the keys it carries and, once it lands, its outcomes.
 pub struct Batch {
     keys: RefCell<Vec<ReadKey>>,
+    /// Each key's hash in the shard's table of reads in flight, so that landing finds its
+    /// entries without hashing or comparing the keys again.
+    hashes: RefCell<Vec<u64>>,
     result: RefCell<Option<Rc<BatchResult>>>,
     /// The requests waiting for the batch to land (one thread: a list, not a `Notify`'s lock).
     waiters: RefCell<Vec<Waker>>,
@@ -38,6 +43,7 @@ impl Batch {
     fn new() -> Rc<Batch> {
         Rc::new(Batch {
             keys: RefCell::new(Vec::new()),
+            hashes: RefCell::new(Vec::new()),
             result: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             written_meanwhile: RefCell::new(Vec::new()),
@@ -96,15 +102,27 @@ pub struct Pending {
     pub index: usize,
 }
 
+/// A key on its way to the store, and where its value will land.
+struct InFlight {
+    hash: u64,
+    key: ReadKey,
+    pending: Pending,
+}
+
 struct State {
     /// The batch collecting keys now.
     open: Rc<Batch>,
     /// Batches full or closed, waiting for the flusher.
     sealed: Vec<Rc<Batch>>,
     /// Keys on their way to the store, so a second request joins instead of asking again.
-    /// Hashed with foldhash (randomly seeded per map, like std's default, at a fraction of
-    /// SipHash's cost): the map is probed twice for every key read.
-    in_flight: foldhash::HashMap<ReadKey, Pending>,
+    /// Each key is hashed once, when it is queued: queueing probes the table once (join or
+    /// insert), and landing removes each entry by its kept hash and its batch slot, without
+    /// comparing key bytes (on a busy shard the table outgrows the CPU's caches, and each probe
+    /// and key compare was a cache miss).
+    in_flight: HashTable<InFlight>,
+    /// foldhash, randomly seeded per shard (the keys come from clients), at a fraction of
+    /// SipHash's cost.
+    hasher: foldhash::fast::RandomState,
 }
 
 /// A shard's coalescer: batches and deduplicates the reads of every request on the shard.
@@ -129,7 +147,8 @@ impl Coalescer {
             state: RefCell::new(State {
                 open: Batch::new(),
                 sealed: Vec::new(),
-                in_flight: foldhash::HashMap::default(),
+                in_flight: HashTable::new(),
+                hasher: foldhash::fast::RandomState::default(),
             }),
             wake: Notify::new(),
         })
@@ -138,25 +157,40 @@ impl Coalescer {
     /// Queues a read of `key` (or joins one in flight) and says where its value will land.
     pub fn enqueue(&self, key: ReadKey, deadline: Instant) -> Pending {
         let mut st = self.state.borrow_mut();
-        if let Some(p) = st.in_flight.get(&key) {
-            self.stats.singleflight_joins.inc();
-            // Extends the wait only if the batch has not left yet; one in flight keeps its own.
-            p.batch.extend_deadline(deadline);
-            return p.clone();
+        let State {
+            open,
+            sealed,
+            in_flight,
+            hasher,
+        } = &mut *st;
+        let hash = hasher.hash_one(&key);
+        let slot = match in_flight.entry(hash, |e| e.key == key, |e| e.hash) {
+            Entry::Occupied(joined) => {
+                self.stats.singleflight_joins.inc();
+                let p = &joined.get().pending;
+                // Extends the wait only if the batch has not left yet; one in flight keeps its own.
+                p.batch.extend_deadline(deadline);
+                return p.clone();
+            }
+            Entry::Vacant(slot) => slot,
+        };
+        if open.keys.borrow().len() >= self.batch_cap {
+            sealed.push(std::mem::replace(open, Batch::new()));
         }
-        if st.open.keys.borrow().len() >= self.batch_cap {
-            let full = std::mem::replace(&mut st.open, Batch::new());
-            st.sealed.push(full);
-        }
-        let batch = st.open.clone();
+        let batch = open.clone();
         batch.extend_deadline(deadline);
         let index = {
             let mut keys = batch.keys.borrow_mut();
             keys.push(key.clone());
+            batch.hashes.borrow_mut().push(hash);
             keys.len() - 1
         };
         let pending = Pending { batch, index };
-        st.in_flight.insert(key, pending.clone());
+        slot.insert(InFlight {
+            hash,
+            key,
+            pending: pending.clone(),
+        });
         drop(st);
         // The first key of a batch wakes the flusher; the keys that follow join that batch
         // before the flusher takes it (it yields to every runnable task first), so they need
@@ -171,8 +205,13 @@ impl Coalescer {
     /// join a read that may have been answered before the write landed.
     pub fn forget(&self, keys: &[ReadKey]) {
         let mut st = self.state.borrow_mut();
+        let State {
+            in_flight, hasher, ..
+        } = &mut *st;
         for k in keys {
-            if let Some(p) = st.in_flight.remove(k) {
+            if let Ok(entry) = in_flight.find_entry(hasher.hash_one(k), |e| e.key == *k) {
+                let (gone, _) = entry.remove();
+                let p = gone.pending;
                 p.batch.written_meanwhile.borrow_mut().push(p.index);
             }
         }
@@ -201,6 +240,7 @@ impl Coalescer {
 
     async fn execute(&self, batch: Rc<Batch>) {
         let keys = std::mem::take(&mut *batch.keys.borrow_mut());
+        let hashes = std::mem::take(&mut *batch.hashes.borrow_mut());
         let timeout = batch
             .deadline
             .get()
@@ -210,14 +250,15 @@ impl Coalescer {
             .max(Duration::from_millis(1));
         let result = self.backend.read(&keys, timeout).await;
         {
-            let mut st = self.state.borrow_mut();
-            for k in &keys {
-                if st
-                    .in_flight
-                    .get(k)
-                    .is_some_and(|p| Rc::ptr_eq(&p.batch, &batch))
-                {
-                    st.in_flight.remove(k);
+            // A key forgotten (written) while in flight has no entry for this batch any more,
+            // and the request that queued it since has another batch: only entries that point
+            // at this batch's own slots go.
+            let in_flight = &mut self.state.borrow_mut().in_flight;
+            for (index, &hash) in hashes.iter().enumerate() {
+                let ours =
+                    |e: &InFlight| e.pending.index == index && Rc::ptr_eq(&e.pending.batch, &batch);
+                if let Ok(entry) = in_flight.find_entry(hash, ours) {
+                    entry.remove();
                 }
             }
         }
@@ -239,4 +280,147 @@ async fn yield_to_queue() {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The coalescer against a backend of the test's own that holds each read until the test
+    //! lets it land, so that what happens while a read is in flight can be watched. (Redis
+    //! itself is exercised by the integration tests, against a real server.)
+
+    use bytes::Bytes;
+    use futures::future::LocalBoxFuture;
+    use futures::FutureExt;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::store::{StoreError, WriteItem};
+
+    /// Records the keys of each read, then holds it until the test adds a permit.
+    struct Held {
+        asked: RefCell<Vec<Vec<Bytes>>>,
+        read_started: Notify,
+        landings: Semaphore,
+    }
+
+    impl Held {
+        fn new() -> Held {
+            Held {
+                asked: RefCell::default(),
+                read_started: Notify::new(),
+                landings: Semaphore::new(0),
+            }
+        }
+
+        /// Waits until the backend has been asked `n` reads in all.
+        async fn reads(&self, n: usize) -> Vec<Vec<Bytes>> {
+            while self.asked.borrow().len() < n {
+                self.read_started.notified().await;
+            }
+            self.asked.borrow().clone()
+        }
+    }
+
+    impl Backend for Held {
+        fn admits(&self, _key: &ReadKey, _now: Instant) -> bool {
+            true
+        }
+
+        fn read<'a>(
+            &'a self,
+            keys: &'a [ReadKey],
+            _timeout: Duration,
+        ) -> LocalBoxFuture<'a, Vec<Fetched>> {
+            self.asked
+                .borrow_mut()
+                .push(keys.iter().map(|k| k.key.clone()).collect());
+            self.read_started.notify_one();
+            async move {
+                self.landings.acquire().await.unwrap().forget();
+                keys.iter().map(|_| Fetched::Absent).collect()
+            }
+            .boxed_local()
+        }
+
+        fn write(
+            &self,
+            _items: Vec<WriteItem>,
+            _timeout: Duration,
+        ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed_local()
+        }
+
+        fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed_local()
+        }
+
+        fn close(&self) -> LocalBoxFuture<'_, ()> {
+            async {}.boxed_local()
+        }
+    }
+
+    fn key(k: &'static str) -> ReadKey {
+        ReadKey {
+            key: Bytes::from_static(k.as_bytes()),
+            command: crate::store::ReadCommand::Value,
+        }
+    }
+
+    fn same(a: &Pending, b: &Pending) -> bool {
+        Rc::ptr_eq(&a.batch, &b.batch) && a.index == b.index
+    }
+
+    #[tokio::test]
+    async fn a_key_is_read_once_while_in_flight_and_again_after_a_write_or_its_landing() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let backend = Rc::new(Held::new());
+                let stats = Arc::new(ShardStats::new(0, 1));
+                let c = Coalescer::new(backend.clone(), stats.clone(), 1024);
+                tokio::task::spawn_local(c.clone().run_flusher());
+                let deadline = Instant::now() + Duration::from_secs(5);
+
+                // Before the flush: the second "a" joins the first.
+                let a1 = c.enqueue(key("a"), deadline);
+                let a2 = c.enqueue(key("a"), deadline);
+                let b1 = c.enqueue(key("b"), deadline);
+                assert!(same(&a1, &a2));
+                assert_eq!(backend.reads(1).await, [vec!["a", "b"]]);
+
+                // In flight: "a" joins the read on its way; a write to "b" makes the next
+                // request for it read again, and its slot in the first read uncacheable.
+                let a3 = c.enqueue(key("a"), deadline);
+                assert!(same(&a1, &a3));
+                c.forget(&[key("b")]);
+                let b2 = c.enqueue(key("b"), deadline);
+                assert!(!Rc::ptr_eq(&b1.batch, &b2.batch));
+                assert_eq!(backend.reads(2).await[1], ["b"]);
+
+                // The first read lands. Its own entries go; the second read of "b" stays in
+                // flight, so a request for "b" joins it instead of reading a third time.
+                backend.landings.add_permits(1);
+                let landed = a1.batch.wait().await;
+                assert_eq!(landed.len(), 2);
+                assert!(a1.batch.cacheable(a1.index));
+                assert!(!b1.batch.cacheable(b1.index));
+                assert!(!b2.batch.is_done());
+                let b3 = c.enqueue(key("b"), deadline);
+                assert!(same(&b2, &b3));
+                // "a" has landed: asking again is a new read.
+                let a4 = c.enqueue(key("a"), deadline);
+                assert!(!Rc::ptr_eq(&a4.batch, &a1.batch));
+                assert_eq!(backend.reads(3).await[2], ["a"]);
+                assert_eq!(stats.singleflight_joins.get(), 3, "a2, a3 and b3 joined");
+
+                backend.landings.add_permits(2);
+                a4.batch.wait().await;
+                b2.batch.wait().await;
+                assert!(
+                    c.state.borrow().in_flight.is_empty(),
+                    "nothing left in flight"
+                );
+            })
+            .await;
+    }
 }
