@@ -145,6 +145,31 @@ fn half_frames_random_bytes_and_idle_floods_do_not_stop_service() {
         "{:?}",
         t.elapsed()
     );
+    // Nor can it keep one open by sending a byte now and then: the frame must be whole within
+    // frame_timeout of its first bytes. Here a byte every 50 ms would take 4.6 s to finish it.
+    let mut trickle = RawConn::connect(proxy.port);
+    trickle.send_raw(&[100, 0, 0, 0, 0x02, 0, 0, 0]);
+    let mut writer = trickle.stream.try_clone().unwrap();
+    let t = Instant::now();
+    let dripping = std::thread::spawn(move || {
+        let mut sent = 0;
+        // Stops when the proxy has closed the connection (or the frame is whole).
+        while sent < 92 && writer.write_all(&[0]).is_ok() {
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sent
+    });
+    assert_eq!(
+        error_then_closed(&mut trickle),
+        (ErrorCode::Malformed, true)
+    );
+    let took = t.elapsed();
+    assert!(
+        (Duration::from_millis(250)..Duration::from_millis(2500)).contains(&took),
+        "a trickled frame was cut off after {took:?}, not about frame_timeout (300 ms)"
+    );
+    assert!(dripping.join().unwrap() < 92, "the whole frame went out");
 
     // Random garbage: an error and a close, never a crash.
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;

@@ -107,7 +107,8 @@ pub struct Settings {
     /// How long shutdown waits for requests in flight.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
-    /// A frame that stays incomplete this long closes its connection.
+    /// A frame that stays incomplete this long after its first bytes closes its connection (a
+    /// peer that sends a byte now and then does not restart it).
     #[serde(deserialize_with = "duration")]
     pub frame_timeout: Duration,
     /// While the requests waiting on a connection would take longer than this to serve, or

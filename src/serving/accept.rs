@@ -41,6 +41,9 @@ pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watc
     let shard = serving.shard;
     let max_connections = serving.settings.max_connections_per_shard;
     let open = Rc::new(OpenConnections::default());
+    // This shard's connections hear of shutdown on a channel of their own: each one waits on it
+    // every turn, and the process-wide channel's lock would be shared by every shard's.
+    let (stop_connections, connections_stop) = watch::channel(false);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -63,13 +66,14 @@ pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watc
         }
         let _ = stream.set_nodelay(true);
         let guard = open.enter(&stats);
-        let (serving, shutdown) = (serving.clone(), shutdown.clone());
+        let (serving, shutdown) = (serving.clone(), connections_stop.clone());
         tokio::task::spawn_local(async move {
             connection::serve(stream, serving, shutdown).await;
             drop(guard);
         });
     }
     drop(listener);
+    let _ = stop_connections.send(true);
     if tokio::time::timeout(serving.settings.drain_timeout, open.drained())
         .await
         .is_err()

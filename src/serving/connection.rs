@@ -57,12 +57,19 @@ pub async fn serve(
     // None while the connection still reads; Some(why) once it only finishes what is in flight.
     let mut closing: Option<CloseReason> = None;
     let mut backlog = Backlog::new(settings.shed_queue_delay, max_inflight);
+    // When the incomplete frame at the front of `rbuf` began to arrive: it must be whole within
+    // frame_timeout of that, however slowly its bytes trickle in.
+    let mut partial_since: Option<Instant> = None;
     // Borrowed halves of the one socket, so one select can wait on either direction.
     let (mut rd, mut wr) = stream.split();
+    // Made once: a new `changed()` each turn would join the channel's waiters and leave again.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
 
     loop {
         // Serve every complete frame, unless the connection is at one of its limits.
         let mut shed = 0;
+        let mut took = 0;
         while closing.is_none() && outbox.len() < max_waiting {
             let shedding = sheds(&backlog, &serving, inflight.len());
             if !may_take(inflight.len(), max_inflight, shedding, &rbuf) {
@@ -71,6 +78,7 @@ pub async fn serve(
             let before = rbuf.len();
             let decoded = decode_frame(&mut rbuf, limits.max_frame);
             backlog.consumed(before - rbuf.len());
+            took += usize::from(rbuf.len() < before);
             match decoded {
                 Ok(Some(frame)) if shedding && frame.op == Op::Get as u8 && session.is_open() => {
                     backlog.shed(&mut outbox.pending(), frame.request_id);
@@ -133,9 +141,17 @@ pub async fn serve(
         let reading = closing.is_none()
             && may_take(inflight.len(), max_inflight, shedding, &rbuf)
             && outbox.len() < max_waiting;
-        // Part of a frame is in: the rest must follow within frame_timeout, so a peer cannot
-        // hold a half frame (and its buffer) open forever.
-        let half_frame = reading && !rbuf.is_empty();
+        // Part of a frame is in: the rest must follow within frame_timeout of its first bytes,
+        // so a peer cannot hold a half frame (and its buffer) open forever, not even by sending
+        // a byte now and then. What is left after a frame was taken came with the last read.
+        // The clock runs only while the connection reads: its own backpressure is no fault of
+        // the peer's.
+        partial_since = match partial_since {
+            _ if rbuf.is_empty() || !reading => None,
+            Some(since) if took == 0 => Some(since),
+            _ => Some(Instant::now()),
+        };
+        let frame_due = partial_since.map(|since| since + settings.frame_timeout);
         if reading && rbuf.capacity() - rbuf.len() < READ_ROOM {
             rbuf.reserve(READ_CHUNK);
         }
@@ -157,7 +173,7 @@ pub async fn serve(
                 }
                 Err(_) => closing = Some(CloseReason::Io),
             },
-            _ = tokio::time::sleep(settings.frame_timeout), if half_frame => {
+            _ = until(frame_due), if frame_due.is_some() => {
                 let msg = format!(
                     "frame incomplete after {:?}: {} bytes of a frame received, the rest never came",
                     settings.frame_timeout,
@@ -166,12 +182,22 @@ pub async fn serve(
                 outbox.error(&stats, ProtocolError::malformed(msg), 0);
                 closing = Some(CloseReason::FrameTimeout);
             }
-            _ = shutdown.changed(), if closing.is_none() => closing = Some(CloseReason::Shutdown),
+            // Polled only until it fires: it sets `closing`, which disables the branch.
+            _ = &mut stop, if closing.is_none() => closing = Some(CloseReason::Shutdown),
         }
     }
     let _ = wr.shutdown().await;
     let reason = closing.unwrap_or(CloseReason::Peer);
     stats.connections_closed[reason as usize].inc();
+}
+
+/// Sleeps until `due`; never done for None. Nothing is made until it is first polled, so a turn
+/// without a half frame neither reads the clock nor builds a timer.
+async fn until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether this connection's GETs are shed now: its own backlog is too long, or a queue stands
