@@ -284,87 +284,8 @@ async fn yield_to_queue() {
 
 #[cfg(test)]
 mod tests {
-    //! The coalescer against a backend of the test's own that holds each read until the test
-    //! lets it land, so that what happens while a read is in flight can be watched. (Redis
-    //! itself is exercised by the integration tests, against a real server.)
-
-    use bytes::Bytes;
-    use futures::future::LocalBoxFuture;
-    use futures::FutureExt;
-    use tokio::sync::Semaphore;
-
     use super::*;
-    use crate::store::{StoreError, WriteItem};
-
-    /// Records the keys of each read, then holds it until the test adds a permit.
-    struct Held {
-        asked: RefCell<Vec<Vec<Bytes>>>,
-        read_started: Notify,
-        landings: Semaphore,
-    }
-
-    impl Held {
-        fn new() -> Held {
-            Held {
-                asked: RefCell::default(),
-                read_started: Notify::new(),
-                landings: Semaphore::new(0),
-            }
-        }
-
-        /// Waits until the backend has been asked `n` reads in all.
-        async fn reads(&self, n: usize) -> Vec<Vec<Bytes>> {
-            while self.asked.borrow().len() < n {
-                self.read_started.notified().await;
-            }
-            self.asked.borrow().clone()
-        }
-    }
-
-    impl Backend for Held {
-        fn admits(&self, _key: &ReadKey, _now: Instant) -> bool {
-            true
-        }
-
-        fn read<'a>(
-            &'a self,
-            keys: &'a [ReadKey],
-            _timeout: Duration,
-        ) -> LocalBoxFuture<'a, Vec<Fetched>> {
-            self.asked
-                .borrow_mut()
-                .push(keys.iter().map(|k| k.key.clone()).collect());
-            self.read_started.notify_one();
-            async move {
-                self.landings.acquire().await.unwrap().forget();
-                keys.iter().map(|_| Fetched::Absent).collect()
-            }
-            .boxed_local()
-        }
-
-        fn write(
-            &self,
-            _items: Vec<WriteItem>,
-            _timeout: Duration,
-        ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
-            async { Ok(()) }.boxed_local()
-        }
-
-        fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>> {
-            async { Ok(()) }.boxed_local()
-        }
-
-        fn close(&self) -> LocalBoxFuture<'_, ()> {
-            async {}.boxed_local()
-        }
-    }
-
-    fn key(k: &'static str) -> ReadKey {
-        ReadKey {
-            key: Bytes::from_static(k.as_bytes()),
-            command: crate::store::ReadCommand::Value,
-        }
-    }
+    use crate::reading::test_store::{user_features, TestStore};
 
     fn same(a: &Pending, b: &Pending) -> bool {
         Rc::ptr_eq(&a.batch, &b.batch) && a.index == b.index
@@ -375,9 +296,11 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let backend = Rc::new(Held::new());
+                let (_, view) = user_features();
+                let store = Rc::new(TestStore::holding(view));
+                let key = |entity| store.key(entity);
                 let stats = Arc::new(ShardStats::new(0, 1));
-                let c = Coalescer::new(backend.clone(), stats.clone(), 1024);
+                let c = Coalescer::new(store.clone(), stats.clone(), 1024);
                 tokio::task::spawn_local(c.clone().run_flusher());
                 let deadline = Instant::now() + Duration::from_secs(5);
 
@@ -386,7 +309,7 @@ mod tests {
                 let a2 = c.enqueue(key("a"), deadline);
                 let b1 = c.enqueue(key("b"), deadline);
                 assert!(same(&a1, &a2));
-                assert_eq!(backend.reads(1).await, [vec!["a", "b"]]);
+                assert_eq!(store.reads(1).await, [vec!["a", "b"]]);
 
                 // In flight: "a" joins the read on its way; a write to "b" makes the next
                 // request for it read again, and its slot in the first read uncacheable.
@@ -395,11 +318,11 @@ mod tests {
                 c.forget(&[key("b")]);
                 let b2 = c.enqueue(key("b"), deadline);
                 assert!(!Rc::ptr_eq(&b1.batch, &b2.batch));
-                assert_eq!(backend.reads(2).await[1], ["b"]);
+                assert_eq!(store.reads(2).await[1], ["b"]);
 
                 // The first read lands. Its own entries go; the second read of "b" stays in
                 // flight, so a request for "b" joins it instead of reading a third time.
-                backend.landings.add_permits(1);
+                store.land(1);
                 let landed = a1.batch.wait().await;
                 assert_eq!(landed.len(), 2);
                 assert!(a1.batch.cacheable(a1.index));
@@ -410,10 +333,10 @@ mod tests {
                 // "a" has landed: asking again is a new read.
                 let a4 = c.enqueue(key("a"), deadline);
                 assert!(!Rc::ptr_eq(&a4.batch, &a1.batch));
-                assert_eq!(backend.reads(3).await[2], ["a"]);
+                assert_eq!(store.reads(3).await[2], ["a"]);
                 assert_eq!(stats.singleflight_joins.get(), 3, "a2, a3 and b3 joined");
 
-                backend.landings.add_permits(2);
+                store.land(2);
                 a4.batch.wait().await;
                 b2.batch.wait().await;
                 assert!(

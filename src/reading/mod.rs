@@ -10,6 +10,8 @@ pub mod cache;
 pub mod coalescer;
 pub mod coherence;
 pub mod freshness;
+#[cfg(test)]
+mod test_store;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -324,88 +326,14 @@ async fn wait_until(sources: &[Source], deadline: Instant) {
 
 #[cfg(test)]
 mod tests {
-    //! The reading stage against a backend of the test's own: the seam promises one outcome per
-    //! key, so a failure or an open breaker on some keys must degrade those keys only. (Redis
-    //! itself is exercised by the integration tests, against a real server.)
+    //! The reading stage against the tests' own store ([`test_store`](super::test_store)): a
+    //! failure or an open breaker on some keys must degrade those keys only.
 
-    use std::cell::RefCell;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use futures::future::LocalBoxFuture;
-    use futures::FutureExt;
-
+    use super::test_store::{user_features, TestStore};
     use super::*;
-    use crate::store::{Failure, Fetched, Layout, ReadKey, StoreError, WriteItem};
-
-    /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
-    /// breaker (never asked), anything else a fresh row of 7.0s.
-    struct ByName {
-        view: View,
-        asked: RefCell<Vec<Bytes>>,
-    }
-
-    impl ByName {
-        fn entity(&self, key: &ReadKey) -> Vec<u8> {
-            self.view.layout.entity_of(&key.key).unwrap().into_owned()
-        }
-    }
-
-    impl Backend for ByName {
-        fn admits(&self, key: &ReadKey, _now: Instant) -> bool {
-            !self.entity(key).starts_with(b"open-")
-        }
-
-        fn read<'a>(
-            &'a self,
-            keys: &'a [ReadKey],
-            _timeout: Duration,
-        ) -> LocalBoxFuture<'a, Vec<Fetched>> {
-            let out = keys
-                .iter()
-                .map(|k| {
-                    let entity = self.entity(k);
-                    self.asked
-                        .borrow_mut()
-                        .push(Bytes::copy_from_slice(&entity));
-                    if entity.starts_with(b"down-") {
-                        Fetched::Failed(Failure::Unavailable)
-                    } else if entity.starts_with(b"gone-") {
-                        Fetched::Absent
-                    } else {
-                        let row: Vec<u8> = (0..16).flat_map(|_| 7.0f32.to_le_bytes()).collect();
-                        let (mut kb, mut vb) = (BytesMut::new(), BytesMut::new());
-                        let Ok(WriteItem::Value { value, .. }) = self.view.layout.write(
-                            &mut kb,
-                            &mut vb,
-                            &entity,
-                            freshness::now_ms(),
-                            &row,
-                        ) else {
-                            unreachable!("user_features is a packed view")
-                        };
-                        Fetched::Value(value)
-                    }
-                })
-                .collect();
-            async move { out }.boxed_local()
-        }
-
-        fn write(
-            &self,
-            _items: Vec<WriteItem>,
-            _timeout: Duration,
-        ) -> LocalBoxFuture<'_, Result<(), StoreError>> {
-            async { Ok(()) }.boxed_local()
-        }
-
-        fn ready(&self) -> LocalBoxFuture<'_, Result<(), StoreError>> {
-            async { Ok(()) }.boxed_local()
-        }
-
-        fn close(&self) -> LocalBoxFuture<'_, ()> {
-            async {}.boxed_local()
-        }
-    }
+    use crate::store::Layout;
 
     /// Start, wait, finish: what a GET does across its turns.
     async fn read(reader: &Reader, view: &View, entities: &[Bytes], deadline: Instant) -> Answers {
@@ -420,18 +348,8 @@ mod tests {
 
     #[test]
     fn a_failure_degrades_only_the_keys_it_touched() {
-        let registry = Arc::new(
-            Registry::load(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/features.toml"
-            ))
-            .unwrap(),
-        );
-        let view = registry.by_name("user_features").unwrap().clone();
-        let backend = Rc::new(ByName {
-            view: view.clone(),
-            asked: RefCell::new(Vec::new()),
-        });
+        let (registry, view) = user_features();
+        let backend = Rc::new(TestStore::new(view.clone()));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -470,15 +388,13 @@ mod tests {
             assert_eq!(&row(&first, 0)[..4], &7.0f32.to_le_bytes());
             assert_eq!(row(&first, 1), view.default_row);
             assert_eq!(row(&first, 3), view.default_row);
-            let asked: Vec<Bytes> = backend.asked.borrow().clone();
             assert_eq!(
-                asked,
+                backend.take_asked(),
                 ["u1", "down-1", "gone-1", "u2"],
                 "open-1 is never asked"
             );
 
             // Served rows are cached; defaults never are, so the failed keys are asked again.
-            backend.asked.borrow_mut().clear();
             let second = read(&reader, &view, &entities, deadline).await;
             assert_eq!(
                 statuses(&second),
@@ -490,7 +406,7 @@ mod tests {
                     (Status::Fresh, true),
                 ]
             );
-            assert_eq!(*backend.asked.borrow(), ["down-1", "gone-1"]);
+            assert_eq!(backend.take_asked(), ["down-1", "gone-1"]);
 
             // A notice of a write drops that row, and only that row, from the cache.
             let Layout::Packed(p) = &view.layout else {
@@ -498,12 +414,11 @@ mod tests {
             };
             let key = Bytes::from([p.key_prefix(), b"u2"].concat());
             reader.apply(Change::Keys(vec![key]));
-            backend.asked.borrow_mut().clear();
             let third = read(&reader, &view, &entities[..1], deadline).await;
             assert_eq!(statuses(&third), [(Status::Fresh, true)]);
             let u2 = read(&reader, &view, &entities[4..], deadline).await;
             assert_eq!(statuses(&u2), [(Status::Fresh, false)]);
-            assert_eq!(*backend.asked.borrow(), ["u2"]);
+            assert_eq!(backend.take_asked(), ["u2"]);
         });
     }
 }
