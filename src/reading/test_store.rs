@@ -20,7 +20,7 @@ use crate::store::{Backend, Failure, Fetched, ReadKey, StoreError, WriteItem};
 pub struct TestStore {
     view: View,
     /// The entities each read asked for, in order.
-    pub asked: RefCell<Vec<Vec<Bytes>>>,
+    asked: RefCell<Vec<Vec<Bytes>>>,
     read_started: Notify,
     /// Some: each read waits for a permit ([`TestStore::land`]) before it answers.
     landings: Option<Semaphore>,

@@ -69,7 +69,7 @@ pub async fn serve(
     loop {
         // Serve every complete frame, unless the connection is at one of its limits.
         let mut shed = 0;
-        let mut took = 0;
+        let unread = rbuf.len();
         while closing.is_none() && outbox.len() < max_waiting {
             let shedding = sheds(&backlog, &serving, inflight.len());
             if !may_take(inflight.len(), max_inflight, shedding, &rbuf) {
@@ -78,7 +78,6 @@ pub async fn serve(
             let before = rbuf.len();
             let decoded = decode_frame(&mut rbuf, limits.max_frame);
             backlog.consumed(before - rbuf.len());
-            took += usize::from(rbuf.len() < before);
             match decoded {
                 Ok(Some(frame)) if shedding && frame.op == Op::Get as u8 && session.is_open() => {
                     backlog.shed(&mut outbox.pending(), frame.request_id);
@@ -146,9 +145,10 @@ pub async fn serve(
         // a byte now and then. What is left after a frame was taken came with the last read.
         // The clock runs only while the connection reads: its own backpressure is no fault of
         // the peer's.
+        let took_a_frame = rbuf.len() < unread;
         partial_since = match partial_since {
             _ if rbuf.is_empty() || !reading => None,
-            Some(since) if took == 0 => Some(since),
+            Some(since) if !took_a_frame => Some(since),
             _ => Some(Instant::now()),
         };
         let frame_due = partial_since.map(|since| since + settings.frame_timeout);
