@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, now_ms, Proxy, Redis};
-use featureproxy_client::{Client, ClientOptions, Value};
+use featureproxy_client::{Client, ClientOptions, ErrorCode, Value};
 
 /// One scrape, parsed.
 fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
@@ -179,16 +179,24 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
     .unwrap();
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 64 callers on 4 connections saturate one shard: the proxy may shed some GETs (OVERLOADED)
+    // rather than queue them, which is its job; any other error fails the test.
     let load: Vec<_> = (0..64)
         .map(|_| {
             let (c, keys, stop) = (c.clone(), keys.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let (mut served, mut shed) = (0u64, 0u64);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    c.get("user_features", &keys).await.unwrap();
-                    n += 1;
+                    match c.get("user_features", &keys).await {
+                        Ok(_) => served += 1,
+                        Err(featureproxy_client::Error::Server {
+                            code: ErrorCode::Overloaded,
+                            ..
+                        }) => shed += 1,
+                        Err(e) => panic!("a GET under saturation failed: {e}"),
+                    }
                 }
-                n
+                (served, shed)
             })
         })
         .collect();
@@ -213,9 +221,11 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
         scrapes += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut served = 0;
+    let (mut served, mut shed) = (0, 0);
     for l in load {
-        served += l.await.unwrap();
+        let (s, d) = l.await.unwrap();
+        served += s;
+        shed += d;
     }
     assert!(last > 0.0, "the scrapes never saw the load's requests");
     assert!(
@@ -230,5 +240,10 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
             "featureproxy_requests_total",
             &[("op", "get"), ("outcome", "ok")]
         ) >= served as f64
+    );
+    assert_eq!(
+        value(&s, "featureproxy_requests_shed_total", &[]),
+        shed as f64,
+        "every OVERLOADED answer the callers saw is counted as shed, and no other"
     );
 }
