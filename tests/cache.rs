@@ -18,9 +18,16 @@ fn stored(v: f32, computed_at: u64) -> Vec<u8> {
     out
 }
 
+/// Server settings for tests that check the rows served: a deadline that a starved 2-core CI
+/// machine (two shards, Redis and the test on its cores) still meets, so a slow read is not
+/// answered with DEGRADED defaults that the test would take for a wrong row.
+const PATIENT: &str = "default_deadline = \"10s\"";
+
 async fn one_conn(proxy: &Proxy) -> Client {
     let opts = ClientOptions {
         pool_size: 1,
+        // Beyond the patient server deadline, so the server answers first.
+        timeout: Duration::from_secs(15),
         ..Default::default()
     };
     Client::connect(proxy.addr(), opts).await.unwrap()
@@ -45,7 +52,7 @@ async fn client_per_shard(proxy: &Proxy, shards: u16) -> Vec<Client> {
 #[tokio::test]
 async fn second_read_comes_from_the_cache_with_its_bit_and_true_age() {
     let redis = Redis::start();
-    let proxy = Proxy::start(&redis, 1, "");
+    let proxy = Proxy::start(&redis, 1, PATIENT);
     let c = one_conn(&proxy).await;
     let computed = now_ms() - 3 * 60_000; // STALE by user_features' 2 min
     c.put("user_features", &[("u1", computed, flat_row(1.5))])
@@ -97,7 +104,7 @@ async fn second_read_comes_from_the_cache_with_its_bit_and_true_age() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_one_shard_is_seen_at_once_through_every_shard() {
     let redis = Redis::start();
-    let proxy = Proxy::start(&redis, 2, "");
+    let proxy = Proxy::start(&redis, 2, PATIENT);
     let clients = client_per_shard(&proxy, 2).await;
     for version in 1..=40 {
         let writer = &clients[version % 2];
@@ -131,7 +138,7 @@ async fn a_put_through_one_shard_is_seen_at_once_through_every_shard() {
 async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
     let redis = Redis::start();
     // The TTL is the backstop when Redis client tracking is off (or lost).
-    let proxy = Proxy::start(&redis, 1, "client_tracking = false");
+    let proxy = Proxy::start(&redis, 1, &format!("{PATIENT}\nclient_tracking = false"));
     let c = one_conn(&proxy).await;
     c.put("user_features", &[("u9", now_ms(), flat_row(1.0))])
         .await
@@ -166,7 +173,7 @@ async fn writes_behind_the_proxy_show_within_the_hot_cache_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_are_never_cached() {
     let mut redis = Redis::start();
-    let proxy = Proxy::start(&redis, 1, "");
+    let proxy = Proxy::start(&redis, 1, PATIENT);
     let c = one_conn(&proxy).await;
     redis.command(&[b"SET", b"fp:user_features:v1:bad", b"xyz"]);
     let old = now_ms() - 11 * 60_000;
@@ -216,7 +223,7 @@ async fn defaults_are_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_byte_bound_holds_under_churn() {
     let redis = Redis::start();
-    let proxy = Proxy::start(&redis, 2, "hot_cache_bytes = 131072");
+    let proxy = Proxy::start(&redis, 2, &format!("{PATIENT}\nhot_cache_bytes = 131072"));
     let clients = client_per_shard(&proxy, 2).await;
     let rows: Vec<(String, u64, Vec<Value>)> = (0..4000)
         .map(|i| (format!("k{i}"), now_ms(), flat_row(i as f32)))
@@ -255,7 +262,7 @@ async fn writes_through_redis_cli_invalidate_every_shard_at_once() {
     // A long hot-cache TTL, so only client tracking can explain a prompt invalidation.
     let registry =
         common::example_registry().replacen("hot_cache_ttl = \"1s\"", "hot_cache_ttl = \"10m\"", 1);
-    let proxy = Proxy::start_custom(&redis.url(), 2, "", &registry, &[]);
+    let proxy = Proxy::start_custom(&redis.url(), 2, PATIENT, &registry, &[]);
     eventually(
         Duration::from_secs(10),
         "tracking armed on both shards",

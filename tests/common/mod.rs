@@ -361,6 +361,10 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // A failing test shows what the proxy logged: its log dies with the temporary folder.
+        if std::thread::panicking() {
+            eprintln!("---- the proxy's log ----\n{}", self.logs());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
