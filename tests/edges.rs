@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{Proxy, RawConn, Redis};
-use featureproxy_protocol::{ErrorCode, GetRequest, Hello, Limits, Request, Response};
+use featureproxy_protocol::{ErrorCode, GetRequest, Hello, Keys, Limits, Request, Response};
 
 fn hello(token: &str) -> Request {
     Request::Hello(Hello {
@@ -23,10 +23,7 @@ fn get(view_id: u16, schema_id: u32, keys: &[&str]) -> Request {
         flags: 0,
         schema_id,
         deadline_us: 0,
-        keys: keys
-            .iter()
-            .map(|k| bytes::Bytes::copy_from_slice(k.as_bytes()))
-            .collect(),
+        keys: Keys::from_slices(keys),
     })
 }
 
@@ -219,7 +216,7 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
         schema_id: 0,
         // Long enough that a loaded machine's metrics scrape still sees it in flight.
         deadline_us: 2_000_000,
-        keys: vec!["u1".into()],
+        keys: Keys::from_slices(&["u1"]),
     }));
     // ...is in flight when SIGTERM arrives.
     common::eventually(Duration::from_secs(5), "the GET in flight", || {
@@ -254,7 +251,7 @@ fn a_client_that_leaves_mid_request_hurts_nobody() {
             flags: 0,
             schema_id: 0,
             deadline_us: 2_000_000,
-            keys: vec!["a".into(), "b".into(), "c".into()],
+            keys: Keys::from_slices(&["a", "b", "c"]),
         }));
         common::eventually(Duration::from_secs(5), "the GET in flight", || {
             (proxy.metric("featureproxy_inflight_requests", &[]) == 1.0).then_some(())

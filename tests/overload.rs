@@ -6,10 +6,10 @@ mod common;
 
 use std::io::Write;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::{Proxy, RawConn, Redis};
 use featureproxy::serving::overload::SHED_FLOOR;
-use featureproxy_protocol::{ErrorCode, GetRequest, Limits, Request, Response};
+use featureproxy_protocol::{ErrorCode, GetRequest, Keys, Limits, Request, Response};
 
 #[test]
 fn a_flood_on_one_connection_is_shed_and_every_request_answered() {
@@ -26,7 +26,7 @@ fn a_flood_on_one_connection_is_shed_and_every_request_answered() {
             flags: 0,
             schema_id: schema.schema_id,
             deadline_us: 0,
-            keys: vec![Bytes::from_static(b"u1")],
+            keys: Keys::from_slices(&["u1"]),
         })
         .encode(&mut flood, id);
     }
@@ -102,7 +102,7 @@ fn a_standing_queue_sheds_a_deep_pipeline_at_once() {
             flags: featureproxy_protocol::GET_FLAG_BYPASS_CACHE,
             schema_id: schema.schema_id,
             deadline_us: 150_000,
-            keys: vec![Bytes::from(entity)],
+            keys: Keys::from_slices(&[entity]),
         })
         .encode(&mut out, id);
         conn.send_raw(&out);

@@ -167,7 +167,7 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                     send(&wr, out).await;
                     continue;
                 }
-                let first = g.keys.first().map(|k| k.to_vec()).unwrap_or_default();
+                let first = g.keys.iter().next().map(|k| k.to_vec()).unwrap_or_default();
                 if first == b"never" {
                     continue;
                 }
@@ -192,7 +192,7 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                     .map(|_| EntityStatus::new(Status::Fresh, false))
                     .collect();
                 let ages: Vec<u32> = (0..n as u32).collect();
-                let rows: Vec<Vec<u8>> = g.keys.iter().map(|k| row_of(k)).collect();
+                let rows: Vec<Vec<u8>> = g.keys.iter().map(row_of).collect();
                 encode_get_response(
                     &mut out,
                     id,

@@ -9,6 +9,7 @@
 
 mod error;
 mod frame;
+mod keys;
 mod reader;
 mod request;
 mod response;
@@ -16,6 +17,7 @@ mod types;
 
 pub use error::ProtocolError;
 pub use frame::{decode_frame, encode_frame, peek_op, Frame, FrameWriter};
+pub use keys::Keys;
 pub use request::{GetRequest, Hello, PutEntries, PutEntry, PutRequest, Request};
 pub use response::{
     encode_get_response, get_response_len, FeatureSpec, GetResponse, HelloReply, Response,

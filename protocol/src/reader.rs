@@ -3,7 +3,7 @@
 
 use bytes::{Buf, Bytes};
 
-use crate::{ProtocolError, MAX_KEY_LEN};
+use crate::{Keys, ProtocolError, MAX_KEY_LEN};
 
 pub(crate) struct Reader {
     buf: Bytes,
@@ -80,6 +80,12 @@ impl Reader {
 
     /// A `key`: u16 length in 1..=1024, then that many arbitrary bytes (a slice, no copy).
     pub(crate) fn key(&mut self, index: u32) -> Result<Bytes, ProtocolError> {
+        let len = self.key_len(index)?;
+        self.bytes(len, "key")
+    }
+
+    /// A key's u16 length, checked to be in 1..=1024.
+    fn key_len(&mut self, index: u32) -> Result<usize, ProtocolError> {
         let len = self.u16("key length")? as usize;
         if len == 0 || len > MAX_KEY_LEN {
             return Err(ProtocolError::malformed(format!(
@@ -87,7 +93,23 @@ impl Reader {
                 self.what
             )));
         }
-        self.bytes(len, "key")
+        Ok(len)
+    }
+
+    /// `n` keys in a row, checked as [`Self::key`] checks one: one handle on the frame's bytes
+    /// and where each key lies in them, instead of a handle per key.
+    pub(crate) fn keys(&mut self, n: u32) -> Result<Keys, ProtocolError> {
+        let region = self.buf.clone();
+        let first = self.position();
+        let mut spans = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let len = self.key_len(i)?;
+            self.need(len, "key")?;
+            let start = (self.position() - first) as u32;
+            self.buf.advance(len);
+            spans.push((start, start + len as u32));
+        }
+        Ok(Keys::from_parts(region, spans))
     }
 
     /// Fails unless the body was read to its last byte.

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::reader::Reader;
+use crate::Keys;
 use crate::{ErrorCode, Frame, FrameWriter, Limits, Op, ProtocolError};
 
 /// A decoded request.
@@ -33,8 +34,8 @@ pub struct GetRequest {
     pub schema_id: u32,
     /// 0 means the server's default deadline.
     pub deadline_us: u32,
-    /// The entity keys, each a slice of the received frame.
-    pub keys: Vec<Bytes>,
+    /// The entity keys, in the received frame's own bytes.
+    pub keys: Keys,
 }
 
 /// PUT: write rows. The entries stay encoded until the server knows the view's row length
@@ -182,10 +183,7 @@ impl Request {
                         r.remaining()
                     )));
                 }
-                let mut keys = Vec::with_capacity(n as usize);
-                for i in 0..n {
-                    keys.push(r.key(i)?);
-                }
+                let keys = r.keys(n)?;
                 Request::Get(GetRequest {
                     view_id,
                     flags,
@@ -240,7 +238,7 @@ impl Request {
                 out.put_u32_le(g.schema_id);
                 out.put_u32_le(g.deadline_us);
                 out.put_u32_le(g.keys.len() as u32);
-                for k in &g.keys {
+                for k in g.keys.iter() {
                     out.put_u16_le(k.len() as u16);
                     out.put_slice(k);
                 }

@@ -4,8 +4,8 @@
 use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{
     align8, decode_frame, encode_get_response, get_response_len, Dtype, EntityStatus, ErrorCode,
-    FeatureSpec, Frame, GetRequest, Hello, HelloReply, Limits, ProtocolError, PutEntry, PutRequest,
-    Request, Response, SchemaReply, Status, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_KEY_LEN,
+    FeatureSpec, Frame, GetRequest, Hello, HelloReply, Keys, Limits, ProtocolError, PutEntry,
+    PutRequest, Request, Response, SchemaReply, Status, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_KEY_LEN,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -49,7 +49,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     flags,
                     schema_id,
                     deadline_us,
-                    keys,
+                    keys: Keys::from_slices(&keys),
                 })
             }),
         arb_put().prop_map(|(put, _, _)| Request::Put(put)),
@@ -311,7 +311,8 @@ proptest! {
         if let Request::Get(g) = &req {
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
             req.encode(&mut a, id);
-            Request::encode_get(&mut b, id, g.view_id, g.flags, g.schema_id, g.deadline_us, &g.keys);
+            let keys: Vec<&[u8]> = g.keys.iter().collect();
+            Request::encode_get(&mut b, id, g.view_id, g.flags, g.schema_id, g.deadline_us, &keys);
             prop_assert_eq!(a, b);
         }
     }

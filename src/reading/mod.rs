@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use featureproxy_protocol::Status;
+use featureproxy_protocol::{Keys, Status};
 
 use crate::config::registry::{Registry, View};
 use crate::store::{Backend, Change, ViewId};
@@ -121,7 +121,7 @@ impl Reader {
     pub fn start(
         &self,
         view: &View,
-        entities: &[Bytes],
+        entities: &Keys,
         use_cache: bool,
         deadline: Instant,
     ) -> Lookup {
@@ -135,7 +135,7 @@ impl Reader {
         let now = Instant::now();
         if use_cache {
             keys.clear();
-            for entity in entities {
+            for entity in entities.iter() {
                 keys.push_with(|b| cache_key_into(b, view.id, entity));
             }
             let mut cache = self.cache.borrow_mut();
@@ -159,7 +159,7 @@ impl Reader {
                     return Source::Cached { computed_at_ms };
                 }
                 if store_keys.capacity() == 0 {
-                    let rest: usize = entities[i..].iter().map(|e| e.len() + 48).sum();
+                    let rest = entities.bytes_from(i) + 48 * (entities.len() - i);
                     store_keys.reserve(rest);
                 }
                 let Some(key) = view.layout.read_key(&mut store_keys, entity) else {
@@ -177,7 +177,7 @@ impl Reader {
 
     /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
     /// Judges what each entity got, fills the cache with what the store answered, and counts.
-    pub fn finish(&self, view: &View, entities: &[Bytes], lookup: Lookup) -> Answers {
+    pub fn finish(&self, view: &View, entities: &Keys, lookup: Lookup) -> Answers {
         let Lookup { sources, rows } = lookup;
         let mut answers = Answers::new(entities.len(), view.row_bytes, rows);
         let mut served = Served::default();
@@ -336,10 +336,11 @@ mod tests {
     use crate::store::Layout;
 
     /// Start, wait, finish: what a GET does across its turns.
-    async fn read(reader: &Reader, view: &View, entities: &[Bytes], deadline: Instant) -> Answers {
-        let lookup = reader.start(view, entities, true, deadline);
+    async fn read(reader: &Reader, view: &View, entities: &[&str], deadline: Instant) -> Answers {
+        let entities = Keys::from_slices(entities);
+        let lookup = reader.start(view, &entities, true, deadline);
         lookup.wait(deadline).await;
-        reader.finish(view, entities, lookup)
+        reader.finish(view, &entities, lookup)
     }
 
     fn statuses(a: &Answers) -> Vec<(Status, bool)> {
@@ -368,10 +369,7 @@ mod tests {
                 stats,
                 Rc::new(RefCell::new(ShardHistograms::new(registry.views().len()))),
             );
-            let entities: Vec<Bytes> = ["u1", "down-1", "gone-1", "open-1", "u2"]
-                .into_iter()
-                .map(|e| Bytes::from_static(e.as_bytes()))
-                .collect();
+            let entities = ["u1", "down-1", "gone-1", "open-1", "u2"];
             let deadline = Instant::now() + Duration::from_secs(1);
             let first = read(&reader, &view, &entities, deadline).await;
             assert_eq!(

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use featureproxy_protocol::{
-    encode_get_response, get_response_len, ErrorCode, GetRequest, ProtocolError, Response,
+    encode_get_response, get_response_len, ErrorCode, GetRequest, Keys, ProtocolError, Response,
     GET_FLAG_BYPASS_CACHE,
 };
 
@@ -17,7 +17,7 @@ use crate::store::ViewId;
 /// A checked GET whose read has started.
 pub struct GetWork {
     view: ViewId,
-    entities: Vec<Bytes>,
+    entities: Keys,
     lookup: Lookup,
     deadline: Instant,
     started: Instant,
