@@ -205,12 +205,18 @@ pub fn encode_get_response<'a>(
     out.put_u32_le(schema_id);
     out.put_u32_le(n as u32);
     out.put_u32_le(row_bytes);
-    for s in statuses {
-        out.put_u8(s.to_byte());
+    // Statuses and ages are written in place (one resize each, then plain stores): a put per
+    // item would check capacity and copy one to four bytes a hundred times per batch.
+    let at = out.len();
+    out.resize(at + n, 0);
+    for (dst, s) in out[at..].iter_mut().zip(statuses) {
+        *dst = s.to_byte();
     }
     pad_to_8(out, base);
-    for a in ages {
-        out.put_u32_le(*a);
+    let at = out.len();
+    out.resize(at + 4 * n, 0);
+    for (dst, a) in out[at..].chunks_exact_mut(4).zip(ages) {
+        dst.copy_from_slice(&a.to_le_bytes());
     }
     pad_to_8(out, base);
     let mut written = 0;

@@ -3,9 +3,10 @@
 
 use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{
-    align8, decode_frame, encode_get_response, get_response_len, Dtype, EntityStatus, ErrorCode,
-    FeatureSpec, Frame, GetRequest, Hello, HelloReply, Keys, Limits, ProtocolError, PutEntry,
-    PutRequest, Request, Response, SchemaReply, Status, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_KEY_LEN,
+    align8, decode_frame, encode_frame, encode_get_response, get_response_len, Dtype, EntityStatus,
+    ErrorCode, FeatureSpec, Frame, GetRequest, Hello, HelloReply, Keys, Limits, Op, ProtocolError,
+    PutEntry, PutRequest, Request, Response, SchemaReply, Status, DEFAULT_MAX_FRAME, HEADER_LEN,
+    MAX_KEY_LEN,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -304,6 +305,43 @@ proptest! {
         let mut again = BytesMut::new();
         back.encode(&mut again, id);
         prop_assert_eq!(&again[..], &bytes[..]);
+    }
+
+    /// A GET whose keys are cut short or carry a bad length is refused as malformed, saying
+    /// where reading stopped (the key's index, or the body offset), never decoded in part.
+    #[test]
+    fn a_get_with_cut_or_bad_keys_is_refused_at_that_key(
+        keys in vec(arb_key(), 1..12),
+        which in any::<prop::sample::Index>(),
+        fault in prop_oneof![Just(0u16), Just(MAX_KEY_LEN as u16 + 1), Just(u16::MAX)],
+        cut in any::<bool>(),
+    ) {
+        let mut out = BytesMut::new();
+        Request::encode_get(&mut out, 7, 1, 0, 0, 0, &keys);
+        let frame = decode_frame(&mut out, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        let mut body = frame.body.to_vec();
+        let k = which.index(keys.len());
+        // Where key k's length sits: past the 16 bytes of fixed fields and the keys before it.
+        let at = 16 + keys[..k].iter().map(|key| 2 + key.len()).sum::<usize>();
+        if cut {
+            // Cut inside key k: its length, or its bytes.
+            body.truncate(at + 1 + (keys[k].len() / 2));
+        } else {
+            body[at..at + 2].copy_from_slice(&fault.to_le_bytes());
+        }
+        let mut again = BytesMut::new();
+        encode_frame(&mut again, Op::Get as u8, 7, &body);
+        let frame = decode_frame(&mut again, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        let limits = Limits { max_frame: DEFAULT_MAX_FRAME, max_batch: 1000 };
+        let err = Request::decode(&frame, &limits).expect_err("a broken key list decodes");
+        prop_assert_eq!(err.code, ErrorCode::Malformed);
+        let named = format!("key {k} is") ;
+        prop_assert!(
+            err.message.contains(&named)
+                || err.message.contains("ends early")
+                || err.message.contains("cannot hold them"),
+            "{}", err.message
+        );
     }
 
     #[test]
