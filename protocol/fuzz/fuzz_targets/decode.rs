@@ -168,6 +168,7 @@ fn check_request(frame: &Frame, limits: &Limits, extra_row_bytes: usize) {
             assert!(g.keys.len() as u64 <= limits.max_batch as u64);
             assert!(g.keys.iter().all(|k| (1..=MAX_KEY_LEN).contains(&k.len())));
             // The borrowed-key encoder writes the same frame.
+            let keys: Vec<&[u8]> = g.keys.iter().collect();
             let mut out2 = BytesMut::new();
             Request::encode_get(
                 &mut out2,
@@ -176,7 +177,7 @@ fn check_request(frame: &Frame, limits: &Limits, extra_row_bytes: usize) {
                 g.flags,
                 g.schema_id,
                 g.deadline_us,
-                &g.keys,
+                &keys,
             );
             assert_eq!(out2, out);
         }
