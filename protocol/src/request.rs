@@ -3,8 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::reader::Reader;
-use crate::Keys;
-use crate::{ErrorCode, Frame, FrameWriter, Limits, Op, ProtocolError};
+use crate::{ErrorCode, Frame, FrameWriter, Keys, Limits, Op, ProtocolError};
 
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
