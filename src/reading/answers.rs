@@ -2,7 +2,8 @@
 //! each row's bytes are. A row the store sent is read in place from the store's read buffer
 //! until the reply is encoded (its only copy is into the reply); a row from the hot cache was
 //! copied out when the read started (the cache lends rows only while it is borrowed), and so
-//! was a row the layout had to decode into our packed form (Feast's).
+//! was a row the layout had to decode into our packed form (Feast's). The answers live in the
+//! read's [`Buffers`], which go back to the shard's spares once the reply is encoded.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -11,19 +12,14 @@ use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
 
 use super::coalescer::{BatchResult, Pending};
 use super::freshness;
+use super::spares::Buffers;
 use crate::config::registry::View;
 use crate::store::{Fetched, Stored};
 
 /// The answers to one GET.
 pub struct Answers {
-    pub statuses: Vec<EntityStatus>,
-    pub ages: Vec<u32>,
-    rows: Vec<RowRef>,
-    /// `row_bytes` per entity, at the entity's index: the rows copied in (cache hits, decoded
-    /// rows); the other places are unused.
-    block: Vec<u8>,
-    /// The store batches whose rows are served in place.
-    results: Vec<Rc<BatchResult>>,
+    /// Statuses, ages, row places and served batches, and the block of rows copied in.
+    bufs: Buffers,
     row_bytes: usize,
 }
 
@@ -77,31 +73,50 @@ impl Judged {
 }
 
 impl Answers {
-    /// Answers for `n` entities of rows of `row_bytes`, with `block` holding the rows copied in
-    /// so far (cache hits).
-    pub(super) fn new(n: usize, row_bytes: usize, block: Vec<u8>) -> Answers {
-        Answers {
-            statuses: Vec::with_capacity(n),
-            ages: Vec::with_capacity(n),
-            rows: Vec::with_capacity(n),
-            block,
-            results: Vec::new(),
-            row_bytes,
-        }
+    /// Answers for `n` entities of rows of `row_bytes`, in `bufs`, whose block holds the rows
+    /// copied in so far (cache hits) and whose answer buffers are empty.
+    pub(super) fn new(n: usize, row_bytes: usize, mut bufs: Buffers) -> Answers {
+        bufs.statuses.reserve(n);
+        bufs.ages.reserve(n);
+        bufs.rows.reserve(n);
+        Answers { bufs, row_bytes }
+    }
+
+    /// Gives the read's emptied sources vector back to the buffers, for the next read.
+    pub(super) fn keep_sources(&mut self, sources: Vec<super::Source>) {
+        debug_assert!(sources.is_empty());
+        self.bufs.sources = sources;
+    }
+
+    /// The buffers, for the shard's spares once the reply is encoded.
+    pub(super) fn into_buffers(self) -> Buffers {
+        self.bufs
     }
 
     pub(super) fn push(&mut self, judged: &Judged, cached: bool) {
-        self.statuses.push(EntityStatus::new(judged.status, cached));
-        self.ages.push(judged.age);
-        self.rows.push(judged.row);
+        self.bufs
+            .statuses
+            .push(EntityStatus::new(judged.status, cached));
+        self.bufs.ages.push(judged.age);
+        self.bufs.rows.push(judged.row);
+    }
+
+    /// Every entity's status, in request order.
+    pub fn statuses(&self) -> &[EntityStatus] {
+        &self.bufs.statuses
+    }
+
+    /// Every entity's age in milliseconds ([`featureproxy_protocol::AGE_UNKNOWN`] where none).
+    pub fn ages(&self) -> &[u32] {
+        &self.bufs.ages
     }
 
     /// The row served for entity `i`.
     pub fn row<'a>(&'a self, view: &'a View, i: usize) -> &'a [u8] {
-        match self.rows[i] {
-            RowRef::Block => &self.block[i * self.row_bytes..(i + 1) * self.row_bytes],
+        match self.bufs.rows[i] {
+            RowRef::Block => &self.bufs.block[i * self.row_bytes..(i + 1) * self.row_bytes],
             RowRef::Fetched { result, index } => {
-                match self.results[result]
+                match self.bufs.results[result]
                     .get(index)
                     .map(|f| view.layout.decode(f))
                 {
@@ -119,7 +134,7 @@ impl Answers {
 
     /// Every entity's row, in request order.
     pub fn rows<'a>(&'a self, view: &'a View) -> impl Iterator<Item = &'a [u8]> + 'a {
-        (0..self.rows.len()).map(move |i| self.row(view, i))
+        (0..self.bufs.rows.len()).map(move |i| self.row(view, i))
     }
 
     /// A cached row, already in the block: FRESH or STALE by its age, or EXPIRED with the
@@ -155,7 +170,7 @@ impl Answers {
                     let in_place = matches!(row, Cow::Borrowed(_));
                     if let Cow::Owned(row) = row {
                         let rb = self.row_bytes;
-                        put_row(&mut self.block[i * rb..(i + 1) * rb], &row);
+                        put_row(&mut self.bufs.block[i * rb..(i + 1) * rb], &row);
                     }
                     (computed_at_ms, in_place)
                 }
@@ -174,11 +189,12 @@ impl Answers {
 
     /// The answers' index of a batch result, kept once however many entities it serves.
     fn result_index(&mut self, result: Rc<BatchResult>) -> usize {
-        match self.results.iter().rposition(|r| Rc::ptr_eq(r, &result)) {
+        let results = &mut self.bufs.results;
+        match results.iter().rposition(|r| Rc::ptr_eq(r, &result)) {
             Some(i) => i,
             None => {
-                self.results.push(result);
-                self.results.len() - 1
+                results.push(result);
+                results.len() - 1
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod coalescer;
 pub mod coherence;
 pub mod freshness;
+mod spares;
 #[cfg(test)]
 mod test_store;
 
@@ -31,6 +32,7 @@ pub use answers::Answers;
 use answers::{put_row, Judged};
 use cache::{HotCache, KeyList, Probe};
 use coalescer::{Coalescer, Pending};
+use spares::{Buffers, Spares};
 
 /// One shard's reading stage. Owned by the shard's thread: nothing here is shared with another
 /// shard, so no lock is ever taken.
@@ -44,6 +46,8 @@ pub struct Reader {
     histograms: Rc<RefCell<ShardHistograms>>,
     /// Buffers every lookup needs, reused so that a lookup allocates only what it hands on.
     scratch: RefCell<Scratch>,
+    /// What a read hands on (its sources, rows and answers), kept once its reply is encoded.
+    spares: RefCell<Spares>,
 }
 
 #[derive(Default)]
@@ -58,17 +62,17 @@ struct Scratch {
     hits: Vec<(usize, u64)>,
 }
 
-/// A read under way: where each entity's answer will come from, and the rows found so far.
+/// A read under way: where each entity's answer will come from (its buffers' `sources`), and
+/// the rows found so far (in their `block`).
 pub struct Lookup {
-    sources: Vec<Source>,
-    rows: Vec<u8>,
+    bufs: Buffers,
 }
 
 impl Lookup {
     /// True when no answer waits on the store: every entity came from the cache, or gets its
     /// defaults, or its batch has already landed.
     pub fn is_ready(&self) -> bool {
-        self.sources.iter().all(|s| match s {
+        self.bufs.sources.iter().all(|s| match s {
             Source::Store(p) => p.batch.is_done(),
             Source::Cached { .. } | Source::Unavailable | Source::NoSuchKey => true,
         })
@@ -76,7 +80,7 @@ impl Lookup {
 
     /// Waits for the store's answers, up to `deadline`.
     pub async fn wait(&self, deadline: Instant) {
-        wait_until(&self.sources, deadline).await
+        wait_until(&self.bufs.sources, deadline).await
     }
 }
 
@@ -112,27 +116,31 @@ impl Reader {
             stats,
             histograms,
             scratch: RefCell::new(Scratch::default()),
+            spares: RefCell::new(Spares::default()),
         }
     }
 
-    /// Starts a read: finds the entities in the hot cache (all at once), queues the reads of the
-    /// rest in the coalescer, or (while their node's breaker is open) settles for their defaults.
-    /// When the returned lookup [is ready](Lookup::is_ready), [`Reader::finish`] answers at once.
+    /// Starts a read at `now` (when the request was read): finds the entities in the hot cache
+    /// (all at once), queues the reads of the rest in the coalescer, or (while their node's
+    /// breaker is open) settles for their defaults. When the returned lookup
+    /// [is ready](Lookup::is_ready), [`Reader::finish`] answers at once.
     pub fn start(
         &self,
         view: &View,
         entities: &Keys,
         use_cache: bool,
+        now: Instant,
         deadline: Instant,
     ) -> Lookup {
         let rb = view.row_bytes;
-        let mut rows = vec![0u8; entities.len() * rb];
+        let mut bufs = self.spares.borrow_mut().take();
+        let rows = &mut bufs.block;
+        rows.resize(entities.len() * rb, 0);
         let mut scratch = self.scratch.borrow_mut();
         let Scratch {
             keys, probes, hits, ..
         } = &mut *scratch;
         hits.clear();
-        let now = Instant::now();
         if use_cache {
             keys.clear();
             for entity in entities.iter() {
@@ -151,10 +159,7 @@ impl Reader {
         // The store keys of the misses, built into one buffer allocated at the first miss.
         let mut store_keys = BytesMut::new();
         let mut next_hit = hits.iter().peekable();
-        let sources = entities
-            .iter()
-            .enumerate()
-            .map(|(i, entity)| {
+        let sources = entities.iter().enumerate().map(|(i, entity)| {
                 if let Some(&(_, computed_at_ms)) = next_hit.next_if(|h| h.0 == i) {
                     return Source::Cached { computed_at_ms };
                 }
@@ -170,16 +175,17 @@ impl Reader {
                 } else {
                     Source::Unavailable
                 }
-            })
-            .collect();
-        Lookup { sources, rows }
+            });
+        bufs.sources.extend(sources);
+        Lookup { bufs }
     }
 
     /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
     /// Judges what each entity got, fills the cache with what the store answered, and counts.
     pub fn finish(&self, view: &View, entities: &Keys, lookup: Lookup) -> Answers {
-        let Lookup { sources, rows } = lookup;
-        let mut answers = Answers::new(entities.len(), view.row_bytes, rows);
+        let Lookup { mut bufs } = lookup;
+        let mut sources = std::mem::take(&mut bufs.sources);
+        let mut answers = Answers::new(entities.len(), view.row_bytes, bufs);
         let mut served = Served::default();
         let now_ms = freshness::now_ms();
         let mut scratch = self.scratch.borrow_mut();
@@ -228,7 +234,15 @@ impl Reader {
             cache.insert_many(keys, row, view.hot_cache_ttl, Instant::now(), probes);
         }
         publish(&self.stats.cache, &cache);
+        // Emptied now, so that the batches it named are not kept alive by the answers.
+        sources.clear();
+        answers.keep_sources(sources);
         answers
+    }
+
+    /// Takes back the buffers of answers whose reply has been encoded, for a later read.
+    pub fn recycle(&self, answers: Answers) {
+        self.spares.borrow_mut().give(answers.into_buffers());
     }
 
     /// Drops whatever this shard holds for rows that changed in the store.
@@ -338,13 +352,13 @@ mod tests {
     /// Start, wait, finish: what a GET does across its turns.
     async fn read(reader: &Reader, view: &View, entities: &[&str], deadline: Instant) -> Answers {
         let entities = Keys::from_slices(entities);
-        let lookup = reader.start(view, &entities, true, deadline);
+        let lookup = reader.start(view, &entities, true, Instant::now(), deadline);
         lookup.wait(deadline).await;
         reader.finish(view, &entities, lookup)
     }
 
     fn statuses(a: &Answers) -> Vec<(Status, bool)> {
-        a.statuses.iter().map(|s| (s.status, s.cached)).collect()
+        a.statuses().iter().map(|s| (s.status, s.cached)).collect()
     }
 
     #[test]

@@ -58,7 +58,9 @@ impl Serving {
             };
         self.stats.entities_requested.add(n as u64);
         let use_cache = req.flags & GET_FLAG_BYPASS_CACHE == 0 && !view.hot_cache_ttl.is_zero();
-        let lookup = self.reader.start(view, &req.keys, use_cache, deadline);
+        let lookup = self
+            .reader
+            .start(view, &req.keys, use_cache, started, deadline);
         Ok(GetWork {
             view: view.id,
             entities: req.keys,
@@ -91,9 +93,10 @@ impl Serving {
             view.id,
             view.schema_id,
             view.row_bytes as u32,
-            &answers.statuses,
-            &answers.ages,
+            answers.statuses(),
+            answers.ages(),
             answers.rows(view),
         );
+        self.reader.recycle(answers);
     }
 }
