@@ -160,22 +160,22 @@ impl Reader {
         let mut store_keys = BytesMut::new();
         let mut next_hit = hits.iter().peekable();
         let sources = entities.iter().enumerate().map(|(i, entity)| {
-                if let Some(&(_, computed_at_ms)) = next_hit.next_if(|h| h.0 == i) {
-                    return Source::Cached { computed_at_ms };
-                }
-                if store_keys.capacity() == 0 {
-                    let rest = entities.bytes_from(i) + 48 * (entities.len() - i);
-                    store_keys.reserve(rest);
-                }
-                let Some(key) = view.layout.read_key(&mut store_keys, entity) else {
-                    return Source::NoSuchKey;
-                };
-                if self.backend.admits(&key, now) {
-                    Source::Store(self.coalescer.enqueue(key, deadline))
-                } else {
-                    Source::Unavailable
-                }
-            });
+            if let Some(&(_, computed_at_ms)) = next_hit.next_if(|h| h.0 == i) {
+                return Source::Cached { computed_at_ms };
+            }
+            if store_keys.capacity() == 0 {
+                let rest = entities.bytes_from(i) + 48 * (entities.len() - i);
+                store_keys.reserve(rest);
+            }
+            let Some(key) = view.layout.read_key(&mut store_keys, entity) else {
+                return Source::NoSuchKey;
+            };
+            if self.backend.admits(&key, now) {
+                Source::Store(self.coalescer.enqueue(key, deadline))
+            } else {
+                Source::Unavailable
+            }
+        });
         bufs.sources.extend(sources);
         Lookup { bufs }
     }
