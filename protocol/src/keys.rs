@@ -55,7 +55,9 @@ impl Keys {
 
     /// Every key, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.get(i))
+        self.spans
+            .iter()
+            .map(|&(start, end)| &self.buf[start as usize..end as usize])
     }
 
     /// How many bytes keys `from..` hold together.

@@ -26,7 +26,8 @@ pub struct Answers {
 /// Where one entity's row is.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum RowRef {
-    /// In the block, at the entity's index.
+    /// In the block, at the entity's index, where the read copied it. (The block's other
+    /// places hold nothing to read: only the places a read writes are ever marked `Block`.)
     Block,
     /// In place in the store's answer: slot `index` of batch result `result`.
     Fetched { result: usize, index: usize },

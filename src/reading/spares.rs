@@ -45,10 +45,11 @@ impl Buffers {
     }
 
     /// Empties every buffer, keeping its capacity. Drops what they point to (store batches and
-    /// their read buffers), so a spare set pins nothing but its own memory.
+    /// their read buffers), so a spare set pins nothing but its own memory. The block keeps its
+    /// length and bytes: the next read resizes it, and reads only the places it writes (see
+    /// [`super::answers::RowRef::Block`]), so zeroing it again would be wasted work.
     fn clear(&mut self) {
         self.sources.clear();
-        self.block.clear();
         self.statuses.clear();
         self.ages.clear();
         self.rows.clear();
@@ -112,7 +113,7 @@ mod tests {
 
         let set = spares.take();
         assert_eq!(spares.bytes(), 0);
-        assert!(set.block.is_empty() && set.ages.is_empty() && set.results.is_empty());
+        assert!(set.ages.is_empty() && set.results.is_empty());
         assert!(set.block.capacity() >= 6400, "the capacity is what is kept");
 
         // A set that would pass the bound is freed, and the kept bytes stay as they were.

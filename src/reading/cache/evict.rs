@@ -97,7 +97,11 @@ impl HotCache {
             prefetch(&self.slots[after_next as usize]);
         }
         if let Some(&(next, _)) = positions.get(1) {
-            prefetch(self.slots[next as usize].data.as_ptr());
+            // Its slot is on its way since the last call: its hash names the table's line that
+            // unlinking it will rewrite.
+            let slot = &self.slots[next as usize];
+            prefetch(slot.data.as_ptr());
+            self.table.prefetch(slot.hash);
         }
     }
 
