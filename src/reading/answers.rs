@@ -19,7 +19,7 @@ use crate::store::{Fetched, Stored};
 /// The answers to one GET.
 pub struct Answers {
     /// Statuses, ages, row places and served batches, and the block of rows copied in.
-    bufs: Buffers,
+    bufs: Box<Buffers>,
     row_bytes: usize,
 }
 
@@ -76,7 +76,7 @@ impl Judged {
 impl Answers {
     /// Answers for `n` entities of rows of `row_bytes`, in `bufs`, whose block holds the rows
     /// copied in so far (cache hits) and whose answer buffers are empty.
-    pub(super) fn new(n: usize, row_bytes: usize, mut bufs: Buffers) -> Answers {
+    pub(super) fn new(n: usize, row_bytes: usize, mut bufs: Box<Buffers>) -> Answers {
         bufs.statuses.reserve(n);
         bufs.ages.reserve(n);
         bufs.rows.reserve(n);
@@ -90,7 +90,7 @@ impl Answers {
     }
 
     /// The buffers, for the shard's spares once the reply is encoded.
-    pub(super) fn into_buffers(self) -> Buffers {
+    pub(super) fn into_buffers(self) -> Box<Buffers> {
         self.bufs
     }
 

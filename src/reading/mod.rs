@@ -65,7 +65,7 @@ struct Scratch {
 /// A read under way: where each entity's answer will come from (its buffers' `sources`), and
 /// the rows found so far (in their `block`).
 pub struct Lookup {
-    bufs: Buffers,
+    bufs: Box<Buffers>,
 }
 
 impl Lookup {

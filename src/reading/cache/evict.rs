@@ -26,10 +26,6 @@ impl HotCache {
     }
 
     fn evict_small(&mut self) -> bool {
-        // The next victims are the slots behind this one: start loading the one after next, and
-        // the buffer of the next (its slot was loaded the same way), so the inserts that follow
-        // do not wait for them.
-        self.prefetch_victims(Queue::Small);
         let Some(pos) = self.pop_live(Queue::Small) else {
             return false;
         };
@@ -52,7 +48,6 @@ impl HotCache {
     }
 
     fn evict_main(&mut self) -> bool {
-        self.prefetch_victims(Queue::Main);
         while let Some(pos) = self.pop_live(Queue::Main) {
             let slot = &mut self.slots[pos.0 as usize];
             if slot.freq > 0 {
@@ -71,6 +66,9 @@ impl HotCache {
     /// ones before it.
     fn pop_live(&mut self, queue: Queue) -> Option<(u32, u32)> {
         loop {
+            // The next victims are the slots behind this one: start loading them, so the hand
+            // and the inserts that follow do not wait for them.
+            self.prefetch_victims(queue);
             let pos = match queue {
                 Queue::Small => self.small.pop_front(),
                 Queue::Main => self.main.pop_front(),
@@ -88,17 +86,19 @@ impl HotCache {
         self.stale_positions -= 1;
     }
 
+    /// Starts loading what the hand will touch at the positions ahead, far enough ahead that it
+    /// has arrived by then (one or two places ahead was too close: the profile showed the hand
+    /// waiting on the slot it read the hash from): the slot eight places on, and for the one
+    /// three places on (its slot requested five positions ago) its buffer and its table line.
     fn prefetch_victims(&self, queue: Queue) {
         let positions = match queue {
             Queue::Small => &self.small,
             Queue::Main => &self.main,
         };
-        if let Some(&(after_next, _)) = positions.get(2) {
-            prefetch(&self.slots[after_next as usize]);
+        if let Some(&(ahead, _)) = positions.get(8) {
+            prefetch(&self.slots[ahead as usize]);
         }
-        if let Some(&(next, _)) = positions.get(1) {
-            // Its slot is on its way since the last call: its hash names the table's line that
-            // unlinking it will rewrite.
+        if let Some(&(next, _)) = positions.get(3) {
             let slot = &self.slots[next as usize];
             prefetch(slot.data.as_ptr());
             self.table.prefetch(slot.hash);
