@@ -62,6 +62,8 @@ impl Buffers {
 /// between them, not six vectors (the moves showed as `memmove` in the profile).
 #[derive(Default)]
 pub(super) struct Spares {
+    // Boxed on purpose: the sets leave this vector, and a box moves as a pointer.
+    #[allow(clippy::vec_box)]
     kept: Vec<Box<Buffers>>,
     bytes: usize,
 }
