@@ -34,9 +34,11 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    /// The bytes the set holds, by capacity.
+    /// The bytes the set holds, by capacity, its box included (so that even sets that never
+    /// grew count against the bound).
     fn bytes(&self) -> usize {
-        self.sources.capacity() * size_of::<Source>()
+        size_of::<Buffers>()
+            + self.sources.capacity() * size_of::<Source>()
             + self.block.capacity()
             + self.statuses.capacity() * size_of::<EntityStatus>()
             + self.ages.capacity() * size_of::<u32>()
