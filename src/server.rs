@@ -10,7 +10,7 @@ use crate::config::settings::{Settings, SettingsError};
 use crate::ops;
 use crate::ops::Sources;
 use crate::reading::freshness::now_ms;
-use crate::serving::accept::reuseport_listener;
+use crate::serving::accept::{claim_port, reuseport_listener};
 use crate::shard::{self, ShardSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
 use crate::store::redis::url;
@@ -28,6 +28,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr}: another process already listens there; stop it or choose another --listen (the shards share the port only among themselves)")]
+    PortTaken { addr: String },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -73,14 +75,18 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             source,
         })?;
 
-    // The first socket settles the port (so --listen with port 0 works); the others join it.
-    let first = reuseport_listener(settings.listen).map_err(|source| StartError::Listen {
-        addr: settings.listen.to_string(),
-        source,
+    // The port must be ours alone (port 0 settles one); then every shard's listener joins it.
+    let addr = claim_port(settings.listen).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => StartError::PortTaken {
+            addr: settings.listen.to_string(),
+        },
+        _ => StartError::Listen {
+            addr: settings.listen.to_string(),
+            source,
+        },
     })?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..settings.shards {
+    let mut listeners = Vec::new();
+    for _ in 0..settings.shards {
         listeners.push(
             reuseport_listener(addr).map_err(|source| StartError::Listen {
                 addr: addr.to_string(),

@@ -247,3 +247,65 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
         "every OVERLOADED answer the callers saw is counted as shed, and no other"
     );
 }
+
+/// A second proxy started on the address a first one listens on refuses to start and says why.
+/// The shards share their port with SO_REUSEPORT, which another process of the same user could
+/// join as well: it would silently take part of the first proxy's new connections, and reset
+/// the ones waiting in its queue when it stopped.
+#[tokio::test]
+async fn a_second_proxy_on_a_taken_port_refuses_to_start_and_the_first_serves_on() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&redis, 2, "");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_featureproxy"))
+        .arg("serve")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/features.toml"
+        ))
+        .args(["--listen", &proxy.addr()])
+        .args([
+            "--stats-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .args(["--redis", &redis.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            second.kill().unwrap();
+            panic!(
+                "a second proxy started on {}, which the first holds",
+                proxy.addr()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {}", proxy.addr()))
+            && stderr.contains("another process already listens there"),
+        "the error names the address and why: {stderr}"
+    );
+
+    // The first proxy is untouched: every new connection reaches it, on both of its shards.
+    let opts = ClientOptions {
+        pool_size: 1,
+        ..Default::default()
+    };
+    let mut shards = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let c = Client::connect(proxy.addr(), opts.clone()).await.unwrap();
+        shards.insert(c.hello_info().await.unwrap().shard);
+        c.ping().await.unwrap();
+    }
+    assert_eq!(shards.into_iter().collect::<Vec<_>>(), [0, 1]);
+}

@@ -18,6 +18,28 @@ use super::connection;
 use super::Serving;
 use crate::telemetry::counters::ShardStats;
 
+/// Makes sure no other process listens on `addr` and settles its port (port 0 picks one): binds
+/// a socket without SO_REUSEPORT there and lets it go. The shards' listeners share their port
+/// with SO_REUSEPORT, which any process of the same user could join too: a second proxy started
+/// on the same address would silently take part of the connections (and reset the ones waiting
+/// in its queue when it stops). Binding without the option fails while anything listens there,
+/// so this refuses to start instead. Returns the address to listen on.
+pub fn claim_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // Not a listener: only a socket in LISTEN state conflicts with it (connections in TIME_WAIT
+    // from an earlier run do not).
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    let bound = s.local_addr()?;
+    bound
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("bound to a non-IP address"))
+}
+
 /// Opens a listening socket with SO_REUSEPORT, so every shard can bind the same address and the
 /// kernel spreads new connections across them.
 pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
