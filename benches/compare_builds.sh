@@ -3,7 +3,8 @@
 # closed-loop loads, interleaved round by round (the order flips every round) so that drift on a
 # shared box hits both builds alike. For each build and load it reports the median over rounds
 # of throughput and of the proxy's CPU per request (utime+stime from /proc/PID/stat over the
-# measured window, divided by the requests answered in it).
+# measured window, divided by the requests answered in it), and the median of the new/old ratios
+# taken within each round (the steadier figure where the box drifts between rounds).
 #
 #   benches/compare_builds.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds)
 #
@@ -99,4 +100,12 @@ for load in ("one", "batch"):
         print(f"{load:6} {build:6} {rps:9.0f} {eps:12.0f} {cpu:12.2f}   {sum(int(r[5]) for r in rs):6}"
               f"   [{', '.join(r[2] for r in rs)} req/s; {', '.join(r[4] for r in rs)} us]")
     print(f"{load:6} new/old throughput {med['new'][0] / med['old'][0]:.3f}, CPU per request {med['new'][1] / med['old'][1]:.3f}")
+    # The same ratios taken round by round (the two runs of a round are the closest in time, so
+    # drift between rounds cancels), and their median: the steadier figure on a noisy box.
+    old = [r for r in rows if r[0] == "old" and r[1] == load]
+    new = [r for r in rows if r[0] == "new" and r[1] == load]
+    tput = [float(n[2]) / float(o[2]) for o, n in zip(old, new)]
+    cpu = [float(n[4]) / float(o[4]) for o, n in zip(old, new)]
+    print(f"{load:6} paired, per round: throughput {statistics.median(tput):.3f} [{', '.join(f'{x:.2f}' for x in tput)}],"
+          f" CPU per request {statistics.median(cpu):.3f} [{', '.join(f'{x:.2f}' for x in cpu)}]")
 EOF
