@@ -25,14 +25,7 @@ use crate::telemetry::counters::ShardStats;
 /// in its queue when it stops). Binding without the option fails while anything listens there,
 /// so this refuses to start instead. Returns the address to listen on.
 pub fn claim_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    // Not a listener: only a socket in LISTEN state conflicts with it (connections in TIME_WAIT
-    // from an earlier run do not).
-    s.set_reuse_address(true)?;
+    let s = tcp_socket(addr)?;
     s.bind(&addr.into())?;
     let bound = s.local_addr()?;
     bound
@@ -40,15 +33,22 @@ pub fn claim_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other("bound to a non-IP address"))
 }
 
-/// Opens a listening socket with SO_REUSEPORT, so every shard can bind the same address and the
-/// kernel spreads new connections across them.
-pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` with SO_REUSEADDR: only a socket in LISTEN state on the address
+/// conflicts with it, not the connections of an earlier run still in TIME_WAIT.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     s.set_reuse_address(true)?;
+    Ok(s)
+}
+
+/// Opens a listening socket with SO_REUSEPORT, so every shard can bind the same address and the
+/// kernel spreads new connections across them.
+pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = tcp_socket(addr)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
