@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{block, eventually, flat_row, now_ms, Proxy, Redis};
+use common::{block, eventually, flat_row, now_ms, read_until_cached, Proxy, Redis};
 use featureproxy_client::{Client, ClientOptions, GetOptions, Status, Value};
 
 /// The stored value for `flat_row(v)`: format 1, computed_at, 16 f32.
@@ -53,6 +53,11 @@ async fn client_per_shard(proxy: &Proxy, shards: u16) -> Vec<Client> {
 async fn second_read_comes_from_the_cache_with_its_bit_and_true_age() {
     let redis = Redis::start();
     let proxy = Proxy::start(&redis, 1, PATIENT);
+    // Arming tracking flushes the cache (writes may have been missed before it): armed first,
+    // so that flush cannot drop the row between the reads below.
+    eventually(Duration::from_secs(10), "tracking armed", || {
+        (proxy.metric("featureproxy_cache_tracking", &[]) == 1.0).then_some(())
+    });
     let c = one_conn(&proxy).await;
     let computed = now_ms() - 3 * 60_000; // STALE by user_features' 2 min
     c.put("user_features", &[("u1", computed, flat_row(1.5))])
@@ -64,7 +69,7 @@ async fn second_read_comes_from_the_cache_with_its_bit_and_true_age() {
         (first.status(0).status, first.status(0).cached),
         (Status::Stale, false)
     );
-    let second = c.get("user_features", &["u1"]).await.unwrap();
+    let second = read_until_cached(&c, "user_features", "u1").await;
     assert_eq!(
         (second.status(0).status, second.status(0).cached),
         (Status::Stale, true)
@@ -275,7 +280,7 @@ async fn writes_through_redis_cli_invalidate_every_shard_at_once() {
         .unwrap();
     for c in &clients {
         c.get("user_features", &["t1"]).await.unwrap();
-        let b = c.get("user_features", &["t1"]).await.unwrap();
+        let b = read_until_cached(c, "user_features", "t1").await;
         assert!(b.status(0).cached, "cached before the write");
     }
     redis.cli_set("fp:user_features:v1:t1", &stored(2.0, now_ms()));

@@ -400,7 +400,13 @@ async fn a_put_writes_what_feast_writes_and_writes_behind_the_proxy_invalidate()
     }
 
     // Fresh rows, cached for up to an hour; a write by Feast's materialization (HSET on the
-    // hash, behind the proxy's back) reaches every shard through Redis client tracking.
+    // hash, behind the proxy's back) reaches every shard through Redis client tracking, armed
+    // on both shards first (arming flushes the cache).
+    eventually(
+        Duration::from_secs(10),
+        "tracking armed on both shards",
+        || (proxy.metric("featureproxy_cache_tracking", &[]) == 2.0).then_some(()),
+    );
     let now = now_ms();
     c.put(
         "user_profile",
@@ -419,7 +425,7 @@ async fn a_put_writes_what_feast_writes_and_writes_behind_the_proxy_invalidate()
     .unwrap();
     let first = c.get("user_profile", &["alice"]).await.unwrap();
     assert_eq!(first.value(0, "score"), Some(Value::F32(1.0)));
-    let cached = c.get("user_profile", &["alice"]).await.unwrap();
+    let cached = common::read_until_cached(&c, "user_profile", "alice").await;
     assert!(cached.status(0).cached);
     let r = &latest_rows(&v)[&("user_profile".to_string(), "alice".to_string())];
     let key = unhex(&r["key_hex"]);

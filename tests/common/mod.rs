@@ -91,6 +91,27 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Reads `key` of `view` again until the answer comes from the hot cache, and returns that
+/// answer; fails if the second read after the first still does not. Why a read can miss once
+/// more after a PUT: Redis also reports the PUT's own write to the proxy's tracking connection,
+/// at a moment of its own, and a notice that lands after a read cached the row drops it. One
+/// write, one notice per shard: the read after that comes from the cache.
+pub async fn read_until_cached(
+    c: &featureproxy_client::Client,
+    view: &str,
+    key: &str,
+) -> featureproxy_client::Batch {
+    let mut misses = Vec::new();
+    for _ in 0..2 {
+        let b = c.get(view, &[key]).await.unwrap();
+        if b.status(0).cached {
+            return b;
+        }
+        misses.push(b.status(0).status);
+    }
+    panic!("{view} {key}: two reads in a row missed the hot cache ({misses:?})");
+}
+
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
