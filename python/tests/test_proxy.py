@@ -105,6 +105,10 @@ def test_hot_cache_flag(proxy, uniq):
         cl.put(USER, {key: (now_ms(), user_row(4))})
         cl.get(USER, [key], deadline=DL)  # fills this shard's hot cache (ttl 1s)
         again = cl.get(USER, [key], deadline=DL)
+        if again.cached == [False]:
+            # Redis also reports the PUT's own write on the proxy's tracking connection, at a
+            # moment of its own: landing after the read above cached the row, it drops it once.
+            again = cl.get(USER, [key], deadline=DL)
         assert again.statuses == [Status.FRESH] and again.cached == [True]
         assert again.entity(0).cached and again.status_bytes[0] & 0x80
         direct = cl.get(USER, [key], bypass_cache=True, deadline=DL)
