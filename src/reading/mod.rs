@@ -361,10 +361,10 @@ mod tests {
         a.statuses().iter().map(|s| (s.status, s.cached)).collect()
     }
 
-    #[test]
-    fn a_failure_degrades_only_the_keys_it_touched() {
-        let (registry, view) = user_features();
-        let backend = Rc::new(TestStore::new(view.clone()));
+    /// Runs `test` with a reader over `backend`, on a current-thread runtime (with its flusher),
+    /// as a shard runs it.
+    fn with_reader(backend: Rc<TestStore>, test: impl AsyncFnOnce(Reader)) {
+        let (registry, _) = user_features();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -374,15 +374,25 @@ mod tests {
             let stats = Arc::new(ShardStats::new(0, registry.views().len()));
             let coalescer = Coalescer::new(backend.clone(), stats.clone(), 1024);
             tokio::task::spawn_local(coalescer.clone().run_flusher());
+            let views = registry.views().len();
             let reader = Reader::new(
                 0,
-                registry.clone(),
+                registry,
                 HotCache::new(1 << 20),
                 coalescer,
-                backend.clone(),
+                backend,
                 stats,
-                Rc::new(RefCell::new(ShardHistograms::new(registry.views().len()))),
+                Rc::new(RefCell::new(ShardHistograms::new(views))),
             );
+            test(reader).await
+        });
+    }
+
+    #[test]
+    fn a_failure_degrades_only_the_keys_it_touched() {
+        let (_, view) = user_features();
+        let backend = Rc::new(TestStore::new(view.clone()));
+        with_reader(backend.clone(), async |reader| {
             let entities = ["u1", "down-1", "gone-1", "open-1", "u2"];
             let deadline = Instant::now() + Duration::from_secs(1);
             let first = read(&reader, &view, &entities, deadline).await;
@@ -432,5 +442,58 @@ mod tests {
             assert_eq!(statuses(&u2), [(Status::Fresh, false)]);
             assert_eq!(backend.take_asked(), ["u2"]);
         });
+    }
+
+    #[test]
+    fn recycled_buffers_serve_each_read_its_own_rows_and_nothing_of_the_last() {
+        let (_, view) = user_features();
+        let backend = Rc::new(TestStore::new(view.clone()));
+        with_reader(backend.clone(), async |reader| {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            // Read, then read again from the cache: the second read's block holds rows 1, 2, 3.
+            let fetched = read(&reader, &view, &["n1", "n2", "n3"], deadline).await;
+            reader.recycle(fetched);
+            let cached = read(&reader, &view, &["n1", "n2", "n3"], deadline).await;
+            assert_eq!(
+                statuses(&cached),
+                [
+                    (Status::Fresh, true),
+                    (Status::Fresh, true),
+                    (Status::Fresh, true)
+                ]
+            );
+            for (i, v) in [1.0, 2.0, 3.0].into_iter().enumerate() {
+                assert_eq!(cached.row(&view, i), row_of(v));
+            }
+            reader.recycle(cached);
+            let kept = reader.spares.borrow().bytes();
+            assert!(kept > 0, "the answers' buffers are kept");
+
+            // The next read takes those buffers, block bytes and all: each place serves this
+            // read's own row or the defaults, never what the last read left there.
+            let next = read(&reader, &view, &["n3", "down-1", "n1", "gone-1"], deadline).await;
+            assert!(
+                reader.spares.borrow().bytes() < kept,
+                "a kept set was reused"
+            );
+            assert_eq!(
+                statuses(&next),
+                [
+                    (Status::Fresh, true),
+                    (Status::Degraded, false),
+                    (Status::Fresh, true),
+                    (Status::Missing, false),
+                ]
+            );
+            assert_eq!(next.row(&view, 0), row_of(3.0));
+            assert_eq!(next.row(&view, 1), view.default_row);
+            assert_eq!(next.row(&view, 2), row_of(1.0));
+            assert_eq!(next.row(&view, 3), view.default_row);
+        });
+    }
+
+    /// A `user_features` row of sixteen `v`s.
+    fn row_of(v: f32) -> Vec<u8> {
+        (0..16).flat_map(|_| v.to_le_bytes()).collect()
     }
 }

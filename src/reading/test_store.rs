@@ -16,7 +16,8 @@ use crate::reading::freshness;
 use crate::store::{Backend, Failure, Fetched, ReadKey, StoreError, WriteItem};
 
 /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
-/// breaker (never asked), anything else a fresh row of 7.0s. Records the entities of each read.
+/// breaker (never asked), `nN` (N a number) a fresh row of N.0s, anything else a fresh row of
+/// 7.0s. Records the entities of each read.
 pub struct TestStore {
     view: View,
     /// The entities each read asked for, in order.
@@ -85,7 +86,11 @@ impl TestStore {
         if entity.starts_with(b"gone-") {
             return Fetched::Absent;
         }
-        let row: Vec<u8> = (0..16).flat_map(|_| 7.0f32.to_le_bytes()).collect();
+        let value = std::str::from_utf8(entity)
+            .ok()
+            .and_then(|e| e.strip_prefix('n')?.parse::<f32>().ok())
+            .unwrap_or(7.0);
+        let row: Vec<u8> = (0..16).flat_map(|_| value.to_le_bytes()).collect();
         let (mut kb, mut vb) = (BytesMut::new(), BytesMut::new());
         let Ok(WriteItem::Value { value, .. }) =
             self.view
