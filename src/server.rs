@@ -28,7 +28,7 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: another process already listens there; stop it or choose another --listen (the shards share the port only among themselves)")]
+    #[error("cannot listen on {addr}: another process already listens there; stop it or choose another address (`listen` in [server], or --listen); the shards share the port only among themselves")]
     PortTaken { addr: String },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),

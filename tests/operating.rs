@@ -256,7 +256,7 @@ async fn the_endpoint_answers_while_the_proxy_is_saturated() {
 async fn a_second_proxy_on_a_taken_port_refuses_to_start_and_the_first_serves_on() {
     let redis = Redis::start();
     let proxy = Proxy::start(&redis, 2, "");
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_featureproxy"))
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_featureproxy"))
         .arg("serve")
         .arg("--config")
         .arg(concat!(
@@ -273,22 +273,22 @@ async fn a_second_proxy_on_a_taken_port_refuses_to_start_and_the_first_serves_on
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            second.kill().unwrap();
+    // Its exit, awaited; one that keeps running is killed and fails the test.
+    let pid = second.id().to_string();
+    let exited = tokio::task::spawn_blocking(move || second.wait_with_output());
+    let output = match tokio::time::timeout(Duration::from_secs(20), exited).await {
+        Ok(joined) => joined.unwrap().unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
             panic!(
                 "a second proxy started on {}, which the first holds",
                 proxy.addr()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = (output.status, String::from_utf8_lossy(&output.stderr));
     assert!(!status.success(), "exit status {status}");
     assert!(
         stderr.contains(&format!("cannot listen on {}", proxy.addr()))
