@@ -7,7 +7,7 @@
 //! turn of the event loop, and batches grow only when load does. A key already on its way to the
 //! store is not asked for twice: a later request joins the read in flight (single-flight).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,7 +25,11 @@ pub type BatchResult = Vec<Fetched>;
 
 /// One batch of reads on its way: the keys it carries and, once it lands, its outcomes.
 pub struct Batch {
-    keys: RefCell<Vec<ReadKey>>,
+    /// The keys while the batch collects them.
+    open_keys: RefCell<Vec<ReadKey>>,
+    /// The keys once the batch has left for the store: read-only from then on, so the backend
+    /// borrows them across its await while later requests still compare against them.
+    sent_keys: OnceCell<Vec<ReadKey>>,
     /// Each key's hash in the shard's table of reads in flight, so that landing finds its
     /// entries without hashing or comparing the keys again.
     hashes: RefCell<Vec<u64>>,
@@ -42,7 +46,8 @@ pub struct Batch {
 impl Batch {
     fn new() -> Rc<Batch> {
         Rc::new(Batch {
-            keys: RefCell::new(Vec::new()),
+            open_keys: RefCell::new(Vec::new()),
+            sent_keys: OnceCell::new(),
             hashes: RefCell::new(Vec::new()),
             result: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
@@ -64,6 +69,23 @@ impl Batch {
             Poll::Pending
         })
         .await
+    }
+
+    /// True when slot `index` holds `key`. The in-flight table keeps no copy of its keys (each
+    /// would be another `Bytes` clone and drop, two atomic operations per key, and a table entry
+    /// three times the size): a probe that matches a hash compares against the batch's own.
+    fn holds(&self, index: usize, key: &ReadKey) -> bool {
+        match self.sent_keys.get() {
+            Some(keys) => keys.get(index) == Some(key),
+            None => self.open_keys.borrow().get(index) == Some(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self.sent_keys.get() {
+            Some(keys) => keys.len(),
+            None => self.open_keys.borrow().len(),
+        }
     }
 
     fn extend_deadline(&self, deadline: Instant) {
@@ -102,10 +124,9 @@ pub struct Pending {
     pub index: usize,
 }
 
-/// A key on its way to the store, and where its value will land.
+/// A key on its way to the store: its hash and where it (and its value) will be.
 struct InFlight {
     hash: u64,
-    key: ReadKey,
     pending: Pending,
 }
 
@@ -164,7 +185,8 @@ impl Coalescer {
             hasher,
         } = &mut *st;
         let hash = hasher.hash_one(&key);
-        let slot = match in_flight.entry(hash, |e| e.key == key, |e| e.hash) {
+        let held = |e: &InFlight| e.pending.batch.holds(e.pending.index, &key);
+        let slot = match in_flight.entry(hash, held, |e| e.hash) {
             Entry::Occupied(joined) => {
                 self.stats.singleflight_joins.inc();
                 let p = &joined.get().pending;
@@ -174,21 +196,20 @@ impl Coalescer {
             }
             Entry::Vacant(slot) => slot,
         };
-        if open.keys.borrow().len() >= self.batch_cap {
+        if open.len() >= self.batch_cap {
             sealed.push(std::mem::replace(open, Batch::new()));
         }
         let batch = open.clone();
         batch.extend_deadline(deadline);
         let index = {
-            let mut keys = batch.keys.borrow_mut();
-            keys.push(key.clone());
+            let mut keys = batch.open_keys.borrow_mut();
+            keys.push(key);
             batch.hashes.borrow_mut().push(hash);
             keys.len() - 1
         };
         let pending = Pending { batch, index };
         slot.insert(InFlight {
             hash,
-            key,
             pending: pending.clone(),
         });
         drop(st);
@@ -209,7 +230,8 @@ impl Coalescer {
             in_flight, hasher, ..
         } = &mut *st;
         for k in keys {
-            if let Ok(entry) = in_flight.find_entry(hasher.hash_one(k), |e| e.key == *k) {
+            let held = |e: &InFlight| e.pending.batch.holds(e.pending.index, k);
+            if let Ok(entry) = in_flight.find_entry(hasher.hash_one(k), held) {
                 let (gone, _) = entry.remove();
                 let p = gone.pending;
                 p.batch.written_meanwhile.borrow_mut().push(p.index);
@@ -226,7 +248,7 @@ impl Coalescer {
             let batches = {
                 let mut st = self.state.borrow_mut();
                 let mut out = std::mem::take(&mut st.sealed);
-                if !st.open.keys.borrow().is_empty() {
+                if st.open.len() > 0 {
                     out.push(std::mem::replace(&mut st.open, Batch::new()));
                 }
                 out
@@ -239,7 +261,8 @@ impl Coalescer {
     }
 
     async fn execute(&self, batch: Rc<Batch>) {
-        let keys = std::mem::take(&mut *batch.keys.borrow_mut());
+        let keys = batch.open_keys.take();
+        let keys = batch.sent_keys.get_or_init(|| keys);
         let hashes = std::mem::take(&mut *batch.hashes.borrow_mut());
         let timeout = batch
             .deadline
@@ -248,7 +271,7 @@ impl Coalescer {
                 d.saturating_duration_since(Instant::now())
             })
             .max(Duration::from_millis(1));
-        let result = self.backend.read(&keys, timeout).await;
+        let result = self.backend.read(keys, timeout).await;
         {
             // A key forgotten (written) while in flight has no entry for this batch any more,
             // and the request that queued it since has another batch: only entries that point
