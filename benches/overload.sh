@@ -6,13 +6,17 @@
 #
 #   benches/overload.sh [ROUNDS]           (default 3; about 2 minutes per round)
 #   FACTORS="2 4" benches/overload.sh [ROUNDS]
-#                                          overload by measured capacity instead of bursts: the
-#                                          proxy's capacity under this load is measured first
-#                                          (closed loop, 4 connections x 64 in flight, 10 s,
+#                                          overload by measured capacity instead of bursts: each
+#                                          round first measures the proxy's capacity under this
+#                                          load (closed loop, 4 connections x 64 in flight, 10 s,
 #                                          shedding off; FRESH+STALE answers per second), then
-#                                          each factor F offers F x capacity, steady, to the proxy
-#                                          with shedding on and off; goodput is also given as a
-#                                          share of the capacity's goodput
+#                                          each factor F offers F x that capacity, steady, to the
+#                                          proxy with shedding on and off; goodput is also given
+#                                          as a share of the same round's capacity (the median of
+#                                          the rounds' shares: capacity drifts by 10-30% between
+#                                          rounds on a shared box, and a ratio to another round's
+#                                          capacity carries that drift); rows are seeded again
+#                                          before every round; about 4 minutes per round
 #
 # The load: 1 entity per GET, Zipf 0.99 over 1,000,000 seeded entities, open loop at RATE
 # (default 85000 req/s, 4 connections) with 4x bursts for the last 2 s of every 10 s
@@ -63,12 +67,15 @@ start_proxy() {
 }
 stop_proxy() { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""; }
 
-# Seeded just before the rounds so that rows stay FRESH (user_features turns STALE after 2 min
-# and EXPIRED after 10).
-echo "seeding $ENTITIES entities" >&2
-start_proxy "$WORK/shed.toml"
-${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null 2>&1
-stop_proxy
+# Seeded before the rounds, and again before each round of FACTORS, so that rows stay FRESH
+# (user_features turns STALE after 2 min and EXPIRED after 10).
+seed() {
+  echo "seeding $ENTITIES entities" >&2
+  start_proxy "$WORK/shed.toml"
+  ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" seed --target "127.0.0.1:$PORT" --view user_features --entities "$ENTITIES" >/dev/null 2>&1
+  stop_proxy
+}
+seed
 
 LOAD=(--entities "$ENTITIES" --rate "$RATE" --burst 4x:2s/10s --duration 30s --warmup 3s
       --connections 4 --inflight 4096 --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"})
@@ -81,7 +88,7 @@ run() {
   if [ -n "$PROXY_PID" ]; then
     shed=$(curl -s "127.0.0.1:$STATS/metrics" | awk '/^featureproxy_requests_shed_total/ {print $2}')
   fi
-  python3 - "$WORK/run.json" "$name" "${shed:--}" >>"$RESULTS" <<'EOF'
+  python3 - "$WORK/run.json" "$name" "${shed:--}" "${CAP_GOOD:-}" >>"$RESULTS" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1]))
 lat, st = j["latency_us"], j["statuses"]
@@ -90,28 +97,35 @@ good = (st["fresh"] + st["stale"]) / j["duration_s"]
 batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
 over = sum(v for k, v in j["errors"].items() if "OVERLOADED" in k)
 # CPU the servers (Redis, and the proxy if any) used over the window, in cores.
-cores = sum(c["cpu_s"] / c["window_s"] for c in j["server_cpu"] if c["cpu_s"] is not None)
-print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}\t{100 * j['late_share']:.1f}\t{cores:.2f}")
+# Redis's first, then the proxy's (the order of --server-pid).
+each = [c["cpu_s"] / c["window_s"] if c["cpu_s"] is not None else 0.0 for c in j["server_cpu"]] + [0.0]
+# This run's goodput as a share of its round's capacity (FACTORS only).
+share = good / float(sys.argv[4]) if sys.argv[4] else 0.0
+print(f"{sys.argv[2]}\t{j['offered_rps']:.0f}\t{j['achieved_rps']:.0f}\t{good:.0f}\t{lat['p99']/1000:.2f}\t{lat['max']/1000:.2f}\t{over}\t{sys.argv[3]}\t{j['errors_total'] - over}\t{j['offered_rps'] * batch:.0f}\t{100 * j['late_share']:.1f}\t{sum(each):.3f}\t{each[0]:.3f}\t{each[1]:.3f}\t{share:.4f}")
 EOF
 }
 
 FACTORS=${FACTORS:-}
 CAP_GOOD=""
+CAPS="$WORK/capacity.tsv"
+: >"$CAPS"
 if [ -n "$FACTORS" ]; then
-  echo "measuring capacity (closed loop, shedding off)" >&2
-  start_proxy "$WORK/noshed.toml"
-  ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
-    --inflight 64 --duration 10s --warmup 3s --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
-    --server-pid "$PROXY_PID" --server-pid "$REDIS_PID" --json "$WORK/capacity.json" >/dev/null 2>&1
-  stop_proxy
-  read -r CAP CAP_GOOD CAP_CORES < <(python3 -c 'import json, sys
+  for r in $(seq 1 "$ROUNDS"); do
+    [ "$r" -gt 1 ] && seed
+    echo "round $r: capacity (closed loop, shedding off)" >&2
+    start_proxy "$WORK/noshed.toml"
+    ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed --connections 4 \
+      --inflight 64 --duration 10s --warmup 3s --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
+      --server-pid "$REDIS_PID" --server-pid "$PROXY_PID" --json "$WORK/capacity.json" >/dev/null 2>&1
+    stop_proxy
+    read -r CAP CAP_GOOD CAP_CORES CAP_REDIS CAP_PROXY < <(python3 -c 'import json, sys
 j = json.load(open(sys.argv[1]))
 good = (j["statuses"]["fresh"] + j["statuses"]["stale"]) / j["duration_s"]
 batch = float(j["batch"]) if str(j["batch"]).isdigit() else 1.0  # "N", or "A..B" (then 1)
-cores = sum(c["cpu_s"] / c["window_s"] for c in j["server_cpu"] if c["cpu_s"] is not None)
-print(round(good / batch), round(good), f"{cores:.2f}")' "$WORK/capacity.json")
-  echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s, server cores $CAP_CORES" >&2
-  for r in $(seq 1 "$ROUNDS"); do
+each = [c["cpu_s"] / c["window_s"] for c in j["server_cpu"]]
+print(round(good / batch), round(good), f"{sum(each):.3f}", f"{each[0]:.3f}", f"{each[1]:.3f}")' "$WORK/capacity.json")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$CAP" "$CAP_GOOD" "$CAP_CORES" "$CAP_REDIS" "$CAP_PROXY" >>"$CAPS"
+    echo "capacity: $CAP req/s, goodput $CAP_GOOD FRESH+STALE/s, server cores $CAP_CORES (Redis $CAP_REDIS, proxy $CAP_PROXY)" >&2
     for f in $FACTORS; do
       LOAD=(--entities "$ENTITIES" --rate $((f * CAP)) --duration 30s --warmup 3s
             --connections 4 --inflight 4096 --no-timeline ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"})
@@ -144,20 +158,23 @@ fi
 
 PLACED="every process on any CPU"
 [ "${PIN:-0}" = 1 ] && PLACED="Redis and the proxy pinned to CPU 0, loadgen to CPU 1 (PIN=1)"
-python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "${CAP:-}" "$CAP_GOOD" "$PLACED" "${CAP_CORES:-}" <<'EOF'
+python3 - "$RESULTS" "$ROUNDS" "${LOAD[*]}" "${PROXY_EXTRA[*]+${PROXY_EXTRA[*]}}" "$CAPS" "$PLACED" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-cap, cap_good = sys.argv[5], sys.argv[6]
-print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}; {sys.argv[7]}")
-if cap:
-    print(f"Capacity (closed loop, 4 connections x 64 in flight, shedding off): {cap} requests/s answered FRESH or STALE ({cap_good} entities/s), the servers using {sys.argv[8]} cores; the command above is the last run's, each row names its factor.")
+caps = [l.rstrip("\n").split("\t") for l in open(sys.argv[5]) if l.strip()]
+print(f"Medians of {sys.argv[2]} interleaved rounds; loadgen run {sys.argv[3]}; proxy extra arguments: {sys.argv[4] or 'none'}; {sys.argv[6]}")
+if caps:
+    med = lambda i: statistics.median(float(c[i]) for c in caps)
+    each = ", ".join(c[0] for c in caps)
+    print(f"Capacity, measured at the start of every round (closed loop, 4 connections x 64 in flight, shedding off): {med(0):.0f} requests/s answered FRESH or STALE (rounds: {each}), {med(1):.0f} entities/s, the servers using {med(2):.2f} cores (Redis {med(3):.2f}, the proxy {med(4):.2f}). The command above is the last run's; each row names its factor. Goodput / capacity's is the median of the rounds' own shares (each in brackets).")
 print()
-print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors | loadgen sends > 1 ms late | server cores |" + (" goodput / capacity's |" if cap else ""))
-print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""))
+print("| target | offered req/s | answered req/s | goodput (FRESH+STALE entities/s, share of offered) | p99 | max | OVERLOADED answers | shed counter | other errors | loadgen sends > 1 ms late | server cores (Redis, proxy) |" + (" goodput / capacity's |" if caps else ""))
+print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if caps else ""))
 for name in dict.fromkeys(r[0] for r in rows):
     rs = [r for r in rows if r[0] == name]
     med = lambda i: statistics.median(float(r[i]) for r in rs)
     shed = "-" if rs[0][7] == "-" else f"{med(7):.0f}"
-    share = f" {med(3) / float(cap_good):.1%} |" if cap else ""
-    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} | {med(10):.1f}% | {med(11):.2f} |{share}")
+    cores = f"{med(11):.2f} ({med(12):.2f}, {med(13):.2f})" if med(13) > 0 else f"{med(11):.2f}"
+    share = f" {med(14):.1%} ({', '.join(f'{float(r[14]):.1%}' for r in rs)}) |" if caps else ""
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.0f} ({med(3)/med(9):.1%}) | {med(4):.2f} ms | {med(5):.2f} ms | {med(6):.0f} | {shed} | {med(8):.0f} | {med(10):.1f}% | {cores} |{share}")
 EOF
