@@ -21,11 +21,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use featureproxy_protocol::{Keys, Status};
 
 use crate::config::registry::{Registry, View};
-use crate::store::{Backend, Change, ViewId};
+use crate::store::{Backend, Change, KeyBlock, ReadKey, ViewId};
 use crate::telemetry::counters::{CacheGauges, Served, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
 pub use answers::Answers;
@@ -60,6 +60,9 @@ struct Scratch {
     /// Entity index and when its row was computed: the cache hits when a read starts, the rows
     /// to cache when it finishes.
     hits: Vec<(usize, u64)>,
+    /// The store reads of a request's misses, built together, and the entity index of each.
+    reads: KeyBlock,
+    read_entities: Vec<usize>,
 }
 
 /// A read under way: where each entity's answer will come from (its buffers' `sources`), and
@@ -93,7 +96,8 @@ enum Source {
     Store(Pending),
     /// The breaker of the node holding the entity is open: defaults without asking.
     Unavailable,
-    /// The entity key cannot name a row of the view (see [`Layout::read_key`]): INVALID.
+    /// The entity key cannot name a row of the view (see
+    /// [`Layout::read_key_into`](crate::store::Layout::read_key_into)): INVALID.
     NoSuchKey,
 }
 
@@ -138,7 +142,12 @@ impl Reader {
         rows.resize(entities.len() * rb, 0);
         let mut scratch = self.scratch.borrow_mut();
         let Scratch {
-            keys, probes, hits, ..
+            keys,
+            probes,
+            hits,
+            reads,
+            read_entities,
+            ..
         } = &mut *scratch;
         hits.clear();
         if use_cache {
@@ -156,27 +165,31 @@ impl Reader {
                 vs.cache_misses.add((entities.len() - hits.len()) as u64);
             }
         }
-        // The store keys of the misses, built into one buffer allocated at the first miss.
-        let mut store_keys = BytesMut::new();
+        // Each entity's source; a miss's read is built first (all of them into one buffer) and
+        // its source set once the reads are made.
         let mut next_hit = hits.iter().peekable();
-        let sources = entities.iter().enumerate().map(|(i, entity)| {
-            if let Some(&(_, computed_at_ms)) = next_hit.next_if(|h| h.0 == i) {
-                return Source::Cached { computed_at_ms };
-            }
-            if store_keys.capacity() == 0 {
-                let rest = entities.bytes_from(i) + 48 * (entities.len() - i);
-                store_keys.reserve(rest);
-            }
-            let Some(key) = view.layout.read_key(&mut store_keys, entity) else {
-                return Source::NoSuchKey;
+        read_entities.clear();
+        for (i, entity) in entities.iter().enumerate() {
+            let source = match next_hit.next_if(|h| h.0 == i) {
+                Some(&(_, computed_at_ms)) => Source::Cached { computed_at_ms },
+                None => {
+                    if reads.push(&view.layout, entity) {
+                        read_entities.push(i);
+                    }
+                    Source::NoSuchKey
+                }
             };
-            if self.backend.admits(&key, now) {
-                Source::Store(self.coalescer.enqueue(key, deadline))
-            } else {
-                Source::Unavailable
+            bufs.sources.push(source);
+        }
+        if !read_entities.is_empty() {
+            for (&i, read) in read_entities.iter().zip(reads.drain()) {
+                bufs.sources[i] = if self.backend.admits(&read, now) {
+                    Source::Store(self.coalescer.enqueue(read, deadline))
+                } else {
+                    Source::Unavailable
+                };
             }
-        });
-        bufs.sources.extend(sources);
+        }
         Lookup { bufs }
     }
 
@@ -271,14 +284,15 @@ impl Reader {
         };
         let mut cache = self.cache.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
-        let mut keys = BytesMut::new();
-        let mut reads = Vec::with_capacity(entities.len());
+        let Scratch { key, reads, .. } = &mut *scratch;
         for entity in entities {
-            cache.invalidate(cache_key(&mut scratch.key, view.id, entity));
-            reads.extend(view.layout.read_key(&mut keys, entity));
+            cache.invalidate(cache_key(key, view.id, entity));
+            reads.push(&view.layout, entity);
         }
         publish(&self.stats.cache, &cache);
         drop(cache);
+        let reads: Vec<ReadKey> = reads.drain().collect();
+        drop(scratch);
         self.coalescer.forget(&reads);
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::registry::{Registry, View};
 use crate::reading::freshness;
-use crate::store::{Backend, Failure, Fetched, ReadKey, StoreError, WriteItem};
+use crate::store::{Backend, Failure, Fetched, KeyBlock, ReadKey, StoreError, WriteItem};
 
 /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
 /// breaker (never asked), `nN` (N a number) a fresh row of N.0s, anything else a fresh row of
@@ -56,10 +56,13 @@ impl TestStore {
 
     /// The store key of `entity`.
     pub fn key(&self, entity: &str) -> ReadKey {
-        self.view
-            .layout
-            .read_key(&mut BytesMut::new(), entity.as_bytes())
-            .expect("a packed view has a key for every entity")
+        let mut reads = KeyBlock::default();
+        assert!(
+            reads.push(&self.view.layout, entity.as_bytes()),
+            "a packed view has a key for every entity"
+        );
+        let read = reads.drain().next().expect("the read just built");
+        read
     }
 
     /// Every entity asked for so far, all reads together; and forgets them.

@@ -12,6 +12,7 @@
 //! layout is a new implementation here, not a change there.
 
 pub mod breaker;
+pub mod keys;
 pub mod layout;
 pub mod redis;
 
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 
+pub use keys::{KeyBlock, StoreKey};
 pub use layout::Layout;
 
 /// A view's id: its 1-based position in the registry file, as GET and PUT carry it.
@@ -32,7 +34,7 @@ pub type ViewId = u16;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReadKey {
     /// The key in the store.
-    pub key: Bytes,
+    pub key: StoreKey,
     pub command: ReadCommand,
 }
 

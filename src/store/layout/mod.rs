@@ -12,10 +12,12 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 
+use super::ReadCommand;
+
 pub use feast::{BadEntity, Feast};
 pub use packed::Packed;
 
-use super::{Fetched, ReadKey, Stored, WriteItem};
+use super::{Fetched, Stored, WriteItem};
 
 /// A view's layout in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +29,14 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// The read that fetches `entity`'s row, or None when `entity` cannot be a key of this view
-    /// (a Feast view's integer join key that is not an integer). The key is built into `buf` so
-    /// that one request's keys share one allocation.
-    pub fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> Option<ReadKey> {
+    /// Appends the store key of `entity`'s row to `buf` and says which command reads it; None
+    /// when `entity` cannot be a key of this view (a Feast view's integer join key that is not an
+    /// integer), and then `buf` may hold part of a key: [`KeyBlock`](super::KeyBlock) builds the
+    /// reads of a request with this and cuts such leftovers off.
+    pub fn read_key_into(&self, buf: &mut Vec<u8>, entity: &[u8]) -> Option<ReadCommand> {
         match self {
-            Layout::Packed(p) => Some(p.read_key(buf, entity)),
-            Layout::Feast(f) => f.read_key(buf, entity),
+            Layout::Packed(p) => Some(p.read_key_into(buf, entity)),
+            Layout::Feast(f) => f.read_key_into(buf, entity),
         }
     }
 

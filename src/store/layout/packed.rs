@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::store::{ReadCommand, ReadKey, Stored, WriteItem};
+use crate::store::{ReadCommand, Stored, WriteItem};
 
 /// The only value format v1 writes and reads.
 pub const FORMAT_V1: u8 = 1;
@@ -42,18 +42,14 @@ impl Packed {
         &self.key_prefix
     }
 
-    fn key_into(&self, buf: &mut BytesMut, entity: &[u8]) -> Bytes {
-        buf.reserve(self.key_prefix.len() + entity.len());
+    fn key_into(&self, buf: &mut impl BufMut, entity: &[u8]) {
         buf.put_slice(&self.key_prefix);
         buf.put_slice(entity);
-        buf.split().freeze()
     }
 
-    pub(super) fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> ReadKey {
-        ReadKey {
-            key: self.key_into(buf, entity),
-            command: ReadCommand::Value,
-        }
+    pub(super) fn read_key_into(&self, buf: &mut Vec<u8>, entity: &[u8]) -> ReadCommand {
+        self.key_into(buf, entity);
+        ReadCommand::Value
     }
 
     /// Anything but format 1 with exactly `row_bytes` of row is INVALID.
@@ -81,8 +77,10 @@ impl Packed {
         values.put_u8(FORMAT_V1);
         values.put_u64_le(computed_at_ms);
         values.put_slice(row);
+        keys.reserve(self.key_prefix.len() + entity.len());
+        self.key_into(keys, entity);
         WriteItem::Value {
-            key: self.key_into(keys, entity),
+            key: keys.split().freeze(),
             value: values.split().freeze(),
             ttl: self.ttl,
         }
@@ -100,7 +98,7 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Fetched, Layout};
+    use crate::store::{Fetched, KeyBlock, Layout};
 
     /// user_features of examples/features.toml: 16 f32.
     fn layout() -> Layout {
@@ -153,10 +151,11 @@ mod tests {
         assert_eq!(v.decode(&Fetched::Absent), Stored::Absent);
         assert_eq!(v.decode(&Fetched::WrongType), Stored::Invalid);
         assert_eq!(&key[..], b"fp:user_features:v1:u1");
-        assert_eq!(
-            &v.read_key(&mut kbuf, b"u1").unwrap().key[..],
-            b"fp:user_features:v1:u1"
-        );
+        let mut reads = KeyBlock::default();
+        assert!(reads.push(&v, b"u1"));
+        let read = reads.drain().next().unwrap();
+        assert_eq!(&read.key[..], b"fp:user_features:v1:u1");
+        assert_eq!(read.command, ReadCommand::Value);
         assert_eq!(
             v.entity_of(b"fp:user_features:v1:u1").as_deref(),
             Some(&b"u1"[..])

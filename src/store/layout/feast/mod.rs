@@ -21,7 +21,7 @@ use featureproxy_protocol::Dtype;
 pub use codec::{feature_field, murmur3_32, timestamp_field};
 pub use entity::{BadEntity, JoinKey, JoinKeyType, MAX_JOIN_KEYS, SEPARATOR};
 
-use crate::store::{Fetched, FieldSet, ReadCommand, ReadKey, Stored, WriteItem};
+use crate::store::{Fetched, FieldSet, ReadCommand, Stored, WriteItem};
 use codec::{decode_timestamp, decode_value, encode_timestamp, encode_value, EntityKeyWriter};
 
 /// A view stored in Feast's layout.
@@ -74,26 +74,27 @@ impl Feast {
         }
     }
 
-    /// The Redis key of `entity` (a GET's entity key), built into `buf`.
-    fn key_into(&self, buf: &mut BytesMut, entity: &[u8]) -> Result<Bytes, BadEntity> {
+    /// Appends the Redis key of `entity` (a GET's entity key) to `buf`; nothing when it is not
+    /// a key of the view.
+    fn key_into(&self, buf: &mut impl BufMut, entity: &[u8]) -> Result<(), BadEntity> {
         let values = entity::parse(&self.join_keys, entity)?;
-        buf.reserve(
-            self.key_names.len() + 16 * self.join_keys.len() + entity.len() + self.project.len(),
-        );
         buf.put_slice(&self.key_names);
         for &i in &self.key_order {
             let (ty, bytes) = values.get(i);
             EntityKeyWriter::value(buf, ty, bytes);
         }
         buf.put_slice(&self.project);
-        Ok(buf.split().freeze())
+        Ok(())
     }
 
-    pub(super) fn read_key(&self, buf: &mut BytesMut, entity: &[u8]) -> Option<ReadKey> {
-        Some(ReadKey {
-            key: self.key_into(buf, entity).ok()?,
-            command: ReadCommand::Fields(self.fields.clone()),
-        })
+    /// The most bytes `entity`'s key takes.
+    fn key_len_bound(&self, entity: &[u8]) -> usize {
+        self.key_names.len() + 16 * self.join_keys.len() + entity.len() + self.project.len()
+    }
+
+    pub(super) fn read_key_into(&self, buf: &mut Vec<u8>, entity: &[u8]) -> Option<ReadCommand> {
+        self.key_into(buf, entity).ok()?;
+        Some(ReadCommand::Fields(self.fields.clone()))
     }
 
     /// No `_ts` field (no hash, or no row of this view in it): absent. A feature field missing,
@@ -145,7 +146,9 @@ impl Feast {
         computed_at_ms: u64,
         row: &[u8],
     ) -> Result<WriteItem, BadEntity> {
-        let key = self.key_into(keys, entity)?;
+        keys.reserve(self.key_len_bound(entity));
+        self.key_into(keys, entity)?;
+        let key = keys.split().freeze();
         let names = self.fields.fields();
         let mut fields = Vec::with_capacity(names.len());
         let mut at = 0;
