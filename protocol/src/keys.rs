@@ -59,14 +59,6 @@ impl Keys {
             .iter()
             .map(|&(start, end)| &self.buf[start as usize..end as usize])
     }
-
-    /// How many bytes keys `from..` hold together.
-    pub fn bytes_from(&self, from: usize) -> usize {
-        self.spans[from..]
-            .iter()
-            .map(|&(s, e)| (e - s) as usize)
-            .sum()
-    }
 }
 
 impl PartialEq for Keys {
@@ -96,10 +88,7 @@ mod tests {
         assert_eq!(keys.len(), 4);
         let got: Vec<&[u8]> = keys.iter().collect();
         assert_eq!(got, [&b"a"[..], b"bcd", b"", b"ef"]);
-        assert_eq!(keys.bytes_from(0), 6);
-        assert_eq!(keys.bytes_from(1), 5);
         assert_eq!(keys.get(3), b"ef");
         assert!(Keys::default().is_empty());
-        assert_eq!(Keys::default().bytes_from(0), 0);
     }
 }

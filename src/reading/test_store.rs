@@ -61,8 +61,8 @@ impl TestStore {
             reads.push(&self.view.layout, entity.as_bytes()),
             "a packed view has a key for every entity"
         );
-        let read = reads.drain().next().expect("the read just built");
-        read
+        let mut built = reads.drain();
+        built.next().expect("the read just built")
     }
 
     /// Every entity asked for so far, all reads together; and forgets them.

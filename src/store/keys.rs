@@ -18,12 +18,12 @@ use super::{Layout, ReadCommand, ReadKey};
 #[derive(Clone)]
 pub struct StoreKey {
     buf: Rc<[u8]>,
-    start: u32,
-    end: u32,
+    start: usize,
+    end: usize,
 }
 
 impl StoreKey {
-    fn new(buf: &Rc<[u8]>, range: Range<u32>) -> StoreKey {
+    fn new(buf: &Rc<[u8]>, range: Range<usize>) -> StoreKey {
         StoreKey {
             buf: buf.clone(),
             start: range.start,
@@ -36,7 +36,7 @@ impl From<&[u8]> for StoreKey {
     /// A key with a buffer of its own.
     fn from(key: &[u8]) -> StoreKey {
         let buf: Rc<[u8]> = Rc::from(key);
-        let end = buf.len() as u32;
+        let end = buf.len();
         StoreKey { buf, start: 0, end }
     }
 }
@@ -45,7 +45,7 @@ impl Deref for StoreKey {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.buf[self.start as usize..self.end as usize]
+        &self.buf[self.start..self.end]
     }
 }
 
@@ -75,7 +75,7 @@ impl fmt::Debug for StoreKey {
 #[derive(Debug, Default)]
 pub struct KeyBlock {
     bytes: Vec<u8>,
-    reads: Vec<(Range<u32>, ReadCommand)>,
+    reads: Vec<(Range<usize>, ReadCommand)>,
 }
 
 impl KeyBlock {
@@ -87,8 +87,7 @@ impl KeyBlock {
             self.bytes.truncate(start);
             return false;
         };
-        self.reads
-            .push((start as u32..self.bytes.len() as u32, command));
+        self.reads.push((start..self.bytes.len(), command));
         true
     }
 
