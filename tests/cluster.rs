@@ -149,12 +149,123 @@ async fn hammer(
     }
 }
 
-/// Kills (or freezes) a master and checks the guarantees while its replica takes over.
+/// What concurrent callers saw while a master failed: keys of the healthy masters and of the
+/// failed one, served FRESH or DEGRADED, and the slowest GET.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    gets: usize,
+    healthy_fresh: usize,
+    healthy_not_fresh: usize,
+    victim_fresh: usize,
+    victim_degraded: usize,
+    slowest: Duration,
+}
+
+impl Seen {
+    fn add(&mut self, other: &Seen) {
+        self.gets += other.gets;
+        self.healthy_fresh += other.healthy_fresh;
+        self.healthy_not_fresh += other.healthy_not_fresh;
+        self.victim_fresh += other.victim_fresh;
+        self.victim_degraded += other.victim_degraded;
+        self.slowest = self.slowest.max(other.slowest);
+    }
+}
+
+/// GETs at the proxy's default deadline from `callers` concurrent callers (so that their reads
+/// share coalesced batches), until `stop`: each caller alternates a GET of 40 keys mixing every
+/// master and a GET of 40 keys of the healthy masters only. Every answer is checked: a healthy
+/// master's key is FRESH with its row, the victim's key FRESH with its row or DEGRADED with the
+/// defaults. `fresh_again` is set once a caller sees every victim key of a mixed GET FRESH.
+async fn callers(
+    c: &Client,
+    groups: &BTreeMap<u16, Vec<String>>,
+    victim: u16,
+    stop: &std::sync::atomic::AtomicBool,
+    fresh_again: &std::sync::atomic::AtomicBool,
+) -> Seen {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Default deadline: the GET carries none and the proxy applies its 50 ms.
+    let opts = GetOptions {
+        bypass_cache: true,
+        deadline: None,
+    };
+    let healthy: Vec<&String> = groups
+        .iter()
+        .filter(|(p, _)| **p != victim)
+        .flat_map(|(_, e)| e)
+        .collect();
+    let (healthy, on_victim) = (&healthy, &|e: &str| groups[&victim].iter().any(|v| v == e));
+    let caller = |k: usize| async move {
+        let mut seen = Seen::default();
+        let mut round = k * 7;
+        while !stop.load(Relaxed) {
+            round += 1;
+            // 40 keys spread over every master; then 40 of the healthy masters only.
+            let mixed: Vec<&str> = (0..40)
+                .map(|i| {
+                    let g: Vec<&Vec<String>> = groups.values().collect();
+                    let list = g[i % g.len()];
+                    list[(round * 13 + i) % list.len()].as_str()
+                })
+                .collect();
+            let only_healthy: Vec<&str> = (0..40)
+                .map(|i| healthy[(round * 17 + i) % healthy.len()].as_str())
+                .collect();
+            for keys in [mixed, only_healthy] {
+                let started = Instant::now();
+                let got = c.get_with("user_features", &keys, opts).await.unwrap();
+                seen.slowest = seen.slowest.max(started.elapsed());
+                seen.gets += 1;
+                let mut victim_all_fresh = true;
+                let mut victims = 0;
+                for (i, key) in keys.iter().enumerate() {
+                    let (status, row) = (got.status(i).status, got.row(i));
+                    if on_victim(key) {
+                        victims += 1;
+                        match status {
+                            Status::Fresh => {
+                                assert_eq!(row[0], Value::F32(1.0), "{key}");
+                                seen.victim_fresh += 1;
+                            }
+                            Status::Degraded => {
+                                assert_eq!(row, flat_row(0.0), "{key}: DEGRADED serves defaults");
+                                seen.victim_degraded += 1;
+                                victim_all_fresh = false;
+                            }
+                            other => panic!("{key} on the failed master: {other:?}"),
+                        }
+                    } else if status == Status::Fresh {
+                        assert_eq!(row[0], Value::F32(1.0), "{key}");
+                        seen.healthy_fresh += 1;
+                    } else {
+                        seen.healthy_not_fresh += 1;
+                    }
+                }
+                if victims > 0 && victim_all_fresh {
+                    fresh_again.store(true, Relaxed);
+                }
+            }
+        }
+        seen
+    };
+    let mut all = Seen::default();
+    for seen in futures::future::join_all((0..4).map(caller)).await {
+        all.add(&seen);
+    }
+    all
+}
+
+/// Kills (or freezes for at least 3 s) a master under concurrent GETs at the default deadline,
+/// on 2 shards, and checks the failure domain: the healthy masters' keys are FRESH in every
+/// answer, the failed master's DEGRADED with defaults, every answer in time; after the
+/// promotion (and the thaw) every key is FRESH again.
 async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start();
-    let proxy = Proxy::start_with(&cluster.seed_url(), 1, "", &[]);
-    let c = client(&proxy, 1).await;
+    let proxy = Proxy::start_with(&cluster.seed_url(), 2, "", &[]);
+    let c = client(&proxy, 4).await;
     let groups = by_master(&cluster, 300);
     let all: Vec<String> = groups.values().flatten().cloned().collect();
     put_all(&c, &all, |_| 1.0, now_ms()).await;
@@ -167,11 +278,11 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
             &[("node", addr), ("role", role)],
         )
     };
-    // The node gauges follow their connections within 100 ms.
+    // The node gauges (one per shard) follow their connections within 100 ms.
     eventually(
         Duration::from_secs(5),
-        "the victim to show as a connected primary",
-        || (up(&victim_addr, "primary") == 1.0).then_some(()),
+        "the victim to show as a connected primary on both shards",
+        || (up(&victim_addr, "primary") == 2.0).then_some(()),
     );
     let keys_on_victim = proxy.metric(
         "featureproxy_cluster_node_keys_total",
@@ -194,47 +305,65 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
     } else {
         cluster.kill(victim);
     }
-    let promoted = std::sync::Mutex::new(None::<(u16, Instant)>);
-    let saw_unhealthy = std::cell::Cell::new(false);
-    let degraded = hammer(&c, &groups, |last| {
-        // Keys of the healthy masters are never DEGRADED.
-        for (port, statuses) in last {
-            if *port != victim {
-                assert!(
-                    statuses.iter().all(|s| *s == Status::Fresh),
-                    "master {port}: {statuses:?}"
-                );
-            }
-        }
-        let mut p = promoted.lock().unwrap();
-        if p.is_none() && cluster.role(heir) == "master" {
-            *p = Some((heir, Instant::now()));
-        }
-        if p.is_none() && !saw_unhealthy.get() {
-            let (code, body) = proxy.http("/health");
-            saw_unhealthy.set(code == 503 && body.contains(&victim_addr));
-        }
-        let Some((_, at)) = *p else {
+    let (stop, fresh_again) = (AtomicBool::new(false), AtomicBool::new(false));
+    let watch = async {
+        let mut promoted_at = None;
+        let mut saw_unhealthy = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::task::block_in_place(|| {
+                if promoted_at.is_none() && cluster.role(heir) == "master" {
+                    promoted_at = Some(Instant::now());
+                    // Counted from the promotion: the first mixed GET with every key FRESH.
+                    fresh_again.store(false, Relaxed);
+                }
+                if promoted_at.is_none() && !saw_unhealthy {
+                    let (code, body) = proxy.http("/health");
+                    saw_unhealthy = code == 503 && body.contains(&victim_addr);
+                }
+            });
             assert!(
                 failed_at.elapsed() < Duration::from_secs(30),
                 "no promotion in 30 s"
             );
-            return false;
-        };
-        // After the promotion the victim's keys are FRESH again, with no proxy restart.
-        let fresh = last[&victim].iter().all(|s| *s == Status::Fresh);
-        assert!(
-            fresh || at.elapsed() < Duration::from_secs(4),
-            "victim's keys not FRESH 4 s after promotion: {:?}",
-            last[&victim]
-        );
-        fresh
-    })
-    .await;
-    let (new_master, at) = promoted.lock().unwrap().unwrap();
+            let long_enough = !freeze || failed_at.elapsed() >= Duration::from_secs(3);
+            if let Some(at) = promoted_at {
+                if fresh_again.load(Relaxed) && long_enough {
+                    stop.store(true, Relaxed);
+                    return (at, Instant::now(), saw_unhealthy);
+                }
+                assert!(
+                    at.elapsed() < Duration::from_secs(4),
+                    "the victim's keys not FRESH 4 s after the promotion"
+                );
+            }
+        }
+    };
+    let (seen, (promoted, fresh, saw_unhealthy)) =
+        tokio::join!(callers(&c, &groups, victim, &stop, &fresh_again), watch);
+    let what = if freeze { "freeze" } else { "kill" };
+    eprintln!(
+        "{what}: {seen:?}; promoted {:?} after the fault, every key FRESH {:?} after the fault",
+        promoted - failed_at,
+        fresh - failed_at,
+    );
+    assert_eq!(
+        seen.healthy_not_fresh, 0,
+        "keys of healthy masters answered without their rows: {seen:?}"
+    );
+    assert!(
+        seen.victim_degraded > 0,
+        "the failed master's keys were served DEGRADED while it was down: {seen:?}"
+    );
+    // The proxy's 50 ms default deadline, and 20 ms for the reply to reach the caller.
+    assert!(
+        seen.slowest < Duration::from_millis(70),
+        "a GET took {:?}",
+        seen.slowest
+    );
     // Operators saw which node failed, and see the cluster healthy once it moved on.
     assert!(
-        saw_unhealthy.get(),
+        saw_unhealthy,
         "/health never named {victim_addr} while it was down"
     );
     eventually(
@@ -247,23 +376,25 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
     );
     let stats = proxy.http("/stats").1;
     assert!(
-        stats.contains(&format!("\"node\":\"127.0.0.1:{new_master}\"")),
+        stats.contains(&format!("\"node\":\"127.0.0.1:{heir}\"")),
         "{stats}"
     );
-    eprintln!(
-        "{}: promoted {new_master} {:?} after the fault; FRESH again {:?} after promotion; DEGRADED answers per master {degraded:?}",
-        if freeze { "freeze" } else { "kill" },
-        at - failed_at,
-        at.elapsed()
-    );
-    for (port, n) in &degraded {
-        if *port != victim {
-            assert_eq!(*n, 0, "master {port} had DEGRADED keys");
-        }
-    }
     if freeze {
-        // Thawed, the old master rejoins as a replica; a PUT acknowledged now is what is read.
+        // Thawed, the old master rejoins as a replica: every key stays FRESH at the default
+        // deadline; a PUT acknowledged now is what is read.
         cluster.thaw(victim);
+        let (stop, fresh_again) = (AtomicBool::new(false), AtomicBool::new(false));
+        let after = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Relaxed);
+        };
+        let (seen, ()) = tokio::join!(callers(&c, &groups, victim, &stop, &fresh_again), after);
+        eprintln!("{what}, a second after the thaw: {seen:?}");
+        assert_eq!(
+            (seen.healthy_not_fresh, seen.victim_degraded),
+            (0, 0),
+            "{seen:?}"
+        );
         put_all(&c, &all, |_| 2.0, now_ms()).await;
         for entities in groups.values() {
             let keys: Vec<&str> = entities.iter().map(String::as_str).collect();

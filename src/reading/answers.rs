@@ -119,6 +119,7 @@ impl Answers {
             RowRef::Fetched { result, index } => {
                 match self.bufs.results[result]
                     .get(index)
+                    .and_then(|f| f.get())
                     .map(|f| view.layout.decode(f))
                 {
                     Some(Stored::Row {
@@ -153,10 +154,11 @@ impl Answers {
         p: &Pending,
         now_ms: u64,
     ) -> Judged {
+        // Not landed by the deadline: its node has not answered (the batch's others may have).
         let Some(result) = p.batch.result() else {
             return Judged::defaults(Status::Degraded);
         };
-        let Some(fetched) = result.get(p.index) else {
+        let Some(fetched) = result.get(p.index).and_then(|f| f.get()) else {
             return Judged::defaults(Status::Degraded);
         };
         let (computed_at_ms, in_place) = match fetched {
@@ -179,7 +181,7 @@ impl Answers {
         };
         let row = if in_place {
             RowRef::Fetched {
-                result: self.result_index(result),
+                result: self.result_index(result.clone()),
                 index: p.index,
             }
         } else {

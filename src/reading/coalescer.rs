@@ -6,6 +6,10 @@
 //! at once. There is no timer that waits to collect more: at low load a key leaves on the next
 //! turn of the event loop, and batches grow only when load does. A key already on its way to the
 //! store is not asked for twice: a later request joins the read in flight (single-flight).
+//!
+//! A batch lands key by key, not as a whole: the backend puts each node's answers into the batch
+//! as that node answers ([`Landing`]), and each request waits only for its own keys. A batch
+//! spanning a frozen Redis node and healthy ones answers the healthy nodes' keys at once.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::hash::BuildHasher;
@@ -17,11 +21,12 @@ use std::time::{Duration, Instant};
 use hashbrown::hash_table::{Entry, HashTable};
 use tokio::sync::Notify;
 
-use crate::store::{Backend, Fetched, ReadKey};
+use crate::store::{Backend, Failure, Fetched, Landing, ReadKey};
 use crate::telemetry::counters::ShardStats;
 
-/// The outcome of one batch: what the store answered for each key, in order.
-pub type BatchResult = Vec<Fetched>;
+/// The outcomes of one batch, in key order: each set once, when its node answers (so that a
+/// row served in place is never moved or changed under the reply that borrows it).
+pub type BatchResult = [OnceCell<Fetched>];
 
 /// One batch of reads on its way: the keys it carries and, once it lands, its outcomes.
 pub struct Batch {
@@ -33,8 +38,10 @@ pub struct Batch {
     /// Each key's hash in the shard's table of reads in flight, so that landing finds its
     /// entries without hashing or comparing the keys again.
     hashes: RefCell<Vec<u64>>,
-    result: RefCell<Option<Rc<BatchResult>>>,
-    /// The requests waiting for the batch to land (one thread: a list, not a `Notify`'s lock).
+    /// Made when the batch leaves for the store; each slot filled as its node answers.
+    result: OnceCell<Rc<BatchResult>>,
+    /// The requests waiting for keys of the batch to land (one thread: a list, not a `Notify`'s
+    /// lock). Woken whenever a part lands; each looks at its own keys again.
     waiters: RefCell<Vec<Waker>>,
     /// Slots whose key was written while this read was in flight: their values may predate the
     /// write, so they are served to the requests that were already waiting but never cached.
@@ -49,18 +56,18 @@ impl Batch {
             open_keys: RefCell::new(Vec::new()),
             sent_keys: OnceCell::new(),
             hashes: RefCell::new(Vec::new()),
-            result: RefCell::new(None),
+            result: OnceCell::new(),
             waiters: RefCell::new(Vec::new()),
             written_meanwhile: RefCell::new(Vec::new()),
             deadline: Cell::new(None),
         })
     }
 
-    /// Waits for the batch to land.
-    pub async fn wait(&self) -> Rc<BatchResult> {
+    /// Waits for slot `index` to land (whatever the batch's other keys do).
+    pub async fn wait_for(&self, index: usize) {
         std::future::poll_fn(|cx| {
-            if let Some(r) = self.result.borrow().as_ref() {
-                return Poll::Ready(r.clone());
+            if self.has_landed(index) {
+                return Poll::Ready(());
             }
             let mut waiters = self.waiters.borrow_mut();
             if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
@@ -99,21 +106,56 @@ impl Batch {
         !self.written_meanwhile.borrow().contains(&index)
     }
 
-    /// The result if the batch has landed.
-    pub fn result(&self) -> Option<Rc<BatchResult>> {
-        self.result.borrow().clone()
+    /// The batch's outcomes, once it has left for the store (slots not landed yet are empty).
+    pub fn result(&self) -> Option<&Rc<BatchResult>> {
+        self.result.get()
     }
 
-    /// True once the batch has landed.
-    pub fn is_done(&self) -> bool {
-        self.result.borrow().is_some()
+    /// True once slot `index`'s node has answered.
+    pub fn has_landed(&self, index: usize) -> bool {
+        self.result
+            .get()
+            .and_then(|r| r.get(index))
+            .is_some_and(|o| o.get().is_some())
     }
 
-    fn complete(&self, result: BatchResult) {
-        *self.result.borrow_mut() = Some(Rc::new(result));
+    fn wake_waiters(&self) {
         for waiter in self.waiters.take() {
             waiter.wake();
         }
+    }
+}
+
+/// A batch on its way, as its backend lands it: each outcome fills its slot and frees the key's
+/// entry in the table of reads in flight (a request after the landing reads afresh).
+struct Arrivals<'a> {
+    coalescer: &'a Coalescer,
+    batch: &'a Rc<Batch>,
+    result: &'a BatchResult,
+    hashes: &'a [u64],
+}
+
+impl Landing for Arrivals<'_> {
+    fn put(&self, index: usize, fetched: Fetched) {
+        let (Some(slot), Some(&hash)) = (self.result.get(index), self.hashes.get(index)) else {
+            return;
+        };
+        if slot.set(fetched).is_err() {
+            return;
+        }
+        // A key forgotten (written) while in flight has no entry for this batch any more, and
+        // the request that queued it since has another batch: only an entry that points at this
+        // batch's own slot goes.
+        let in_flight = &mut self.coalescer.state.borrow_mut().in_flight;
+        let ours =
+            |e: &InFlight| e.pending.index == index && Rc::ptr_eq(&e.pending.batch, self.batch);
+        if let Ok(entry) = in_flight.find_entry(hash, ours) {
+            entry.remove();
+        }
+    }
+
+    fn landed(&self) {
+        self.batch.wake_waiters();
     }
 }
 
@@ -271,21 +313,24 @@ impl Coalescer {
                 d.saturating_duration_since(Instant::now())
             })
             .max(Duration::from_millis(1));
-        let result = self.backend.read(keys, timeout).await;
-        {
-            // A key forgotten (written) while in flight has no entry for this batch any more,
-            // and the request that queued it since has another batch: only entries that point
-            // at this batch's own slots go.
-            let in_flight = &mut self.state.borrow_mut().in_flight;
-            for (index, &hash) in hashes.iter().enumerate() {
-                let ours =
-                    |e: &InFlight| e.pending.index == index && Rc::ptr_eq(&e.pending.batch, &batch);
-                if let Ok(entry) = in_flight.find_entry(hash, ours) {
-                    entry.remove();
-                }
+        let result = batch
+            .result
+            .get_or_init(|| keys.iter().map(|_| OnceCell::new()).collect());
+        let arrivals = Arrivals {
+            coalescer: self,
+            batch: &batch,
+            result,
+            hashes: &hashes,
+        };
+        self.backend.read(keys, timeout, &arrivals).await;
+        // The backend owes every key an outcome; one it did not give fails alone, rather than
+        // leaving its requests to wait out their deadlines.
+        if result.iter().any(|o| o.get().is_none()) {
+            for index in 0..result.len() {
+                arrivals.put(index, Fetched::Failed(Failure::Unavailable));
             }
+            arrivals.landed();
         }
-        batch.complete(result);
     }
 }
 
@@ -346,11 +391,12 @@ mod tests {
                 // The first read lands. Its own entries go; the second read of "b" stays in
                 // flight, so a request for "b" joins it instead of reading a third time.
                 store.land(1);
-                let landed = a1.batch.wait().await;
-                assert_eq!(landed.len(), 2);
+                a1.batch.wait_for(a1.index).await;
+                assert!(b1.batch.has_landed(b1.index), "a read lands as a whole");
+                assert_eq!(a1.batch.result().map(|r| r.len()), Some(2));
                 assert!(a1.batch.cacheable(a1.index));
                 assert!(!b1.batch.cacheable(b1.index));
-                assert!(!b2.batch.is_done());
+                assert!(!b2.batch.has_landed(b2.index));
                 let b3 = c.enqueue(key("b"), deadline);
                 assert!(same(&b2, &b3));
                 // "a" has landed: asking again is a new read.
@@ -360,8 +406,8 @@ mod tests {
                 assert_eq!(stats.singleflight_joins.get(), 3, "a2, a3 and b3 joined");
 
                 store.land(2);
-                a4.batch.wait().await;
-                b2.batch.wait().await;
+                a4.batch.wait_for(a4.index).await;
+                b2.batch.wait_for(b2.index).await;
                 assert!(
                     c.state.borrow().in_flight.is_empty(),
                     "nothing left in flight"

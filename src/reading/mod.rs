@@ -73,10 +73,10 @@ pub struct Lookup {
 
 impl Lookup {
     /// True when no answer waits on the store: every entity came from the cache, or gets its
-    /// defaults, or its batch has already landed.
+    /// defaults, or its node has already answered.
     pub fn is_ready(&self) -> bool {
         self.bufs.sources.iter().all(|s| match s {
-            Source::Store(p) => p.batch.is_done(),
+            Source::Store(p) => p.batch.has_landed(p.index),
             Source::Cached { .. } | Source::Unavailable | Source::NoSuchKey => true,
         })
     }
@@ -331,19 +331,18 @@ fn publish(gauges: &CacheGauges, cache: &HotCache) {
     gauges.capacity.store(cache.capacity() as u64, Relaxed);
 }
 
-/// Waits for every batch the request depends on, up to the deadline. Past it, whatever has not
+/// Waits for every key the request reads from the store, up to the deadline: each key only for
+/// its own node, never for the other nodes of its batch. Past the deadline, whatever has not
 /// landed is served as DEGRADED.
 async fn wait_until(sources: &[Source], deadline: Instant) {
-    let mut last: Option<&Rc<coalescer::Batch>> = None;
     for p in sources.iter().filter_map(|s| match s {
         Source::Store(p) => Some(p),
         _ => None,
     }) {
-        if last.is_some_and(|b| Rc::ptr_eq(b, &p.batch)) || p.batch.is_done() {
+        if p.batch.has_landed(p.index) {
             continue;
         }
-        last = Some(&p.batch);
-        if tokio::time::timeout_at(deadline.into(), p.batch.wait())
+        if tokio::time::timeout_at(deadline.into(), p.batch.wait_for(p.index))
             .await
             .is_err()
         {
@@ -503,6 +502,50 @@ mod tests {
             assert_eq!(next.row(&view, 1), view.default_row);
             assert_eq!(next.row(&view, 2), row_of(1.0));
             assert_eq!(next.row(&view, 3), view.default_row);
+        });
+    }
+
+    #[test]
+    fn a_frozen_node_holds_back_only_its_own_keys_not_the_rest_of_their_batch() {
+        let (_, view) = user_features();
+        let backend = Rc::new(TestStore::new(view.clone()));
+        with_reader(backend.clone(), async |reader| {
+            // Started in one turn, so both go out in one batch: the second GET's key shares a
+            // read with a key of the frozen node, and with a patient deadline.
+            let now = Instant::now();
+            let short = now + Duration::from_millis(200);
+            let mixed = Keys::from_slices(&["u1", "frozen-1", "n2"]);
+            let healthy = Keys::from_slices(&["n3"]);
+            let first = reader.start(&view, &mixed, true, now, short);
+            let second = reader.start(&view, &healthy, true, now, now + Duration::from_secs(30));
+            assert_eq!(backend.reads(1).await.len(), 1, "one batch");
+
+            second.wait(now + Duration::from_secs(30)).await;
+            assert!(second.is_ready());
+            assert!(
+                !first.is_ready(),
+                "the healthy key was answered while the frozen one still waits"
+            );
+            let answers = reader.finish(&view, &healthy, second);
+            assert_eq!(statuses(&answers), [(Status::Fresh, false)]);
+            assert_eq!(answers.row(&view, 0), row_of(3.0));
+
+            // The mixed GET finishes at its deadline: its healthy keys FRESH, the frozen one
+            // DEGRADED with the defaults.
+            first.wait(short).await;
+            assert!(Instant::now() >= short);
+            assert!(!first.is_ready(), "the frozen key has still not landed");
+            let answers = reader.finish(&view, &mixed, first);
+            assert_eq!(
+                statuses(&answers),
+                [
+                    (Status::Fresh, false),
+                    (Status::Degraded, false),
+                    (Status::Fresh, false)
+                ]
+            );
+            assert_eq!(answers.row(&view, 1), view.default_row);
+            assert_eq!(answers.row(&view, 2), row_of(2.0));
         });
     }
 

@@ -110,7 +110,7 @@ mod tests {
         let mut set = spares.take();
         set.block.resize(6400, 7);
         set.ages.extend([1, 2, 3]);
-        set.results.push(Rc::new(Vec::new()));
+        set.results.push(Rc::from(Vec::new()));
         let result = set.results[0].clone();
         let bytes = set.bytes();
         spares.give(set);

@@ -13,11 +13,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::registry::{Registry, View};
 use crate::reading::freshness;
-use crate::store::{Backend, Failure, Fetched, KeyBlock, ReadKey, StoreError, WriteItem};
+use crate::store::{Backend, Failure, Fetched, KeyBlock, Landing, ReadKey, StoreError, WriteItem};
 
 /// Answers by the entity's name: `down-*` failed, `gone-*` absent, `open-*` behind an open
-/// breaker (never asked), `nN` (N a number) a fresh row of N.0s, anything else a fresh row of
-/// 7.0s. Records the entities of each read.
+/// breaker (never asked), `frozen-*` on a node that does not answer (they land as timed out
+/// once the read's timeout passes, after the read's other keys have landed), `nN` (N a number)
+/// a fresh row of N.0s, anything else a fresh row of 7.0s. Records the entities of each read.
 pub struct TestStore {
     view: View,
     /// The entities each read asked for, in order.
@@ -114,8 +115,9 @@ impl Backend for TestStore {
     fn read<'a>(
         &'a self,
         keys: &'a [ReadKey],
-        _timeout: Duration,
-    ) -> LocalBoxFuture<'a, Vec<Fetched>> {
+        timeout: Duration,
+        landing: &'a dyn Landing,
+    ) -> LocalBoxFuture<'a, ()> {
         let entities: Vec<Vec<u8>> = keys.iter().map(|k| self.entity(k)).collect();
         self.asked
             .borrow_mut()
@@ -125,7 +127,18 @@ impl Backend for TestStore {
             if let Some(landings) = &self.landings {
                 landings.acquire().await.unwrap().forget();
             }
-            entities.iter().map(|e| self.answer(e)).collect()
+            let frozen = |e: &[u8]| e.starts_with(b"frozen-");
+            for (i, e) in entities.iter().enumerate().filter(|(_, e)| !frozen(e)) {
+                landing.put(i, self.answer(e));
+            }
+            landing.landed();
+            if entities.iter().any(|e| frozen(e)) {
+                tokio::time::sleep(timeout).await;
+                for (i, _) in entities.iter().enumerate().filter(|(_, e)| frozen(e)) {
+                    landing.put(i, Fetched::Failed(Failure::Timeout));
+                }
+                landing.landed();
+            }
         }
         .boxed_local()
     }

@@ -239,6 +239,18 @@ pub enum Change {
     Everything { why: &'static str },
 }
 
+/// Where a backend puts a read's outcomes while the read is under way (the reading stage's
+/// batch). A backend lands each node's part of a read on its own: a key is answered as soon as
+/// its node answers, whatever another node in the same read does.
+pub trait Landing {
+    /// The outcome of `keys[index]` of the read. Each index gets one outcome; a second is ignored.
+    fn put(&self, index: usize, fetched: Fetched);
+
+    /// A group of outcomes is in: the requests waiting on any of them may go on. Called after
+    /// each node's part (not per key), so that waiters wake once per part.
+    fn landed(&self);
+}
+
 /// The store's servers, as the reading stage and PUT use them. Implemented per deployment
 /// (standalone Redis today); the reading stage holds it as `Rc<dyn Backend>`.
 pub trait Backend {
@@ -246,12 +258,16 @@ pub trait Backend {
     /// node that holds it is open: the caller serves defaults at once instead of queueing.
     fn admits(&self, key: &ReadKey, now: Instant) -> bool;
 
-    /// Reads every key, giving up after `timeout`; one outcome per key, in `keys`' order.
+    /// Reads every key, giving up after `timeout`, and puts each key's outcome into `landing`
+    /// as soon as the node that holds it answers: one node's keys never wait for another's, so
+    /// a frozen node holds back only its own keys. Every key gets its outcome before the
+    /// future completes.
     fn read<'a>(
         &'a self,
         keys: &'a [ReadKey],
         timeout: Duration,
-    ) -> LocalBoxFuture<'a, Vec<Fetched>>;
+        landing: &'a dyn Landing,
+    ) -> LocalBoxFuture<'a, ()>;
 
     /// Runs every write; Ok only once the store acknowledged each of them.
     fn write(

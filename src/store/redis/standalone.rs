@@ -1,5 +1,7 @@
 //! The backend for one standalone Redis server (with or without replicas behind it): every key
-//! lives on the one node, so a batch is one MGET and the node's breaker covers every key.
+//! lives on the one node, so a batch is one call (one MGET, and an HMGET per hash) on the node's
+//! one read connection, and the node's breaker covers every key. That call answers or fails as a
+//! whole, with one exception that is per key already: a key holding another type (WRONGTYPE).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 
 use super::node::Node;
-use crate::store::{Backend, Fetched, ReadKey, StoreError, WriteItem};
+use crate::store::{Backend, Landing, ReadKey, StoreError, WriteItem};
 
 /// A standalone Redis behind the storage seam.
 pub struct Standalone {
@@ -30,8 +32,15 @@ impl Backend for Standalone {
         &'a self,
         keys: &'a [ReadKey],
         timeout: Duration,
-    ) -> LocalBoxFuture<'a, Vec<Fetched>> {
-        self.node.read(keys, timeout).boxed_local()
+        landing: &'a dyn Landing,
+    ) -> LocalBoxFuture<'a, ()> {
+        async move {
+            for (i, fetched) in self.node.read(keys, timeout).await.into_iter().enumerate() {
+                landing.put(i, fetched);
+            }
+            landing.landed();
+        }
+        .boxed_local()
     }
 
     fn write(

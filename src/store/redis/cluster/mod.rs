@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 pub use slots::{slot_of, SlotMap};
 
 use super::node::Node;
-use crate::store::{Backend, Fetched, ReadKey, StoreError, WriteItem};
+use crate::store::{Backend, Landing, ReadKey, StoreError, WriteItem};
 use crate::telemetry::counters::ShardStats;
 use members::Members;
 
@@ -131,8 +131,9 @@ impl Backend for Cluster {
         &'a self,
         keys: &'a [ReadKey],
         timeout: Duration,
-    ) -> LocalBoxFuture<'a, Vec<Fetched>> {
-        self.read_all(keys, timeout).boxed_local()
+        landing: &'a dyn Landing,
+    ) -> LocalBoxFuture<'a, ()> {
+        self.read_all(keys, timeout, landing).boxed_local()
     }
 
     fn write(

@@ -8,7 +8,7 @@ use futures::future::join_all;
 
 use super::{slot_of, Cluster, ReadFrom, Routes};
 use crate::store::redis::node::Node;
-use crate::store::{Failure, Fetched, ReadKey, Redirect, StoreError, WriteItem};
+use crate::store::{Failure, Fetched, Landing, ReadKey, Redirect, StoreError, WriteItem};
 
 impl Cluster {
     /// The node a read of `slot` goes to: its primary, or with `replica_preferred` a replica
@@ -37,14 +37,26 @@ impl Cluster {
         })
     }
 
-    /// One outcome per key, in `keys`' order: each slot's keys go to the node that serves the
-    /// slot, all slots at once; a key whose node failed, timed out or redirected twice is
+    /// Reads every key: each slot's keys go to the node that serves the slot, all slots at once,
+    /// and each slot's outcomes land as soon as its node answers, so a frozen node holds back
+    /// only its own keys. A key whose node failed, timed out or redirected twice is
     /// [`Fetched::Failed`], alone.
-    pub(super) async fn read_all(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
+    pub(super) async fn read_all(
+        &self,
+        keys: &[ReadKey],
+        timeout: Duration,
+        landing: &dyn Landing,
+    ) {
         let started = Instant::now();
-        let mut out = vec![Fetched::Failed(Failure::Unavailable); keys.len()];
+        let fail = |idx: &mut dyn Iterator<Item = usize>, why: Failure| {
+            for i in idx {
+                landing.put(i, Fetched::Failed(why));
+            }
+        };
         let Some(routes) = self.routes() else {
-            return out;
+            fail(&mut (0..keys.len()), Failure::Unavailable);
+            landing.landed();
+            return;
         };
         // One group per slot: Redis answers CROSSSLOT to an MGET that spans two.
         let mut order: Vec<(u16, usize)> = keys
@@ -55,60 +67,63 @@ impl Cluster {
         order.sort_unstable();
         let mut calls = Vec::new();
         for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let idx: Vec<usize> = group.iter().map(|g| g.1).collect();
             let Some(node) = self.reader_for(&routes, group[0].0, started) else {
                 self.refresh_soon();
+                fail(&mut idx.into_iter(), Failure::Unavailable);
                 continue;
             };
-            let idx: Vec<usize> = group.iter().map(|g| g.1).collect();
             let sub: Vec<ReadKey> = idx.iter().map(|&i| keys[i].clone()).collect();
-            calls.push(async move {
-                let r = node.try_read(&sub, timeout).await;
-                (idx, sub, r)
-            });
+            calls.push(self.read_slot(node, idx, sub, started, timeout, landing));
         }
-        let mut follow = Vec::new();
-        for (idx, sub, result) in join_all(calls).await {
-            match result {
-                Ok(fetched) => {
-                    for (i, f) in idx.into_iter().zip(fetched) {
-                        out[i] = f;
-                    }
-                }
-                Err(StoreError::Redirected(Redirect::Moved { to, .. })) => {
-                    self.refresh_soon();
-                    follow.push((idx, sub, to));
-                }
-                Err(e) => {
-                    if matches!(e, StoreError::Timeout(_) | StoreError::Unavailable(_)) {
-                        self.refresh_soon();
-                    }
-                    for i in idx {
-                        out[i] = Fetched::Failed(e.failure());
-                    }
-                }
-            }
-        }
-        // A MOVED is followed once, to the node it names, within what is left of the deadline.
-        let left = timeout.saturating_sub(started.elapsed());
-        if !follow.is_empty() && left > Duration::from_millis(1) {
-            let calls = follow.into_iter().map(|(idx, sub, to)| async move {
-                let r = match self.members.get_or_start(&to) {
-                    Ok(node) => node.try_read(&sub, left).await,
+        // The slots no node serves, failed above.
+        landing.landed();
+        join_all(calls).await;
+    }
+
+    /// One slot's keys (`sub`, at `idx` in the batch) from `node`; lands their outcomes on its
+    /// own. A MOVED is followed once, to the node it names, within what is left of the read's
+    /// time.
+    async fn read_slot(
+        &self,
+        node: Rc<Node>,
+        idx: Vec<usize>,
+        sub: Vec<ReadKey>,
+        started: Instant,
+        timeout: Duration,
+        landing: &dyn Landing,
+    ) {
+        let result = match node.try_read(&sub, timeout).await {
+            Err(StoreError::Redirected(Redirect::Moved { to, slot })) => {
+                self.refresh_soon();
+                let left = timeout.saturating_sub(started.elapsed());
+                match self.members.get_or_start(&to) {
+                    Ok(node) if left > Duration::from_millis(1) => node.try_read(&sub, left).await,
+                    Ok(_) => Err(StoreError::Redirected(Redirect::Moved { to, slot })),
                     Err(e) => Err(e),
-                };
-                (idx, r)
-            });
-            for (idx, result) in join_all(calls).await {
-                let fetched = match result {
-                    Ok(f) => f,
-                    Err(e) => vec![Fetched::Failed(e.failure()); idx.len()],
-                };
+                }
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Timeout(_) | StoreError::Unavailable(_)) {
+                    self.refresh_soon();
+                }
+                Err(e)
+            }
+            ok => ok,
+        };
+        match result {
+            Ok(fetched) => {
                 for (i, f) in idx.into_iter().zip(fetched) {
-                    out[i] = f;
+                    landing.put(i, f);
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    landing.put(i, Fetched::Failed(e.failure()));
                 }
             }
         }
-        out
+        landing.landed();
     }
 
     /// Each primary gets its own rows; Ok only when every one acknowledged. A MOVED sends
