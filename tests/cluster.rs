@@ -578,11 +578,17 @@ async fn a_put_during_a_failover_is_whole_or_says_it_may_be_partial() {
     let (mut whole, mut partial, mut refused) = (0, 0, 0);
     let started = Instant::now();
     let mut round = 0;
+    let mut slowest_failed = Duration::ZERO;
     // PUT every row, round after round, until one is acknowledged after the promotion.
     loop {
         round += 1;
         let promoted = cluster.role(heir) == "master";
-        match c.put("user_features", &rows(round)).await {
+        let sent = Instant::now();
+        let result = c.put("user_features", &rows(round)).await;
+        if result.is_err() {
+            slowest_failed = slowest_failed.max(sent.elapsed());
+        }
+        match result {
             Ok(n) => {
                 assert_eq!(n as usize, all.len());
                 acked = round;
@@ -610,10 +616,16 @@ async fn a_put_during_a_failover_is_whole_or_says_it_may_be_partial() {
             "no acknowledged PUT 30 s after the kill"
         );
     }
-    eprintln!("PUTs during the failover: {whole} whole, {partial} partial, {refused} refused; last acknowledged round {acked}");
+    eprintln!("PUTs during the failover: {whole} whole, {partial} partial, {refused} refused, the slowest failed one {slowest_failed:?}; last acknowledged round {acked}");
     assert!(
         partial > 0,
         "a PUT spanning a dead master must fail as partial"
+    );
+    // The dead master's connection is known lost: its part fails at once, not after the
+    // proxy's 1 s write_timeout.
+    assert!(
+        slowest_failed < Duration::from_millis(200),
+        "a PUT to a dead master took {slowest_failed:?} to fail"
     );
     // No row older than the last acknowledged PUT is ever served.
     let keys: Vec<&str> = all.iter().map(String::as_str).collect();

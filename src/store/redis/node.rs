@@ -220,6 +220,15 @@ impl Node {
     }
 
     async fn raw_write(&self, items: Vec<WriteItem>, timeout: Duration) -> Result<(), StoreError> {
+        // A node whose connection is known lost (a killed server: the socket closed, and the
+        // reconnects are refused) fails its part at once: fred would hold the commands until
+        // it reconnects or the whole write_timeout passes.
+        if !self.is_connected() {
+            return Err(StoreError::Unavailable(format!(
+                "the connection to Redis at {} is lost (reconnecting); nothing was sent to it",
+                self.reads.addr()
+            )));
+        }
         let opts = Options {
             fail_fast: true,
             timeout: Some(timeout),

@@ -211,6 +211,11 @@ impl Pipe {
         Ok(call)
     }
 
+    /// The server's "host:port".
+    pub fn addr(&self) -> &str {
+        &self.inner.target.addr
+    }
+
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.conn.borrow().is_some()
