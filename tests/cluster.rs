@@ -417,6 +417,105 @@ async fn a_frozen_master_degrades_only_its_own_keys_and_rejoins() {
     a_failed_master_degrades_only_its_own_keys(true).await;
 }
 
+/// A Feast view on the cluster: one HMGET per entity, each to its own node.
+const FEAST_VIEW: &str = r#"
+[[view]]
+name = "driver_stats"
+layout = "feast"
+stale_after = "1h"
+max_staleness = "1d"
+feast = { project = "fp_test", join_keys = [{ name = "driver_id", dtype = "string" }] }
+features = [
+  { name = "rate", dtype = "f32", default = -99.5 },
+  { name = "trips", dtype = "i64", default = -99 },
+]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_degrades_only_its_own_feast_rows() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start();
+    let registry = format!("{}\n{FEAST_VIEW}", common::example_registry());
+    let proxy = Proxy::start_custom(&cluster.seed_url(), 2, "", &registry, &[]);
+    let c = client(&proxy, 4).await;
+    // Feast's keys are its own encoding: each row's master is the one whose key count grew.
+    let masters = cluster.masters();
+    let dbsize = |m: u16| cluster.call(m, &[b"DBSIZE"]).int();
+    let mut sizes: Vec<i64> = masters.iter().map(|&m| dbsize(m)).collect();
+    let mut owner: BTreeMap<String, u16> = BTreeMap::new();
+    for i in 0..90 {
+        let e = format!("d{i}");
+        let row = vec![Value::F32(i as f32), Value::I64(i)];
+        c.put("driver_stats", &[(e.as_str(), now_ms(), row)])
+            .await
+            .unwrap();
+        let now: Vec<i64> = masters.iter().map(|&m| dbsize(m)).collect();
+        let grew = (0..masters.len()).find(|&j| now[j] > sizes[j]).unwrap();
+        owner.insert(e, masters[grew]);
+        sizes = now;
+    }
+    let victim = masters[0];
+    assert!(owner.values().filter(|&&m| m == victim).count() > 10);
+    let entities: Vec<String> = owner.keys().cloned().collect();
+
+    cluster.freeze(victim);
+    let stop = AtomicBool::new(false);
+    let caller = |k: usize| {
+        let (entities, owner, stop, c) = (&entities, &owner, &stop, &c);
+        async move {
+            let mut seen = Seen::default();
+            let mut round = k * 11;
+            let opts = GetOptions {
+                bypass_cache: true,
+                deadline: None,
+            };
+            while !stop.load(Relaxed) {
+                round += 1;
+                let keys: Vec<&str> = (0..30)
+                    .map(|i| entities[(round * 7 + i) % entities.len()].as_str())
+                    .collect();
+                let started = Instant::now();
+                let got = c.get_with("driver_stats", &keys, opts).await.unwrap();
+                seen.slowest = seen.slowest.max(started.elapsed());
+                seen.gets += 1;
+                for (i, key) in keys.iter().enumerate() {
+                    let (status, row) = (got.status(i).status, got.row(i));
+                    let n: i64 = key[1..].parse().unwrap();
+                    if owner[*key] == victim {
+                        assert_eq!(status, Status::Degraded, "{key}");
+                        assert_eq!(row, [Value::F32(-99.5), Value::I64(-99)], "{key}");
+                        seen.victim_degraded += 1;
+                    } else if status == Status::Fresh {
+                        assert_eq!(row, [Value::F32(n as f32), Value::I64(n)], "{key}");
+                        seen.healthy_fresh += 1;
+                    } else {
+                        seen.healthy_not_fresh += 1;
+                    }
+                }
+            }
+            seen
+        }
+    };
+    // Within the node timeout (1 s) and a little past it: before any failover.
+    let frozen_for = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Relaxed);
+    };
+    let (seen, ()) = tokio::join!(futures::future::join_all((0..4).map(caller)), frozen_for);
+    let mut all = Seen::default();
+    seen.iter().for_each(|s| all.add(s));
+    eprintln!("feast view, one master frozen: {all:?}");
+    cluster.thaw(victim);
+    assert_eq!(all.healthy_not_fresh, 0, "{all:?}");
+    assert!(all.victim_degraded > 0 && all.healthy_fresh > 0, "{all:?}");
+    assert!(
+        all.slowest < Duration::from_millis(70),
+        "a GET took {:?}",
+        all.slowest
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_preferred_reads_from_replicas() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
