@@ -89,6 +89,9 @@ fn main() -> ExitCode {
             log_json,
         } => {
             init_logs(log_json);
+            // On the main thread, which lives as long as the process: the private redis-server
+            // started without --redis is killed by the kernel when the thread that started it
+            // exits (store::redis::child).
             match serve(&config, listen, stats_listen, redis, shards, auth_token) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::registry::Registry;
 use crate::config::settings::{Settings, SettingsError};
@@ -34,11 +34,13 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns. Must be called on the main
+/// thread when `settings.redis` is unset: the private redis-server it starts is tied to the
+/// thread that starts it (see `store::redis::child`).
 pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     settings.validate()?;
     // Signal handlers go in first: a SIGTERM during start-up must drain, not kill.
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     let mut redis_child = None;
     let redis_url = match &settings.redis {
         Some(url) => url.clone(),
@@ -46,6 +48,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             let child = RedisChild::start()?;
             info!(
                 port = child.port,
+                pid = child.pid(),
                 "no --redis given: started a private redis-server (stopped on exit)"
             );
             let url = child.url();
@@ -129,8 +132,23 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         "featureproxy serving"
     );
 
-    signals.wait();
-    info!(drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
+    loop {
+        match signals.next() {
+            Asked::Stop(signal) => {
+                info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
+                break;
+            }
+            // The reload issue gives SIGHUP its meaning: read the config file again and apply it.
+            Asked::Reload(signal) => warn!(
+                signal,
+                "reload is not supported yet: serving on with the configuration read at start"
+            ),
+            Asked::Nothing(signal) => warn!(
+                signal,
+                "this signal has no meaning for featureproxy: ignored, serving on"
+            ),
+        }
+    }
     let _ = stop_tx.send(true);
     for t in threads {
         let _ = t.join();
@@ -140,34 +158,65 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught on the main thread.
+/// What a caught signal asks of the proxy. Every signal whose default action ends the process is
+/// either caught here or left to its default on purpose; README.md, "Signals", says which and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// SIGTERM, SIGINT: no new connections, finish the requests in flight, exit 0.
+    Stop(&'static str),
+    /// SIGHUP: read the configuration again (not built yet: logged, and the proxy serves on).
+    Reload(&'static str),
+    /// SIGUSR1, SIGUSR2: no meaning; caught so that a stray one (log rotation tools send them to
+    /// daemons) is logged instead of killing the proxy.
+    Nothing(&'static str),
+}
+
+/// The signals caught, each with its name and what it asks. A signal given a meaning later is one
+/// more row here and one more arm where `run` matches on [`Asked`].
+fn caught() -> [(tokio::signal::unix::SignalKind, Asked); 5] {
+    use tokio::signal::unix::SignalKind;
+    [
+        (SignalKind::terminate(), Asked::Stop("SIGTERM")),
+        (SignalKind::interrupt(), Asked::Stop("SIGINT")),
+        (SignalKind::hangup(), Asked::Reload("SIGHUP")),
+        (SignalKind::user_defined1(), Asked::Nothing("SIGUSR1")),
+        (SignalKind::user_defined2(), Asked::Nothing("SIGUSR2")),
+    ]
+}
+
+/// The caught signals, received on the main thread. From `install` on, each of them is queued
+/// for [`Signals::next`] instead of taking its default action, for the rest of the process's life
+/// (during the drain too, when nothing reads them any more: they are then ignored).
 struct Signals {
     rt: tokio::runtime::Runtime,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+    streams: Vec<(tokio::signal::unix::Signal, Asked)>,
 }
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (term, int) = rt.block_on(async {
-            Ok::<_, std::io::Error>((
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-            ))
+        let streams = rt.block_on(async {
+            caught()
+                .into_iter()
+                .map(|(kind, asked)| Ok((tokio::signal::unix::signal(kind)?, asked)))
+                .collect::<std::io::Result<Vec<_>>>()
         })?;
-        Ok(Signals { rt, term, int })
+        Ok(Signals { rt, streams })
     }
 
-    fn wait(mut self) {
-        self.rt.block_on(async {
-            tokio::select! {
-                _ = self.term.recv() => {},
-                _ = self.int.recv() => {},
+    /// Waits for the next caught signal (one that arrived before this call is returned at once;
+    /// several of the same kind that arrived together count once).
+    fn next(&mut self) -> Asked {
+        let streams = &mut self.streams;
+        self.rt.block_on(std::future::poll_fn(|cx| {
+            for (stream, asked) in streams.iter_mut() {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*asked);
+                }
             }
-        });
+            std::task::Poll::Pending
+        }))
     }
 }
