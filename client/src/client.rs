@@ -15,6 +15,7 @@ use featureproxy_protocol::{
 
 use crate::batch::unexpected;
 use crate::conn::{CallError, Conn};
+use crate::overload::{self, OverloadRetry};
 use crate::{Batch, Error, Schema, Value};
 
 /// How a [`Client`] connects and how long it waits.
@@ -25,13 +26,36 @@ pub struct ClientOptions {
     /// Sent in HELLO so the server's logs and metrics can tell clients apart.
     pub client_name: String,
     /// Upper bound on each call (`get`, `put`, `schema`, `ping`, ...), everything included:
-    /// reconnecting, fetching a schema, the request itself and a schema-mismatch retry.
-    /// Default 1 s. Set a GET's server-side deadline ([`GetOptions::deadline`]) below it, so the
-    /// server answers with defaults before the client gives up.
+    /// reconnecting, fetching a schema, the request itself, a schema-mismatch retry and an
+    /// overload retry.
+    ///
+    /// Default 2 s, to leave room for the proxy's own answer to a PUT: the proxy waits up to its
+    /// `write_timeout` (1 s by default) for Redis to acknowledge a write, and then answers
+    /// `TIMEOUT`, or `BACKEND_UNAVAILABLE` saying the write may be partial; a client that gave up
+    /// at 1 s would miss that answer by a hair and could not tell what happened. Raise it with
+    /// the proxy's `write_timeout`. A GET is answered by its server-side deadline
+    /// ([`GetOptions::deadline`], else the server's default of 50 ms) long before: keep that
+    /// deadline below this timeout, so the server answers with defaults before the client gives
+    /// up; this timeout only bounds a GET when the proxy cannot answer at all.
     pub timeout: Duration,
     /// Connections kept open. Each carries many requests at once, so a few are plenty; more
     /// spread the load over more of the server's shards (cores). Default 2; 0 counts as 1.
     pub pool_size: usize,
+    /// Retry a GET the server shed (answered `OVERLOADED`, unserved) once, on the next pooled
+    /// connection, after a pause of up to [`ClientOptions::overload_backoff`]. Only when the
+    /// pause ends within the call's [`ClientOptions::timeout`] and the client's retry budget has
+    /// a token (retries are at most 10% of the GETs sent over the last second, plus 10; see
+    /// [`crate::RETRY_BUDGET_WINDOW`]); otherwise the GET returns `OVERLOADED` at once.
+    /// [`Client::overload_retries`] and [`Client::overload_retries_refused`] count what happened.
+    /// PUTs are never retried: the server does not shed them, and a write sent again after
+    /// others wrote the same keys would overwrite newer rows (the last PUT wins), so that is the
+    /// caller's decision. Default true.
+    pub retry_overloaded: bool,
+    /// The longest pause before an overload retry; each pause is drawn at random between half of
+    /// it and all of it, so callers shed together do not come back together. Default 20 ms:
+    /// twice the proxy's default `shed_queue_delay` (10 ms), the queue it sheds beyond, so the
+    /// queue has drained when the retry arrives; small next to a GET's 50 ms default deadline.
+    pub overload_backoff: Duration,
 }
 
 impl Default for ClientOptions {
@@ -39,8 +63,10 @@ impl Default for ClientOptions {
         ClientOptions {
             token: None,
             client_name: concat!("featureproxy-client/", env!("CARGO_PKG_VERSION")).to_string(),
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
             pool_size: 2,
+            retry_overloaded: true,
+            overload_backoff: Duration::from_millis(20),
         }
     }
 }
@@ -53,6 +79,8 @@ impl fmt::Debug for ClientOptions {
             .field("client_name", &self.client_name)
             .field("timeout", &self.timeout)
             .field("pool_size", &self.pool_size)
+            .field("retry_overloaded", &self.retry_overloaded)
+            .field("overload_backoff", &self.overload_backoff)
             .finish()
     }
 }
@@ -108,6 +136,9 @@ impl<T: UnixMillis + ?Sized> UnixMillis for &T {
 /// connections round-robin. A connection that breaks fails the calls in flight on it with
 /// [`Error::ConnectionClosed`] and is reopened (with a new HELLO) by the next call that lands on
 /// it. Connections close when the last clone of the client is dropped.
+///
+/// A GET the server sheds (`OVERLOADED`) is retried once, within the call's timeout and a retry
+/// budget ([`ClientOptions::retry_overloaded`]); [`Client::overload_retries`] counts the retries.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -119,6 +150,7 @@ struct Inner {
     slots: Box<[Slot]>,
     next: AtomicUsize,
     schemas: Mutex<HashMap<String, Arc<Schema>>>,
+    overload: OverloadRetry,
 }
 
 /// One pooled connection and the lock that makes one caller at a time reopen it.
@@ -165,6 +197,7 @@ impl Client {
                 slots,
                 next: AtomicUsize::new(0),
                 schemas: Mutex::new(HashMap::new()),
+                overload: OverloadRetry::new(),
             }),
         };
         for i in 0..pool {
@@ -186,6 +219,19 @@ impl Client {
     /// The number of pooled connections.
     pub fn pool_size(&self) -> usize {
         self.inner.slots.len()
+    }
+
+    /// GETs sent again after the server shed them (`OVERLOADED`), since the client was made
+    /// (shared by its clones). See [`ClientOptions::retry_overloaded`].
+    pub fn overload_retries(&self) -> u64 {
+        self.inner.overload.retries()
+    }
+
+    /// Shed GETs not retried because the retry budget had no token left: they returned
+    /// `OVERLOADED` to their callers. (A shed GET whose retry would not fit in its timeout is
+    /// counted in neither.)
+    pub fn overload_retries_refused(&self) -> u64 {
+        self.inner.overload.refused()
     }
 
     /// Round trip to the server; returns how long it took.
@@ -239,7 +285,9 @@ impl Client {
     ///
     /// Keys are 1 to [`MAX_KEY_LEN`] bytes. The batch is checked against the server's
     /// `max_batch` and `max_frame` before anything is sent. If the view changed since its schema
-    /// was cached, the schema is fetched again and the GET retried once.
+    /// was cached, the schema is fetched again and the GET retried once. If the server sheds the
+    /// GET (`OVERLOADED`), it is sent once more after a short pause, within the timeout and the
+    /// retry budget ([`ClientOptions::retry_overloaded`]).
     pub async fn get<K: AsRef<[u8]>>(&self, view: &str, keys: &[K]) -> Result<Batch, Error> {
         self.get_with(view, keys, GetOptions::default()).await
     }
@@ -251,29 +299,63 @@ impl Client {
         keys: &[K],
         opts: GetOptions,
     ) -> Result<Batch, Error> {
-        self.timed(async {
+        let deadline = self.deadline();
+        self.timed_until(deadline, async {
             check_keys(keys.iter().map(|k| k.as_ref().len()))?;
-            let slot = self.pick();
-            let mut schema = self.schema_on(slot, view).await?;
-            let mut retried = false;
-            loop {
-                match self.get_once(slot, &schema, keys, opts).await {
-                    Err(e) if is_schema_mismatch(&e) && !retried => {
-                        retried = true;
-                        self.forget_if(view, schema.schema_id());
-                        schema = self.fetch_schema(slot, view).await?;
-                    }
-                    Err(e) => {
-                        if is_schema_mismatch(&e) || e.code() == Some(ErrorCode::UnknownView) {
-                            self.forget_if(view, schema.schema_id());
-                        }
+            let retry = self.inner.opts.retry_overloaded;
+            if retry {
+                self.inner
+                    .overload
+                    .sent(tokio::time::Instant::now().into_std());
+            }
+            match self.get_on(self.pick(), view, keys, opts).await {
+                Err(e) if retry && e.code() == Some(ErrorCode::Overloaded) => {
+                    let pause = self.inner.overload.pause(
+                        self.inner.opts.overload_backoff,
+                        overload::jitter(),
+                        tokio::time::Instant::now().into_std(),
+                        deadline.into_std(),
+                    );
+                    let Some(pause) = pause else {
                         return Err(e);
-                    }
-                    ok => return ok,
+                    };
+                    tokio::time::sleep(pause).await;
+                    // On the next pooled connection: perhaps another shard, and not the
+                    // connection that was behind.
+                    self.get_on(self.pick(), view, keys, opts).await
                 }
+                result => result,
             }
         })
         .await
+    }
+
+    /// One GET on pooled connection `slot`, with the schema-mismatch retry.
+    async fn get_on<K: AsRef<[u8]>>(
+        &self,
+        slot: usize,
+        view: &str,
+        keys: &[K],
+        opts: GetOptions,
+    ) -> Result<Batch, Error> {
+        let mut schema = self.schema_on(slot, view).await?;
+        let mut retried = false;
+        loop {
+            match self.get_once(slot, &schema, keys, opts).await {
+                Err(e) if is_schema_mismatch(&e) && !retried => {
+                    retried = true;
+                    self.forget_if(view, schema.schema_id());
+                    schema = self.fetch_schema(slot, view).await?;
+                }
+                Err(e) => {
+                    if is_schema_mismatch(&e) || e.code() == Some(ErrorCode::UnknownView) {
+                        self.forget_if(view, schema.schema_id());
+                    }
+                    return Err(e);
+                }
+                ok => return ok,
+            }
+        }
     }
 
     /// Writes rows to `view`; returns how many the server wrote.
@@ -381,12 +463,30 @@ impl Client {
     // ---- internals ----
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        let after = self.inner.opts.timeout;
-        match tokio::time::timeout(after, fut).await {
+        self.timed_until(self.deadline(), fut).await
+    }
+
+    /// When a call starting now must be over: now plus the timeout (a timeout too large to add
+    /// to the clock means none: 30 years, as tokio's `timeout` makes it). On tokio's clock, which
+    /// tests may pause.
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(self.inner.opts.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+    }
+
+    /// Runs `fut` until `deadline` (the call's start plus the timeout), else fails with
+    /// [`Error::Timeout`].
+    async fn timed_until<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout_at(deadline, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 addr: self.inner.addr.to_string(),
-                after,
+                after: self.inner.opts.timeout,
             }),
         }
     }

@@ -9,8 +9,13 @@
 //!   multiplexed: many requests are in flight at once and replies are matched to callers by
 //!   request id, so one connection carries any number of concurrent tasks. A broken connection
 //!   fails its in-flight calls with [`Error::ConnectionClosed`] and is reopened by the next call.
-//! * Every call is bounded by [`ClientOptions::timeout`] and fails with [`Error::Timeout`] rather
-//!   than hanging.
+//! * Every call is bounded by [`ClientOptions::timeout`] (default 2 s, beyond the proxy's 1 s
+//!   `write_timeout`, so a PUT hears the proxy's own answer) and fails with [`Error::Timeout`]
+//!   rather than hanging.
+//! * A GET the server sheds (`OVERLOADED`) is retried once after a jittered pause (10-20 ms by
+//!   default), within the call's timeout and a retry budget that holds retries to 10% of the
+//!   GETs sent over the last second plus 10, so that retries never double a flood
+//!   ([`ClientOptions::retry_overloaded`], [`Client::overload_retries`]). PUTs are never retried.
 //! * Schemas are fetched once per view and cached ([`Client::schema`]); a view redefined on the
 //!   server is noticed (`SCHEMA_MISMATCH`), refetched and the call retried once.
 //! * [`Batch`] reads statuses, ages and rows in place from the received frame. Rows form one
@@ -47,6 +52,7 @@ mod batch;
 mod client;
 mod conn;
 mod error;
+mod overload;
 mod schema;
 mod value;
 
@@ -56,6 +62,7 @@ mod mock_tests;
 pub use batch::Batch;
 pub use client::{Client, ClientOptions, GetOptions, UnixMillis};
 pub use error::Error;
+pub use overload::{RETRY_BUDGET_GETS_PER_RETRY, RETRY_BUDGET_MIN_RETRIES, RETRY_BUDGET_WINDOW};
 pub use schema::{Feature, Schema};
 pub use value::Value;
 

@@ -30,6 +30,9 @@ struct MockState {
     schema_id: AtomicU32,
     last_flags: AtomicU32,
     last_deadline: AtomicU32,
+    puts: AtomicUsize,
+    /// Keys "shed-once..." already answered OVERLOADED once.
+    shed_once: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 struct Mock {
@@ -171,6 +174,16 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                 if first == b"never" {
                     continue;
                 }
+                // "shed": always OVERLOADED; "shed-once...": OVERLOADED the first time only.
+                let shed = first == b"shed"
+                    || (first.starts_with(b"shed-once")
+                        && st.shed_once.lock().unwrap().insert(first.clone()));
+                if shed {
+                    Response::Error(ProtocolError::new(ErrorCode::Overloaded, "shed"))
+                        .encode(&mut out, id);
+                    send(&wr, out).await;
+                    continue;
+                }
                 if first == b"pong" {
                     // A well-framed reply of the wrong kind.
                     Response::Pong.encode(&mut out, id);
@@ -213,7 +226,13 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                 continue;
             }
             Request::Put(p) => {
-                if p.schema_id != current {
+                st.puts.fetch_add(1, Ordering::SeqCst);
+                if p.entries("emb", 8)
+                    .is_ok_and(|e| e.iter().any(|e| e.key == "shed"))
+                {
+                    Response::Error(ProtocolError::new(ErrorCode::Overloaded, "shed"))
+                        .encode(&mut out, id);
+                } else if p.schema_id != current {
                     Response::Error(ProtocolError::new(ErrorCode::SchemaMismatch, "changed"))
                         .encode(&mut out, id);
                 } else {
@@ -567,8 +586,10 @@ fn options_debug_hides_the_token() {
     };
     let s = format!("{o:?}");
     assert!(!s.contains("hunter2") && s.contains("redacted"), "{s}");
-    assert_eq!(o.timeout, Duration::from_secs(1));
+    assert_eq!(o.timeout, Duration::from_secs(2));
     assert_eq!(o.pool_size, 2);
+    assert!(o.retry_overloaded);
+    assert_eq!(o.overload_backoff, Duration::from_millis(20));
 }
 
 #[tokio::test]
@@ -609,4 +630,112 @@ async fn a_reply_above_max_frame_is_refused_before_sending() {
     assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge));
     assert!(crate::client::check_frame("request", 40, &limits).is_ok());
     client.get("emb", &vec![vec![b'k'; 1024]; 8]).await.unwrap();
+}
+
+fn gets(mock: &Mock) -> usize {
+    mock.state.gets.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_shed_get_is_retried_once_on_the_next_connection() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    let b = client.get("emb", &["shed-once-a", "x"]).await.unwrap();
+    assert_eq!(b.row(0), expect_row("shed-once-a"));
+    assert_eq!(gets(&mock), 2);
+    assert_eq!(
+        (client.overload_retries(), client.overload_retries_refused()),
+        (1, 0)
+    );
+    // A GET shed again on its retry returns OVERLOADED: one retry, never two.
+    let started = std::time::Instant::now();
+    let err = client.get("emb", &["shed"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+    assert_eq!(gets(&mock), 4);
+    assert_eq!(client.overload_retries(), 2);
+    // The pause was at least half the default backoff of 20 ms.
+    assert!(started.elapsed() >= Duration::from_millis(10));
+}
+
+#[tokio::test]
+async fn no_overload_retry_when_off_or_past_the_timeout_nor_for_puts() {
+    let mock = Mock::start(None).await;
+    let off = Client::connect(
+        mock.addr,
+        ClientOptions {
+            retry_overloaded: false,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    let err = off.get("emb", &["shed-once-b"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+    assert_eq!(gets(&mock), 1);
+    assert_eq!(
+        (off.overload_retries(), off.overload_retries_refused()),
+        (0, 0)
+    );
+
+    // A pause of 100-200 ms cannot end within a 50 ms timeout: OVERLOADED at once.
+    let short = Client::connect(
+        mock.addr,
+        ClientOptions {
+            timeout: Duration::from_millis(50),
+            overload_backoff: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    short.schema("emb").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = short.get("emb", &["shed"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(50));
+    assert_eq!(gets(&mock), 2);
+    assert_eq!(
+        (short.overload_retries(), short.overload_retries_refused()),
+        (0, 0)
+    );
+
+    // PUT: never retried.
+    let client = Client::connect(mock.addr, mock.opts()).await.unwrap();
+    let err = client
+        .put("emb", &[("shed", 1u64, [Value::F32(1.0), Value::F32(2.0)])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+    assert_eq!(mock.state.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(client.overload_retries(), 0);
+}
+
+/// 30 GETs in a row, each shed twice: the budget allows the floor of 10 retries plus one per 10
+/// GETs sent (within the same second), and counts the rest as refused.
+#[tokio::test]
+async fn the_retry_budget_refuses_past_its_tokens() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            overload_backoff: Duration::ZERO,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        let err = client.get("emb", &["shed"]).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the GETs must fall in one window of the budget"
+    );
+    // After GET k (k = 1..30), k/10 + 10 tokens were earned: retries 1-11 at GETs 1-11, the
+    // 12th at GET 20 and the 13th at GET 30.
+    assert_eq!(client.overload_retries(), 13);
+    assert_eq!(client.overload_retries_refused(), 17);
+    assert_eq!(gets(&mock), 30 + 13);
 }

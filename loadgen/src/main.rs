@@ -297,6 +297,7 @@ fn proxy_proto(a: &RunArgs, addr: &str) -> Result<Proto, String> {
             client_name: "loadgen".into(),
             timeout: Duration::from_secs(5),
             pool_size: 1,
+            ..Default::default()
         };
         let client = featureproxy_client::Client::connect(addr, opts)
             .await

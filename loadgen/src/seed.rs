@@ -43,6 +43,7 @@ pub async fn seed(cfg: SeedConfig) -> Result<SeedSummary, String> {
         client_name: "loadgen-seed".into(),
         timeout: Duration::from_secs(30),
         pool_size: cfg.connections.max(1),
+        ..Default::default()
     };
     let client = Client::connect(&cfg.addr, opts)
         .await

@@ -32,6 +32,7 @@ fn client(addr: std::net::SocketAddr) -> (tokio::runtime::Runtime, Client) {
         client_name: "test".into(),
         timeout: Duration::from_secs(2),
         pool_size: 1,
+        ..Default::default()
     };
     let c = rt
         .block_on(Client::connect(&addr.to_string(), opts))

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -207,6 +208,19 @@ class ProxyProcess:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def metric(self, name: str) -> float:
+        """The sum of every sample of metric ``name`` on the stats endpoint's /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            series, value = line.rsplit(" ", 1)
+            if series.split("{", 1)[0] == name:
+                total += float(value)
+        return total
 
     def freeze(self) -> None:
         assert self.proc is not None

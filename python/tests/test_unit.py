@@ -14,7 +14,7 @@ import pytest
 
 import featureproxy
 from featureproxy import _common as c
-from featureproxy import _retry
+from featureproxy import _overload, _retry
 from featureproxy import protocol as p
 from featureproxy.batch import Batch
 from featureproxy.schema import DType, Feature, Schema
@@ -163,8 +163,10 @@ def get_body(schema: Schema, keys, deadline_us: int = 0, flags: int = 0) -> byte
     return p.GetRequest(schema.view_id, flags, schema.schema_id, deadline_us, keys).encode_body()
 
 
-def get_plan(cached: bool, client=None, keys=("k",), deadline=None, bypass_cache=False) -> _retry.Plan:
-    plan = _retry.Plan(_retry.get(client or limits(), "flat", list(keys), deadline, bypass_cache, cached=cached))
+def get_plan(cached: bool, client=None, keys=("k",), deadline=None, bypass_cache=False, overload=None) -> _retry.Plan:
+    plan = _retry.Plan(
+        _retry.get(client or limits(), "flat", list(keys), deadline, bypass_cache, cached=cached, overload=overload)
+    )
     assert plan.step == _retry.FetchSchema("flat", refresh=False)
     plan.send(FLAT)
     return plan
@@ -308,6 +310,158 @@ def test_retry_limits_read_again_after_the_refetch():
     client.max_batch = 1  # the refetch reconnected to a server with a smaller batch limit
     with pytest.raises(featureproxy.InvalidRequest, match="max_batch of 1"):
         plan.send(FLAT_NEW)
+
+
+# ---- the overload retry (_overload) and its retry budget, on a clock the tests move
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def overloaded() -> Exception:
+    return featureproxy.errors.server_error(featureproxy.ErrorCode.OVERLOADED, "shed", "fake:1")
+
+
+def spend_all(b: _overload.RetryBudget, now: float) -> int:
+    n = 0
+    while b.try_spend(now):
+        n += 1
+        assert n < 1_000_000, "the budget never ran out"
+    return n
+
+
+def test_budget_a_quiet_client_may_retry_the_floor_each_window():
+    b = _overload.RetryBudget(0.0)
+    assert spend_all(b, 0.0) == _overload.MIN_RETRIES == 10
+    assert spend_all(b, 0.999) == 0  # the withdrawals are still in the window
+    assert spend_all(b, 1.0) == 10  # a second later they have expired
+
+
+def test_budget_each_get_sent_earns_a_tenth_of_a_retry():
+    b = _overload.RetryBudget(0.0)
+    for _ in range(95):
+        b.deposit(0.0)
+    assert spend_all(b, 0.0) == 19  # 9.5 tokens earned: 9 whole ones, plus the floor's 10
+    for _ in range(4):
+        b.deposit(0.001)
+    assert not b.try_spend(0.001)
+    b.deposit(0.001)  # the 100th GET completes the tenth token
+    assert b.try_spend(0.001) and not b.try_spend(0.001)
+
+
+def test_budget_deposits_expire_with_their_slice():
+    b = _overload.RetryBudget(0.0)
+    for t in (0.0, 0.5):
+        for _ in range(100):
+            b.deposit(t)
+    assert spend_all(b, 0.95) == 30  # both slices count: 20 + 10
+    assert spend_all(b, 1.05) == 0  # the first slice expired: 10 + 10 - 30 < 1
+    assert spend_all(b, 1.95) == 10  # the retries of 0.95 s expired too: the floor is left
+    assert spend_all(b, 3600.05) == 10  # a long idle clears everything
+    # A clock read before the newest slice (another thread's) counts in it: a token.
+    for _ in range(10):
+        b.deposit(3599.55)
+    assert spend_all(b, 3600.05) == 1
+
+
+def test_budget_a_flood_retries_a_tenth_plus_the_floor():
+    """100 GETs every 10 ms for 10 s, each wanting a retry: 1,010 retries in each second."""
+    b = _overload.RetryBudget(0.0)
+    per_window = [0] * 10
+    for tick in range(1000):
+        now = tick * 0.01 + 0.001  # never on a slice's boundary
+        for _ in range(100):
+            b.deposit(now)
+            if b.try_spend(now):
+                per_window[tick // 100] += 1
+    assert all(990 <= r <= 1010 for r in per_window), per_window
+    assert sum(per_window) <= 10 * 1010
+
+
+def test_overload_pause_is_jittered_within_the_backoff_and_the_deadline():
+    draws = iter([0.0, 0.5, 0.999999, 0.5])
+    o = _overload.OverloadRetry(0.02, clock=Clock(), random=lambda: next(draws))
+    assert o.pause(0.0, 1.0) == pytest.approx(0.010)
+    assert o.pause(0.0, 1.0) == pytest.approx(0.015)
+    assert 0.019 < o.pause(0.0, 1.0) <= 0.02
+    assert o.pause(0.0, 0.015) is None  # would end at the deadline: not retried, not refused
+    assert (o.retries, o.refused) == (3, 0)
+    with pytest.raises(ValueError, match="overload_backoff"):
+        _overload.OverloadRetry(-1)
+
+
+def test_overload_plan_retries_a_shed_get_once_within_the_timeout():
+    clock = Clock()
+    o = _overload.OverloadRetry(0.02, clock=clock, random=lambda: 0.5)
+    plan = get_plan(cached=True, overload=o)
+    first = plan.step
+    assert first == _retry.Call(p.OP_GET, get_body(FLAT, [b"k"]), "GET 'flat' (1 key)", 1.0)
+    clock.t += 0.1  # the shed answer took 100 ms
+    plan.throw(overloaded())
+    assert plan.step == _retry.Pause(pytest.approx(0.015))
+    clock.t += 0.015
+    plan.send(None)
+    # The same GET, waiting only for what is left of the 1 s timeout.
+    assert plan.step.body == first.body and plan.step.timeout == pytest.approx(1.0 - 0.115)
+    shed_again = overloaded()
+    with pytest.raises(featureproxy.Overloaded) as ei:
+        plan.throw(shed_again)
+    assert ei.value is shed_again
+    assert (o.retries, o.refused) == (1, 0)
+
+    # Answered on the retry: the rows.
+    plan = get_plan(cached=True, overload=o)
+    plan.throw(overloaded())
+    plan.send(None)
+    plan.send(flat_reply(FLAT))
+    assert plan.done and isinstance(plan.result, Batch)
+    assert (o.retries, o.refused) == (2, 0)
+
+
+def test_overload_plan_no_retry_when_the_pause_passes_the_timeout():
+    o = _overload.OverloadRetry(0.02, clock=Clock(), random=lambda: 0.0)
+    plan = get_plan(cached=True, client=limits(timeout=0.01), overload=o)
+    with pytest.raises(featureproxy.Overloaded):
+        plan.throw(overloaded())  # a 10 ms pause would end at the 10 ms timeout
+    assert (o.retries, o.refused) == (0, 0)
+
+
+def test_overload_plan_budget_refuses_past_its_tokens():
+    """30 GETs in one second, each shed: 10 + 30/10 retries, the rest refused."""
+    o = _overload.OverloadRetry(0.0, clock=Clock(), random=lambda: 0.0)
+    outcomes = []
+    for _ in range(30):
+        plan = get_plan(cached=True, overload=o)
+        try:
+            plan.throw(overloaded())
+        except featureproxy.Overloaded:
+            outcomes.append("refused")
+        else:
+            assert isinstance(plan.step, _retry.Pause)
+            outcomes.append("retried")
+    # After GET k, k/10 + 10 tokens were earned: retries at GETs 1-11, 20 and 30.
+    retried = [i + 1 for i, x in enumerate(outcomes) if x == "retried"]
+    assert retried == list(range(1, 12)) + [20, 30]
+    assert (o.retries, o.refused) == (13, 17)
+
+
+def test_overload_plan_schema_refetch_and_shed_retry_each_happen_once():
+    o = _overload.OverloadRetry(0.02, clock=Clock(), random=lambda: 0.0)
+    plan = get_plan(cached=True, overload=o)
+    plan.throw(mismatch())
+    plan.send(FLAT_NEW)
+    plan.throw(overloaded())
+    assert plan.step == _retry.Pause(pytest.approx(0.01))
+    plan.send(None)
+    assert plan.step.body == get_body(FLAT_NEW, [b"k"])
+    with pytest.raises(featureproxy.SchemaMismatch):
+        plan.throw(mismatch())  # the refetch was spent
+    assert o.retries == 1
 
 # ---- fake server
 
@@ -563,3 +717,66 @@ def test_send_stalled_by_a_server_that_stops_reading():
     finally:
         release.set()
         lsock.close()
+
+
+def shedding_script(counts: dict):
+    """GETs whose first key is b"shed" are answered OVERLOADED; b"shed-once..." only the first
+    time; PUTs always. Counts GETs and PUTs."""
+    lock, seen = threading.Lock(), set()
+
+    def script(conn, rid, req):
+        with lock:
+            op = "put" if isinstance(req, p.PutRequest) else "get"
+            counts[op] = counts.get(op, 0) + 1
+            key = req.keys[0] if op == "get" else b""
+            shed = op == "put" or key == b"shed" or (key.startswith(b"shed-once") and key not in seen)
+            seen.add(key)
+        if shed:
+            conn.sendall(p.encode_response(rid, p.ErrorReply(featureproxy.ErrorCode.OVERLOADED, "shed")))
+        else:
+            conn.sendall(reply_for(rid, req))
+
+    return script
+
+
+def test_clients_retry_a_shed_get_once_and_never_a_put(fake):
+    import asyncio
+
+    counts: dict = {}
+    srv = fake(shedding_script(counts))
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=2) as cl:
+        assert cl.timeout == 2.0 and cl.retry_overloaded  # the defaults
+        assert cl.get("flat", ["shed-once-1"]).row(0) == [11, ord("s"), ord("1")]
+        assert counts["get"] == 2 and (cl.overload_retries, cl.overload_retries_refused) == (1, 0)
+        with pytest.raises(featureproxy.Overloaded):
+            cl.get("flat", ["shed"])
+        assert counts["get"] == 4 and cl.overload_retries == 2  # one retry, never two
+        with pytest.raises(featureproxy.Overloaded):
+            cl.put("flat", {"k": (1, [1.0, 2.0, 3.0])})
+        assert counts["put"] == 1 and cl.overload_retries == 2
+    with featureproxy.Client("127.0.0.1", srv.port, retry_overloaded=False) as off:
+        with pytest.raises(featureproxy.Overloaded):
+            off.get("flat", ["shed-once-2"])
+        assert counts["get"] == 5 and off.overload_retries == 0
+
+    async def main():
+        async with await featureproxy.AsyncClient.connect("127.0.0.1", srv.port) as ac:
+            assert ac.timeout == 2.0 and ac.retry_overloaded
+            b = await ac.get("flat", ["shed-once-3"])
+            assert b.row(0) == [11, ord("s"), ord("3")]
+            assert counts["get"] == 7 and ac.overload_retries == 1
+            with pytest.raises(featureproxy.Overloaded):
+                await ac.get("flat", ["shed"])
+            assert counts["get"] == 9 and ac.overload_retries == 2
+            with pytest.raises(featureproxy.Overloaded):
+                await ac.put("flat", {"k": (1, [1.0, 2.0, 3.0])})
+            assert counts["put"] == 2 and ac.overload_retries == 2
+        ac = await featureproxy.AsyncClient.connect("127.0.0.1", srv.port, retry_overloaded=False)
+        try:
+            with pytest.raises(featureproxy.Overloaded):
+                await ac.get("flat", ["shed-once-4"])
+            assert counts["get"] == 10 and ac.overload_retries == 0
+        finally:
+            await ac.close()
+
+    asyncio.run(main())

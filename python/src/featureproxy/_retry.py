@@ -1,12 +1,17 @@
-"""The schema retry of GET and PUT, without I/O: one policy for Client and AsyncClient.
+"""The retries of GET and PUT, without I/O: one policy for Client and AsyncClient.
 
 A GET or PUT is encoded for the client's cached schema of its view, which goes stale when the
 proxy's registry changes. The server then answers SCHEMA_MISMATCH, or UNKNOWN_VIEW, or (for a GET)
 a reply laid out for another schema; the client refetches the schema once and tries again.
 
+A GET the server shed (OVERLOADED) is sent once more after a short pause, when the client's
+:class:`~featureproxy._overload.OverloadRetry` allows it (the pause ends within the GET's timeout
+and the retry budget has a token). A PUT is never retried on OVERLOADED: the server does not shed
+PUTs, and a write sent again after others wrote the same keys would overwrite newer rows.
+
 :func:`get` and :func:`put` are generators that yield the I/O they need (:class:`Call`,
-:class:`FetchSchema`) and receive each step's outcome. :class:`Plan` wraps one, so that a client
-carries it out with a loop of its own I/O::
+:class:`FetchSchema`, :class:`Pause`) and receive each step's outcome. :class:`Plan` wraps one, so
+that a client carries it out with a loop of its own I/O::
 
     plan = Plan(get(client, view, keys, deadline, bypass_cache, cached=view in client._schemas))
     while not plan.done:
@@ -22,7 +27,8 @@ from typing import Any, Generator, Generic, Protocol, TypeVar, Union
 from . import _common as c
 from . import protocol as p
 from .batch import Batch
-from .errors import ProtocolError, SchemaMismatch, UnknownView
+from ._overload import OverloadRetry
+from .errors import Overloaded, ProtocolError, SchemaMismatch, UnknownView
 from .schema import Schema
 
 T = TypeVar("T")
@@ -46,7 +52,14 @@ class FetchSchema:
     refresh: bool
 
 
-Step = Union[Call, FetchSchema]
+@dataclass(frozen=True)
+class Pause:
+    """Wait this many seconds, then hand back None."""
+
+    seconds: float
+
+
+Step = Union[Call, FetchSchema, Pause]
 Steps = Generator[Step, Any, T]
 
 
@@ -88,16 +101,24 @@ class Plan(Generic[T]):
             self.step, self.done, self.result = None, True, stop.value
 
 
-def _refetch(e: Exception, attempt: int, cached: bool) -> bool:
+def _refetch(e: Exception, refetches: int, cached: bool) -> bool:
     # A schema fetched for this very call names the view the server has now, so UNKNOWN_VIEW
     # means the view is gone: refetching would not help. A cached one may predate a reload.
-    return attempt == 0 and (cached or isinstance(e, SchemaMismatch))
+    return refetches == 0 and (cached or isinstance(e, SchemaMismatch))
 
 
 def get(
-    client: Limits, view: str, keys, deadline: float | None, bypass_cache: bool, *, cached: bool
+    client: Limits,
+    view: str,
+    keys,
+    deadline: float | None,
+    bypass_cache: bool,
+    *,
+    cached: bool,
+    overload: OverloadRetry | None = None,
 ) -> Steps[Batch]:
-    """The steps of ``Client.get``; ``cached``: the view's schema was cached when the call began."""
+    """The steps of ``Client.get``; ``cached``: the view's schema was cached when the call began;
+    ``overload``: the client's overload retries (None: OVERLOADED is raised at once)."""
     keys, kb = c.keys_bytes(keys)
     dl = c.deadline_us(deadline)
     flags = p.GET_BYPASS_CACHE if bypass_cache else 0
@@ -105,24 +126,42 @@ def get(
     wait = client.timeout if deadline is None else max(client.timeout, float(deadline))
     what = f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})"
     schema: Schema = yield FetchSchema(view, refresh=False)
-    for attempt in (0, 1):
+    if overload is not None:
+        now = overload.clock()
+        overload.sent(now)
+        give_up_at = now + wait  # an overload retry never waits past the GET's own timeout
+    refetches = 0
+    shed_retried = False
+    while True:
         # Read the limits anew: the refetch may have reconnected to a server with others.
         c.check_get_limits(schema, kb, client.max_frame, client.max_batch)
         body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
         try:
             reply = yield Call(p.OP_GET, body, what, wait)
         except (SchemaMismatch, UnknownView) as e:
-            if _refetch(e, attempt, cached):
+            if _refetch(e, refetches, cached):
+                refetches += 1
                 schema = yield FetchSchema(view, refresh=True)
                 continue
             raise
-        if c.check_get_reply(reply, schema, len(kb)):
-            return Batch(schema, keys, reply)
-        if attempt == 0:
-            schema = yield FetchSchema(view, refresh=True)
-            continue
-        raise ProtocolError(1, f"featureproxy {client.address}: GET {view!r} reply does not match its schema")
-    raise AssertionError("unreachable")
+        except Overloaded:
+            pause = None
+            if overload is not None and not shed_retried:
+                pause = overload.pause(overload.clock(), give_up_at)
+            if pause is None:
+                raise
+        else:
+            if c.check_get_reply(reply, schema, len(kb)):
+                return Batch(schema, keys, reply)
+            if refetches == 0:
+                refetches += 1
+                schema = yield FetchSchema(view, refresh=True)
+                continue
+            raise ProtocolError(1, f"featureproxy {client.address}: GET {view!r} reply does not match its schema")
+        # Shed: once more after the pause, waiting only for what is left of the timeout.
+        shed_retried = True
+        yield Pause(pause)
+        wait = max(0.0, give_up_at - overload.clock())
 
 
 def put(client: Limits, view: str, rows, *, cached: bool) -> Steps[int]:

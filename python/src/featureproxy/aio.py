@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from . import _common as c
-from . import _retry
+from . import _overload, _retry
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -132,9 +132,11 @@ class _Protocol(asyncio.Protocol):
 class AsyncClient:
     """asyncio client of one featureproxy: all calls share one pipelined connection.
 
-    Create it with ``await AsyncClient.connect(host, port, *, token=None, timeout=1.0)``. The
-    operations mirror :class:`featureproxy.Client` and are coroutines, ``close()`` included. After
-    a dropped connection the next call reconnects.
+    Create it with ``await AsyncClient.connect(host, port, *, token=None, timeout=2.0,
+    retry_overloaded=True, overload_backoff=0.02)``. The operations and options mirror
+    :class:`featureproxy.Client` (the same default timeout, for the same reason, and the same
+    overload retries, counted in ``overload_retries`` and ``overload_retries_refused``) and are
+    coroutines, ``close()`` included. After a dropped connection the next call reconnects.
     """
 
     def __init__(
@@ -143,12 +145,16 @@ class AsyncClient:
         port: int,
         *,
         token: str | None = None,
-        timeout: float = 1.0,
+        timeout: float = 2.0,
         client_name: str = c.DEFAULT_CLIENT_NAME,
+        retry_overloaded: bool = True,
+        overload_backoff: float = 0.02,
     ):
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self.timeout = float(timeout)
+        self.retry_overloaded = bool(retry_overloaded)
+        self._overload = _overload.OverloadRetry(overload_backoff)
         self._token = token
         self._name = client_name
         self._proto: _Protocol | None = None
@@ -167,10 +173,20 @@ class AsyncClient:
         port: int,
         *,
         token: str | None = None,
-        timeout: float = 1.0,
+        timeout: float = 2.0,
         client_name: str = c.DEFAULT_CLIENT_NAME,
+        retry_overloaded: bool = True,
+        overload_backoff: float = 0.02,
     ) -> "AsyncClient":
-        client = cls(host, port, token=token, timeout=timeout, client_name=client_name)
+        client = cls(
+            host,
+            port,
+            token=token,
+            timeout=timeout,
+            client_name=client_name,
+            retry_overloaded=retry_overloaded,
+            overload_backoff=overload_backoff,
+        )
         await client._connection()
         return client
 
@@ -265,6 +281,16 @@ class AsyncClient:
     def _inflight(self) -> int:
         return len(self._proto.pending) if self._proto is not None else 0
 
+    @property
+    def overload_retries(self) -> int:
+        """See :attr:`featureproxy.Client.overload_retries`."""
+        return self._overload.retries
+
+    @property
+    def overload_retries_refused(self) -> int:
+        """See :attr:`featureproxy.Client.overload_retries_refused`."""
+        return self._overload.refused
+
     # ---- operations
 
     async def ping(self) -> float:
@@ -296,7 +322,10 @@ class AsyncClient:
 
     async def get(self, view: str, keys, *, deadline: float | None = None, bypass_cache: bool = False) -> Batch:
         """See :meth:`featureproxy.Client.get`."""
-        return await self._run(_retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas))
+        overload = self._overload if self.retry_overloaded else None
+        return await self._run(
+            _retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas, overload=overload)
+        )
 
     async def put(self, view: str, rows) -> int:
         """See :meth:`featureproxy.Client.put`."""
@@ -310,6 +339,8 @@ class AsyncClient:
             try:
                 if isinstance(step, _retry.Call):
                     value = await self._call(step.op, step.body, step.what, step.timeout)
+                elif isinstance(step, _retry.Pause):
+                    value = await asyncio.sleep(step.seconds)
                 else:
                     value = await self.schema(step.view, refresh=step.refresh)
             except Exception as e:

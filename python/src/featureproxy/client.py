@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from . import _common as c
-from . import _retry
+from . import _overload, _retry
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -314,11 +314,27 @@ class _Conn:
 class Client:
     """Thread-safe client of one featureproxy.
 
-    ``Client(host, port, *, token=None, timeout=1.0, pool_size=2, client_name=...)`` opens one
-    connection at once (so a wrong address fails here) and up to ``pool_size`` connections, used
-    round-robin, each with many requests in flight matched by request_id. ``timeout`` bounds
-    connecting and each call's wait for its reply (a ``get`` with a longer ``deadline`` waits that
-    long). A dropped connection is replaced on the next call that lands on it.
+    ``Client(host, port, *, token=None, timeout=2.0, pool_size=2, client_name=...,
+    retry_overloaded=True, overload_backoff=0.02)`` opens one connection at once (so a wrong
+    address fails here) and up to ``pool_size`` connections, used round-robin, each with many
+    requests in flight matched by request_id. A dropped connection is replaced on the next call
+    that lands on it.
+
+    ``timeout`` (seconds) bounds connecting and each call's wait for its reply (a ``get`` with a
+    longer ``deadline`` waits that long). The default of 2 s leaves room for the proxy's own
+    answer to a PUT: the proxy waits up to its ``write_timeout`` (1 s by default) for Redis, then
+    answers TIMEOUT, or BACKEND_UNAVAILABLE saying the write may be partial; a client giving up
+    at 1 s would miss it. A GET is answered by its ``deadline`` (the server's 50 ms by default)
+    long before.
+
+    ``retry_overloaded``: a GET the server shed (OVERLOADED, unserved) is sent once more, on the
+    next pooled connection, after a pause drawn between half of ``overload_backoff`` (seconds;
+    20 ms by default, twice the proxy's default ``shed_queue_delay``) and all of it; only when the
+    pause ends within the GET's wait (counted from its first send) and the retry budget has a
+    token (retries are at most 10% of the GETs sent over the last second, plus 10). Otherwise
+    ``Overloaded`` is raised at once. ``overload_retries`` and ``overload_retries_refused`` count
+    what happened. PUTs are never retried: the server does not shed them, and a write sent again
+    after others wrote the same keys would overwrite newer rows (the last PUT wins).
     """
 
     def __init__(
@@ -327,15 +343,19 @@ class Client:
         port: int,
         *,
         token: str | None = None,
-        timeout: float = 1.0,
+        timeout: float = 2.0,
         pool_size: int = 2,
         client_name: str = c.DEFAULT_CLIENT_NAME,
+        retry_overloaded: bool = True,
+        overload_backoff: float = 0.02,
     ):
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self.timeout = float(timeout)
+        self.retry_overloaded = bool(retry_overloaded)
+        self._overload = _overload.OverloadRetry(overload_backoff)
         self._token = token
         self._name = client_name
         self._slots: list[_Conn | None] = [None] * pool_size
@@ -388,6 +408,17 @@ class Client:
         """Requests waiting for replies, over all connections (for tests and monitoring)."""
         return sum(conn.inflight() for conn in self._slots if conn is not None)
 
+    @property
+    def overload_retries(self) -> int:
+        """GETs sent again after the server shed them (OVERLOADED), since the client was made."""
+        return self._overload.retries
+
+    @property
+    def overload_retries_refused(self) -> int:
+        """Shed GETs not retried because the retry budget had no token left (they raised
+        ``Overloaded``). A shed GET whose retry would not fit in its timeout is counted in neither."""
+        return self._overload.refused
+
     # ---- operations
 
     def ping(self) -> float:
@@ -411,27 +442,34 @@ class Client:
         """Reads the rows of ``keys`` (str or bytes each) in ``view``.
 
         ``deadline`` (seconds) is the server's time budget; entities not read in time come back
-        DEGRADED with the defaults. ``bypass_cache`` skips the proxy's hot cache.
+        DEGRADED with the defaults. ``bypass_cache`` skips the proxy's hot cache. A GET the server
+        sheds is retried once (see the class's ``retry_overloaded``).
         """
-        return self._run(_retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas))
+        overload = self._overload if self.retry_overloaded else None
+        return self._run(
+            _retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas, overload=overload)
+        )
 
     def put(self, view: str, rows) -> int:
         """Writes rows: ``rows`` maps key -> ``(computed_at, values)``.
 
         ``computed_at``: unix milliseconds (int), unix seconds (float, as ``time.time()``) or an
         aware ``datetime``. ``values``: a sequence in feature order or a dict by feature name.
-        Returns the number of rows written, after Redis acknowledged all of them.
+        Returns the number of rows written, after Redis acknowledged all of them. Never retried
+        on OVERLOADED (see the class's docstring).
         """
         return self._run(_retry.put(self, view, rows, cached=view in self._schemas))
 
     def _run(self, steps: _retry.Steps):
-        """Carries out a GET or PUT whose schema retries ``_retry`` decides, with blocking calls."""
+        """Carries out a GET or PUT whose retries ``_retry`` decides, with blocking calls."""
         plan = _retry.Plan(steps)
         while not plan.done:
             step = plan.step
             try:
                 if isinstance(step, _retry.Call):
                     value = self._call(step.op, step.body, step.what, step.timeout)
+                elif isinstance(step, _retry.Pause):
+                    value = time.sleep(step.seconds)
                 else:
                     value = self.schema(step.view, refresh=step.refresh)
             except Exception as e:
