@@ -176,13 +176,14 @@ impl Seen {
 /// share coalesced batches), until `stop`: each caller alternates a GET of 40 keys mixing every
 /// master and a GET of 40 keys of the healthy masters only. Every answer is checked: a healthy
 /// master's key is FRESH with its row, the victim's key FRESH with its row or DEGRADED with the
-/// defaults. `fresh_again` is set once a caller sees every victim key of a mixed GET FRESH.
+/// defaults. `fresh_again` is set to when a caller first saw every victim key of a mixed GET
+/// FRESH (the answer's arrival), unless already set.
 async fn callers(
     c: &Client,
     groups: &BTreeMap<u16, Vec<String>>,
     victim: u16,
     stop: &std::sync::atomic::AtomicBool,
-    fresh_again: &std::sync::atomic::AtomicBool,
+    fresh_again: &std::sync::Mutex<Option<Instant>>,
 ) -> Seen {
     use std::sync::atomic::Ordering::Relaxed;
     // Default deadline: the GET carries none and the proxy applies its 50 ms.
@@ -243,7 +244,7 @@ async fn callers(
                     }
                 }
                 if victims > 0 && victim_all_fresh {
-                    fresh_again.store(true, Relaxed);
+                    fresh_again.lock().unwrap().get_or_insert_with(Instant::now);
                 }
             }
         }
@@ -305,7 +306,7 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
     } else {
         cluster.kill(victim);
     }
-    let (stop, fresh_again) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (stop, fresh_again) = (AtomicBool::new(false), std::sync::Mutex::new(None));
     let watch = async {
         let mut promoted_at = None;
         let mut saw_unhealthy = false;
@@ -315,7 +316,7 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
                 if promoted_at.is_none() && cluster.role(heir) == "master" {
                     promoted_at = Some(Instant::now());
                     // Counted from the promotion: the first mixed GET with every key FRESH.
-                    fresh_again.store(false, Relaxed);
+                    *fresh_again.lock().unwrap() = None;
                 }
                 if promoted_at.is_none() && !saw_unhealthy {
                     let (code, body) = proxy.http("/health");
@@ -328,9 +329,9 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
             );
             let long_enough = !freeze || failed_at.elapsed() >= Duration::from_secs(3);
             if let Some(at) = promoted_at {
-                if fresh_again.load(Relaxed) && long_enough {
+                if let (Some(fresh), true) = (*fresh_again.lock().unwrap(), long_enough) {
                     stop.store(true, Relaxed);
-                    return (at, Instant::now(), saw_unhealthy);
+                    return (at, fresh, saw_unhealthy);
                 }
                 assert!(
                     at.elapsed() < Duration::from_secs(4),
@@ -343,9 +344,10 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         tokio::join!(callers(&c, &groups, victim, &stop, &fresh_again), watch);
     let what = if freeze { "freeze" } else { "kill" };
     eprintln!(
-        "{what}: {seen:?}; promoted {:?} after the fault, every key FRESH {:?} after the fault",
+        "{what}: {seen:?}; promoted {:?} after the fault, every key FRESH {:?} after the fault ({:?} after the promotion)",
         promoted - failed_at,
         fresh - failed_at,
+        fresh.saturating_duration_since(promoted),
     );
     assert_eq!(
         seen.healthy_not_fresh, 0,
@@ -383,7 +385,7 @@ async fn a_failed_master_degrades_only_its_own_keys(freeze: bool) {
         // Thawed, the old master rejoins as a replica: every key stays FRESH at the default
         // deadline; a PUT acknowledged now is what is read.
         cluster.thaw(victim);
-        let (stop, fresh_again) = (AtomicBool::new(false), AtomicBool::new(false));
+        let (stop, fresh_again) = (AtomicBool::new(false), std::sync::Mutex::new(None));
         let after = async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Relaxed);
