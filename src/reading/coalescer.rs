@@ -126,31 +126,20 @@ impl Batch {
     }
 }
 
-/// A batch on its way, as its backend lands it: each outcome fills its slot and frees the key's
-/// entry in the table of reads in flight (a request after the landing reads afresh).
+/// A batch on its way, as its backend lands it: each outcome fills its slot; each part wakes the
+/// requests waiting on the batch. The keys' entries in the table of reads in flight stay until
+/// the whole batch is done (one pass, as cheap as before keys landed apart); a request that
+/// meets the entry of a key that has landed meanwhile reads afresh (see [`Coalescer::enqueue`]).
 struct Arrivals<'a> {
-    coalescer: &'a Coalescer,
-    batch: &'a Rc<Batch>,
+    batch: &'a Batch,
     result: &'a BatchResult,
-    hashes: &'a [u64],
 }
 
 impl Landing for Arrivals<'_> {
     fn put(&self, index: usize, fetched: Fetched) {
-        let (Some(slot), Some(&hash)) = (self.result.get(index), self.hashes.get(index)) else {
-            return;
-        };
-        if slot.set(fetched).is_err() {
-            return;
-        }
-        // A key forgotten (written) while in flight has no entry for this batch any more, and
-        // the request that queued it since has another batch: only an entry that points at this
-        // batch's own slot goes.
-        let in_flight = &mut self.coalescer.state.borrow_mut().in_flight;
-        let ours =
-            |e: &InFlight| e.pending.index == index && Rc::ptr_eq(&e.pending.batch, self.batch);
-        if let Ok(entry) = in_flight.find_entry(hash, ours) {
-            entry.remove();
+        if let Some(slot) = self.result.get(index) {
+            // A second outcome for a slot is ignored, as the seam says.
+            let _ = slot.set(fetched);
         }
     }
 
@@ -164,6 +153,13 @@ impl Landing for Arrivals<'_> {
 pub struct Pending {
     pub batch: Rc<Batch>,
     pub index: usize,
+}
+
+impl Pending {
+    /// True once the key's node has answered.
+    pub fn has_landed(&self) -> bool {
+        self.batch.has_landed(self.index)
+    }
 }
 
 /// A key on its way to the store: its hash and where it (and its value) will be.
@@ -229,6 +225,9 @@ impl Coalescer {
         let hash = hasher.hash_one(&key);
         let held = |e: &InFlight| e.pending.batch.holds(e.pending.index, &key);
         let slot = match in_flight.entry(hash, held, |e| e.hash) {
+            // Landed while the rest of its batch waits on another node: not in flight any more,
+            // so this request reads afresh and its read takes the entry.
+            Entry::Occupied(landed) if landed.get().pending.has_landed() => landed.remove().1,
             Entry::Occupied(joined) => {
                 self.stats.singleflight_joins.inc();
                 let p = &joined.get().pending;
@@ -317,10 +316,8 @@ impl Coalescer {
             .result
             .get_or_init(|| keys.iter().map(|_| OnceCell::new()).collect());
         let arrivals = Arrivals {
-            coalescer: self,
             batch: &batch,
             result,
-            hashes: &hashes,
         };
         self.backend.read(keys, timeout, &arrivals).await;
         // The backend owes every key an outcome; one it did not give fails alone, rather than
@@ -330,6 +327,17 @@ impl Coalescer {
                 arrivals.put(index, Fetched::Failed(Failure::Unavailable));
             }
             arrivals.landed();
+        }
+        // A key forgotten (written) while in flight has no entry for this batch any more, and the
+        // request that queued it since has another batch: only entries that point at this
+        // batch's own slots go.
+        let in_flight = &mut self.state.borrow_mut().in_flight;
+        for (index, &hash) in hashes.iter().enumerate() {
+            let ours =
+                |e: &InFlight| e.pending.index == index && Rc::ptr_eq(&e.pending.batch, &batch);
+            if let Ok(entry) = in_flight.find_entry(hash, ours) {
+                entry.remove();
+            }
         }
     }
 }
@@ -412,6 +420,37 @@ mod tests {
                     c.state.borrow().in_flight.is_empty(),
                     "nothing left in flight"
                 );
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_key_that_landed_while_its_batch_waits_on_another_node_is_read_afresh() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (_, view) = user_features();
+                let store = Rc::new(TestStore::new(view));
+                let key = |entity| store.key(entity);
+                let stats = Arc::new(ShardStats::new(0, 1));
+                let c = Coalescer::new(store.clone(), stats.clone(), 1024);
+                tokio::task::spawn_local(c.clone().run_flusher());
+                let deadline = Instant::now() + Duration::from_secs(30);
+
+                // One batch: "u1" lands at once, "frozen-1" waits for the read's timeout.
+                let u1 = c.enqueue(key("u1"), deadline);
+                let frozen = c.enqueue(key("frozen-1"), deadline);
+                assert!(Rc::ptr_eq(&u1.batch, &frozen.batch));
+                u1.batch.wait_for(u1.index).await;
+                assert!(!frozen.has_landed());
+
+                // "u1" is no longer in flight: asking again is a new read; "frozen-1" still is.
+                let again = c.enqueue(key("u1"), deadline);
+                assert!(!Rc::ptr_eq(&again.batch, &u1.batch));
+                assert!(same(&c.enqueue(key("frozen-1"), deadline), &frozen));
+                assert_eq!(stats.singleflight_joins.get(), 1, "only frozen-1 joined");
+                assert_eq!(store.reads(2).await[1], ["u1"]);
+                again.batch.wait_for(again.index).await;
             })
             .await;
     }

@@ -76,7 +76,7 @@ impl Lookup {
     /// defaults, or its node has already answered.
     pub fn is_ready(&self) -> bool {
         self.bufs.sources.iter().all(|s| match s {
-            Source::Store(p) => p.batch.has_landed(p.index),
+            Source::Store(p) => p.has_landed(),
             Source::Cached { .. } | Source::Unavailable | Source::NoSuchKey => true,
         })
     }
@@ -339,7 +339,7 @@ async fn wait_until(sources: &[Source], deadline: Instant) {
         Source::Store(p) => Some(p),
         _ => None,
     }) {
-        if p.batch.has_landed(p.index) {
+        if p.has_landed() {
             continue;
         }
         if tokio::time::timeout_at(deadline.into(), p.batch.wait_for(p.index))
