@@ -111,6 +111,61 @@ async fn ten_thousand_rows_round_trip_across_every_master() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reaches_each_master_in_one_write_not_one_per_slot() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster.seed_url(), 1, "", &[]);
+    let c = client(&proxy, 1).await;
+    let entities: Vec<String> = (0..256).map(|i| format!("batch-{i}")).collect();
+    put_all(&c, &entities, |i| i as f32, now_ms()).await;
+    let keys: Vec<&str> = entities.iter().map(String::as_str).collect();
+    let masters = cluster.masters();
+    let slots_on = |m: u16| {
+        let slots: std::collections::BTreeSet<u16> = entities
+            .iter()
+            .filter(|e| cluster.port_for_key(&store_key(e)) == m)
+            .map(|e| cluster.slot_of(&store_key(e)))
+            .collect();
+        slots.len() as u64
+    };
+    let counters = || -> Vec<(u64, u64)> {
+        masters
+            .iter()
+            .map(|&m| {
+                (
+                    cluster.info_stat(m, "total_reads_processed"),
+                    cluster.info_commandstats(m, "mget"),
+                )
+            })
+            .collect()
+    };
+    const GETS: u64 = 10;
+    let before = counters();
+    for _ in 0..GETS {
+        let got = c.get_with("user_features", &keys, BYPASS).await.unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let served = (got.status(i).status, got.row(i)[0]);
+            assert_eq!(served, (Status::Fresh, Value::F32(i as f32)), "{key}");
+        }
+    }
+    let after = counters();
+    for ((&m, (r0, g0)), (r1, g1)) in masters.iter().zip(before).zip(after) {
+        let (reads, mgets, slots) = (r1 - r0, g1 - g0, slots_on(m));
+        eprintln!(
+            "master {m}: {slots} slots per GET; {mgets} MGETs in {reads} reads for {GETS} GETs"
+        );
+        // Still one MGET per slot (Redis refuses one across slots) ...
+        assert_eq!(mgets, slots * GETS, "master {m}");
+        // ... but all of a GET's MGETs for this master arrive together: one socket read per GET,
+        // give or take one that a large write splits, and the INFO calls of this test.
+        assert!(
+            reads <= 2 * GETS + 2,
+            "master {m}: {reads} reads for {GETS} GETs of {slots} slots each"
+        );
+    }
+}
+
 /// GETs of every entity, again and again, until `done` says stop; returns, per master port, how
 /// many answers were DEGRADED, and asserts that every GET was answered within its deadline.
 async fn hammer(

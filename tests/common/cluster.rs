@@ -564,6 +564,16 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// A counter of the node's INFO stats (e.g. `total_reads_processed`: the read events the
+    /// node handled on its client connections, one per socket read however many commands it
+    /// brought).
+    pub fn info_stat(&self, port: u16, field: &str) -> u64 {
+        let info = self.call(port, &[b"INFO", b"stats"]).text();
+        info_field(&info, field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no INFO stats field {field} on {port}"))
+    }
+
     /// The node's redis-server log (its stdout).
     pub fn log(&self, port: u16) -> String {
         std::fs::read_to_string(self.node_dir(port).join("log")).unwrap_or_default()

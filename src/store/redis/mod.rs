@@ -1,4 +1,5 @@
-//! Redis beneath the storage seam: the [`node`] (one server, its connection and breaker), the
+//! Redis beneath the storage seam: the [`node`] (one server, its connection and breaker; its
+//! [`reads`] go out grouped, one write per call), the
 //! backends built from nodes ([`standalone`], [`cluster`]), client-side-caching notices of writes made behind
 //! the proxy ([`tracking`]), the private server a newcomer gets without `--redis` ([`child`]), and
 //! URLs fit for logs ([`url`]).
@@ -7,6 +8,7 @@ pub mod child;
 pub mod cluster;
 pub mod node;
 pub mod pipe;
+pub mod reads;
 pub mod resp;
 pub mod standalone;
 pub mod tracking;

@@ -16,9 +16,9 @@ use futures::future::LocalBoxFuture;
 use tracing::{info, warn};
 
 use super::pipe::{self, Pipe};
-use super::resp;
+use super::reads::Group;
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use crate::store::{Fetched, ReadCommand, ReadKey, Redirect, StoreError, WriteItem};
+use crate::store::{Landing, ReadKey, Redirect, StoreError, WriteItem};
 use crate::telemetry::counters::{NodeStats, RedirectKind, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
 
@@ -123,93 +123,60 @@ impl Node {
         !self.breaker.rejects(now)
     }
 
-    /// Reads `keys`, unless the breaker is open: the whole values with one MGET, each hash with
-    /// an HMGET of its fields, all sent at once (fred writes them out together). Values are
-    /// slices of fred's read buffer (no copy). A failure fails every key.
-    pub async fn read(&self, keys: &[ReadKey], timeout: Duration) -> Vec<Fetched> {
-        self.try_read(keys, timeout)
-            .await
-            .unwrap_or_else(|e| vec![Fetched::Failed(e.failure()); keys.len()])
-    }
-
-    /// Like [`Node::read`], with the error itself, so that a cluster can follow a redirection.
-    /// On a cluster node every whole-value key must hash to one slot (they go as one MGET).
-    pub async fn try_read(
-        &self,
-        keys: &[ReadKey],
-        timeout: Duration,
-    ) -> Result<Vec<Fetched>, StoreError> {
-        let hashes = keys
-            .iter()
-            .filter(|k| matches!(k.command, ReadCommand::Fields(_)))
-            .count();
-        if hashes == 0 {
-            return self
-                .guarded(keys.len(), 1, self.raw_mget(keys, timeout))
-                .await;
-        }
-        let commands = hashes + usize::from(hashes < keys.len());
-        self.guarded(keys.len(), commands, self.raw_mixed(keys, timeout))
-            .await
-    }
-
-    async fn raw_mget(
-        &self,
-        keys: &[ReadKey],
-        timeout: Duration,
-    ) -> Result<Vec<Fetched>, StoreError> {
-        let encode = |out: &mut BytesMut| {
-            resp::encode_mget(out, keys.len(), keys.iter().map(|k| &k.key[..]))
-        };
-        let mut replies = self.reads.call(1, encode, timeout).await?.into_iter();
-        resp::mget_reply(replies.next().ok_or_else(no_reply)?, keys.len())
-    }
-
-    /// One MGET for the whole values, one HMGET per hash, sent together and reassembled in
-    /// `keys`' order. A key holding another type than its read expects is that key's problem
-    /// (WRONGTYPE), not the node's; any other error fails the call.
+    /// Reads `groups` of a batch's `keys` in one call, unless the breaker is open: every group's
+    /// commands (an MGET of its whole values, an HMGET per hash) are encoded into the node's read
+    /// connection together and leave in one write, and each group's replies land its keys as
+    /// they are decoded (values are slices of the read buffer: no copy). Returns the groups
+    /// whose replies were errors, each with its error (a redirection on a cluster node, or
+    /// Redis's own message), for the caller to follow or fail; an error of the call itself
+    /// (timeout, lost connection, open breaker) is every group's, and lands nothing.
     ///
     /// (Measured and dropped: one EVAL of a script running every HMGET inside Redis cut the
     /// proxy's CPU per entity by a third but more than doubled Redis's, and Redis is the single
     /// thread every shard shares.)
-    async fn raw_mixed(
+    pub async fn read_groups(
         &self,
         keys: &[ReadKey],
+        groups: &[Group<'_>],
         timeout: Duration,
-    ) -> Result<Vec<Fetched>, StoreError> {
-        let values = keys
-            .iter()
-            .filter(|k| k.command == ReadCommand::Value)
-            .count();
-        let hashes = keys.len() - values;
+        landing: &dyn Landing,
+    ) -> Result<Vec<(usize, StoreError)>, StoreError> {
+        let replies: usize = groups.iter().map(|g| g.replies(keys)).sum();
+        let count: usize = groups.iter().map(|g| g.len()).sum();
         let encode = |out: &mut BytesMut| {
-            if values > 0 {
-                let keys = keys.iter().filter(|k| k.command == ReadCommand::Value);
-                resp::encode_mget(out, values, keys.map(|k| &k.key[..]));
-            }
-            for k in keys {
-                if let ReadCommand::Fields(f) = &k.command {
-                    resp::encode_hmget(out, &k.key, f.fields());
-                }
+            for g in groups {
+                g.encode(keys, out);
             }
         };
-        let replies = usize::from(values > 0) + hashes;
-        let mut replies = self.reads.call(replies, encode, timeout).await?.into_iter();
-        let mut values = match values {
-            0 => Vec::new(),
-            n => resp::mget_reply(replies.next().ok_or_else(no_reply)?, n)?,
+        let frames = self
+            .guarded(count, replies, self.reads.call(replies, encode, timeout))
+            .await?;
+        let mut frames = frames.into_iter();
+        let mut failed = Vec::new();
+        for (n, g) in groups.iter().enumerate() {
+            if let Err(e) = g.decode(keys, &mut frames, landing) {
+                self.count_reply_error(&e);
+                failed.push((n, e));
+            }
         }
-        .into_iter();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            out.push(match &k.command {
-                ReadCommand::Value => values.next().ok_or_else(no_reply)?,
-                ReadCommand::Fields(f) => {
-                    resp::hmget_reply(replies.next().ok_or_else(no_reply)?, f.len())?
-                }
-            });
+        Ok(failed)
+    }
+
+    /// Counts an error reply to one group of a call that was answered: the node is up (its
+    /// breaker saw the call succeed), the keys are elsewhere, migrating, or refused.
+    fn count_reply_error(&self, e: &StoreError) {
+        match e {
+            StoreError::Redirected(r) => self.stats.redirected(redirect_kind(r)),
+            _ => self.stats.redis_unavailable.inc(),
         }
-        Ok(out)
+        if !matches!(
+            e,
+            StoreError::Redirected(Redirect::Moved { .. } | Redirect::Ask { .. })
+        ) {
+            if let Some(n) = &self.node_stats {
+                n.errors.inc();
+            }
+        }
     }
 
     /// Runs every write, all queued at once so they leave in one socket write; Ok only once Redis
@@ -315,12 +282,7 @@ impl Node {
             // The node answered: it is healthy, the key lives elsewhere (or is migrating).
             // CLUSTERDOWN is the node unable to serve: that counts against it.
             Some(StoreError::Redirected(r)) => {
-                self.stats.redirected(match r {
-                    Redirect::Moved { .. } => RedirectKind::Moved,
-                    Redirect::Ask { .. } => RedirectKind::Ask,
-                    Redirect::TryAgain => RedirectKind::TryAgain,
-                    Redirect::ClusterDown => RedirectKind::ClusterDown,
-                });
+                self.stats.redirected(redirect_kind(r));
                 *r == Redirect::ClusterDown
             }
             Some(StoreError::BreakerOpen) | Some(StoreError::Partial { .. }) | None => false,
@@ -449,10 +411,14 @@ impl Node {
     }
 }
 
-/// An error for a reply that never came although the call succeeded (cannot happen with a
-/// well-behaved server: the connection matched one reply per command).
-fn no_reply() -> StoreError {
-    StoreError::Unavailable("Redis sent fewer replies than commands".into())
+/// The counter a cluster's answer about where a key lives goes to.
+fn redirect_kind(r: &Redirect) -> RedirectKind {
+    match r {
+        Redirect::Moved { .. } => RedirectKind::Moved,
+        Redirect::Ask { .. } => RedirectKind::Ask,
+        Redirect::TryAgain => RedirectKind::TryAgain,
+        Redirect::ClusterDown => RedirectKind::ClusterDown,
+    }
 }
 
 /// Where the read connection goes and what it sends first, from the URL fred parsed: the

@@ -51,17 +51,24 @@ fn put_decimal(out: &mut BytesMut, mut n: usize) {
     out.put_slice(&digits[i..]);
 }
 
-/// An MGET's reply: one [`Fetched::Value`] or [`Fetched::Absent`] per key asked, or the error
-/// that failed the whole command (a redirection on a cluster node, anything else Redis said).
-pub fn mget_reply(frame: BytesFrame, keys: usize) -> Result<Vec<Fetched>, StoreError> {
+/// An MGET's reply, handed to `put` in the order asked: one [`Fetched::Value`] (a slice of the
+/// read buffer) or [`Fetched::Absent`] per key; or the error that failed the whole command (a
+/// redirection on a cluster node, anything else Redis said), with nothing handed on.
+pub fn mget_reply(
+    frame: BytesFrame,
+    keys: usize,
+    mut put: impl FnMut(Fetched),
+) -> Result<(), StoreError> {
     match frame {
-        BytesFrame::Array(items) if items.len() == keys => Ok(items
-            .into_iter()
-            .map(|item| match item {
-                BytesFrame::BulkString(v) => Fetched::Value(v),
-                _ => Fetched::Absent,
-            })
-            .collect()),
+        BytesFrame::Array(items) if items.len() == keys => {
+            for item in items {
+                put(match item {
+                    BytesFrame::BulkString(v) => Fetched::Value(v),
+                    _ => Fetched::Absent,
+                });
+            }
+            Ok(())
+        }
         other => Err(unexpected("MGET", other, keys)),
     }
 }
@@ -139,22 +146,24 @@ mod tests {
     #[test]
     fn an_mget_reply_gives_one_answer_per_key_and_refuses_the_wrong_count() {
         let frame = decode(b"*3\r\n$2\r\nv1\r\n$-1\r\n$0\r\n\r\n");
+        let mut got = Vec::new();
+        mget_reply(frame.clone(), 3, |f| got.push(f)).unwrap();
         assert_eq!(
-            mget_reply(frame.clone(), 3).unwrap(),
+            got,
             vec![
                 Fetched::Value(Bytes::from_static(b"v1")),
                 Fetched::Absent,
                 Fetched::Value(Bytes::new())
             ]
         );
-        let e = mget_reply(frame, 2).unwrap_err();
+        let e = mget_reply(frame, 2, |_| panic!("nothing is handed on")).unwrap_err();
         assert!(e.to_string().contains("3 values for 2 asked"), "{e}");
     }
 
     #[test]
     fn error_replies_are_redirections_wrong_types_or_redis_s_message() {
         let moved = decode(b"-MOVED 3999 127.0.0.1:7001\r\n");
-        match mget_reply(moved, 1) {
+        match mget_reply(moved, 1, |_| {}) {
             Err(StoreError::Redirected(Redirect::Moved { slot: 3999, to })) => {
                 assert_eq!(to, "127.0.0.1:7001")
             }

@@ -1,7 +1,8 @@
 //! The backend for one standalone Redis server (with or without replicas behind it): every key
 //! lives on the one node, so a batch is one call (one MGET, and an HMGET per hash) on the node's
 //! one read connection, and the node's breaker covers every key. That call answers or fails as a
-//! whole, with one exception that is per key already: a key holding another type (WRONGTYPE).
+//! whole, except per key: a key holding another type (WRONGTYPE) fails alone, and where Redis
+//! answers one command with an error, the other commands' keys keep their answers.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,8 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 
 use super::node::Node;
-use crate::store::{Backend, Landing, ReadKey, StoreError, WriteItem};
+use super::reads::Group;
+use crate::store::{Backend, Fetched, Landing, ReadKey, StoreError, WriteItem};
 
 /// A standalone Redis behind the storage seam.
 pub struct Standalone {
@@ -35,8 +37,20 @@ impl Backend for Standalone {
         landing: &'a dyn Landing,
     ) -> LocalBoxFuture<'a, ()> {
         async move {
-            for (i, fetched) in self.node.read(keys, timeout).await.into_iter().enumerate() {
-                landing.put(i, fetched);
+            let whole = Group::Whole(keys.len());
+            let failure = match self
+                .node
+                .read_groups(keys, &[whole], timeout, landing)
+                .await
+            {
+                Ok(failed) => failed.first().map(|(_, e)| e.failure()),
+                Err(e) => Some(e.failure()),
+            };
+            // The keys a failure left without an outcome (a key that landed keeps its own).
+            if let Some(failure) = failure {
+                for i in whole.positions() {
+                    landing.put(i, Fetched::Failed(failure));
+                }
             }
             landing.landed();
         }

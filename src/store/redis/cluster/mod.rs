@@ -5,7 +5,8 @@
 //! connection per node: a dead master stalls only its own client, never the other slots (one
 //! clustered fred client would stall them all until failover ends; see the research note on
 //! Redis Cluster). A batch is split by hash slot (Redis refuses an MGET across slots, even on one
-//! node), every slot's MGET goes out at once, and the answers are put back in key order.
+//! node); every slot bound for one node goes in one call, written once, every node at once; each
+//! node's answers land in the batch as soon as it answers.
 
 pub mod members;
 mod refresh;

@@ -1,5 +1,6 @@
-//! A batch split by hash slot, sent to every node at once and put back in order; a PUT split
-//! per primary. One failed node fails only its own keys.
+//! A batch split by hash slot, every slot bound for one node sent in one call, every node at
+//! once, each node's keys landing as it answers; a PUT split per primary. One failed node fails
+//! only its own keys.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use futures::future::join_all;
 
 use super::{slot_of, Cluster, ReadFrom, Routes};
 use crate::store::redis::node::Node;
+use crate::store::redis::reads::Group;
 use crate::store::{Failure, Fetched, Landing, ReadKey, Redirect, StoreError, WriteItem};
 
 impl Cluster {
@@ -37,9 +39,10 @@ impl Cluster {
         })
     }
 
-    /// Reads every key: each slot's keys go to the node that serves the slot, all slots at once,
-    /// and each slot's outcomes land as soon as its node answers, so a frozen node holds back
-    /// only its own keys. A key whose node failed, timed out or redirected twice is
+    /// Reads every key: each slot's keys go to the node that serves the slot, and every slot
+    /// bound for one node goes in one call, one write ([`Node::read_groups`]); the nodes are
+    /// asked all at once and each node's keys land as soon as it answers, so a frozen node holds
+    /// back only its own keys. A key whose node failed, timed out or redirected twice is
     /// [`Fetched::Failed`], alone.
     pub(super) async fn read_all(
         &self,
@@ -48,13 +51,8 @@ impl Cluster {
         landing: &dyn Landing,
     ) {
         let started = Instant::now();
-        let fail = |idx: &mut dyn Iterator<Item = usize>, why: Failure| {
-            for i in idx {
-                landing.put(i, Fetched::Failed(why));
-            }
-        };
         let Some(routes) = self.routes() else {
-            fail(&mut (0..keys.len()), Failure::Unavailable);
+            fail(landing, Group::Whole(keys.len()), Failure::Unavailable);
             landing.landed();
             return;
         };
@@ -65,65 +63,88 @@ impl Cluster {
             .map(|(i, k)| (slot_of(&k.key), i))
             .collect();
         order.sort_unstable();
-        let mut calls = Vec::new();
-        for group in order.chunk_by(|a, b| a.0 == b.0) {
-            let idx: Vec<usize> = group.iter().map(|g| g.1).collect();
-            let Some(node) = self.reader_for(&routes, group[0].0, started) else {
+        let mut by_node: Vec<(Rc<Node>, Vec<Group<'_>>)> = Vec::new();
+        for entries in order.chunk_by(|a, b| a.0 == b.0) {
+            let group = Group::Slot(entries);
+            let Some(node) = self.reader_for(&routes, entries[0].0, started) else {
                 self.refresh_soon();
-                fail(&mut idx.into_iter(), Failure::Unavailable);
+                fail(landing, group, Failure::Unavailable);
                 continue;
             };
-            let sub: Vec<ReadKey> = idx.iter().map(|&i| keys[i].clone()).collect();
-            calls.push(self.read_slot(node, idx, sub, started, timeout, landing));
+            match by_node.iter_mut().find(|(n, _)| Rc::ptr_eq(n, &node)) {
+                Some((_, groups)) => groups.push(group),
+                None => by_node.push((node, vec![group])),
+            }
         }
         // The slots no node serves, failed above.
         landing.landed();
+        let calls = by_node
+            .iter()
+            .map(|(node, groups)| self.read_node(node, keys, groups, started, timeout, landing));
         join_all(calls).await;
     }
 
-    /// One slot's keys (`sub`, at `idx` in the batch) from `node`; lands their outcomes on its
-    /// own. A MOVED is followed once, to the node it names, within what is left of the read's
-    /// time.
-    async fn read_slot(
+    /// One node's slot groups, in one call; lands their keys on its own. A slot that MOVED is
+    /// sent once more, alone with the other slots that moved to the same node, where the
+    /// redirection says, within what is left of the read's time.
+    async fn read_node(
         &self,
-        node: Rc<Node>,
-        idx: Vec<usize>,
-        sub: Vec<ReadKey>,
+        node: &Node,
+        keys: &[ReadKey],
+        groups: &[Group<'_>],
         started: Instant,
         timeout: Duration,
         landing: &dyn Landing,
     ) {
-        let result = match node.try_read(&sub, timeout).await {
-            Err(StoreError::Redirected(Redirect::Moved { to, slot })) => {
-                self.refresh_soon();
-                let left = timeout.saturating_sub(started.elapsed());
-                match self.members.get_or_start(&to) {
-                    Ok(node) if left > Duration::from_millis(1) => node.try_read(&sub, left).await,
-                    Ok(_) => Err(StoreError::Redirected(Redirect::Moved { to, slot })),
-                    Err(e) => Err(e),
-                }
-            }
+        let failed = match node.read_groups(keys, groups, timeout, landing).await {
+            Ok(failed) => failed,
             Err(e) => {
                 if matches!(e, StoreError::Timeout(_) | StoreError::Unavailable(_)) {
                     self.refresh_soon();
                 }
-                Err(e)
+                for &g in groups {
+                    fail(landing, g, e.failure());
+                }
+                landing.landed();
+                return;
             }
-            ok => ok,
         };
-        match result {
-            Ok(fetched) => {
-                for (i, f) in idx.into_iter().zip(fetched) {
-                    landing.put(i, f);
+        let mut moved: Vec<(String, Vec<Group<'_>>)> = Vec::new();
+        for (n, e) in failed {
+            match e {
+                StoreError::Redirected(Redirect::Moved { to, .. }) => {
+                    match moved.iter_mut().find(|(addr, _)| *addr == to) {
+                        Some((_, gs)) => gs.push(groups[n]),
+                        None => moved.push((to, vec![groups[n]])),
+                    }
                 }
-            }
-            Err(e) => {
-                for i in idx {
-                    landing.put(i, Fetched::Failed(e.failure()));
-                }
+                e => fail(landing, groups[n], e.failure()),
             }
         }
         landing.landed();
+        if moved.is_empty() {
+            return;
+        }
+        self.refresh_soon();
+        let left = timeout.saturating_sub(started.elapsed());
+        for (to, groups) in moved {
+            let result = match self.members.get_or_start(&to) {
+                Ok(_) if left <= Duration::from_millis(1) => Err(StoreError::Timeout(timeout)),
+                Ok(node) => node.read_groups(keys, &groups, left, landing).await,
+                Err(e) => Err(e),
+            };
+            // Redirected again, or failed: those keys are DEGRADED for this read.
+            let failure = match result {
+                Ok(failed) => failed.first().map(|(_, e)| e.failure()),
+                Err(e) => Some(e.failure()),
+            };
+            if let Some(failure) = failure {
+                for &g in &groups {
+                    fail(landing, g, failure);
+                }
+            }
+            landing.landed();
+        }
     }
 
     /// Each primary gets its own rows; Ok only when every one acknowledged. A MOVED sends
@@ -200,5 +221,12 @@ impl Cluster {
                 why: e.to_string(),
             }),
         }
+    }
+}
+
+/// Fails the keys of `group` that have no outcome yet (a key that landed keeps its own).
+fn fail(landing: &dyn Landing, group: Group<'_>, why: Failure) {
+    for i in group.positions() {
+        landing.put(i, Fetched::Failed(why));
     }
 }
