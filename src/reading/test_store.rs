@@ -112,6 +112,11 @@ impl Backend for TestStore {
         !self.entity(key).starts_with(b"open-")
     }
 
+    /// Some keys (`open-*`) are behind an open breaker: each is asked about.
+    fn admits_all(&self, _now: Instant) -> bool {
+        false
+    }
+
     fn read<'a>(
         &'a self,
         keys: &'a [ReadKey],

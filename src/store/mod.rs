@@ -258,6 +258,11 @@ pub trait Backend {
     /// node that holds it is open: the caller serves defaults at once instead of queueing.
     fn admits(&self, key: &ReadKey, now: Instant) -> bool;
 
+    /// True when no node's breaker would refuse a read now: then no key need be asked about
+    /// with [`Backend::admits`] (on a cluster, asking hashes the key to its slot, and a batch's
+    /// keys are hashed once more where they are split by slot).
+    fn admits_all(&self, now: Instant) -> bool;
+
     /// Reads every key, giving up after `timeout`, and puts each key's outcome into `landing`
     /// as soon as the node that holds it answers: one node's keys never wait for another's, so
     /// a frozen node holds back only its own keys. Every key gets its outcome before the

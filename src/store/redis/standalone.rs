@@ -30,6 +30,10 @@ impl Backend for Standalone {
         self.node.admits(now)
     }
 
+    fn admits_all(&self, now: Instant) -> bool {
+        self.node.admits(now)
+    }
+
     fn read<'a>(
         &'a self,
         keys: &'a [ReadKey],

@@ -47,6 +47,8 @@ struct Routes {
     /// Per range of `map`, its primary and its replicas.
     primaries: Vec<Rc<Node>>,
     replicas: Vec<Vec<Rc<Node>>>,
+    /// Every node above once: a slot map can have many more ranges than nodes.
+    nodes: Vec<Rc<Node>>,
 }
 
 /// One shard's view of a Redis Cluster.
@@ -126,6 +128,11 @@ impl Backend for Cluster {
         };
         self.reader_for(&routes, slot_of(&key.key), now)
             .is_none_or(|n| n.admits(now))
+    }
+
+    fn admits_all(&self, now: Instant) -> bool {
+        self.routes()
+            .is_none_or(|routes| routes.nodes.iter().all(|n| n.admits(now)))
     }
 
     fn read<'a>(

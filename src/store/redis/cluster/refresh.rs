@@ -149,10 +149,17 @@ impl Cluster {
                 s.replica.store(false, Relaxed);
             }
         }
+        let mut nodes: Vec<Rc<Node>> = Vec::new();
+        for n in primaries.iter().chain(replicas.iter().flatten()) {
+            if !nodes.iter().any(|m| Rc::ptr_eq(m, n)) {
+                nodes.push(n.clone());
+            }
+        }
         *self.routes.borrow_mut() = Some(Rc::new(Routes {
             map,
             primaries,
             replicas,
+            nodes,
         }));
         self.members.show(&used);
         self.members.retain(&keep, &used).await;
