@@ -166,6 +166,156 @@ async fn a_batch_reaches_each_master_in_one_write_not_one_per_slot() {
     }
 }
 
+/// Moves `slot` from master `from` to master `to` as `redis-cli --cluster reshard` does: the
+/// slot's keys MIGRATEd, then every master told the slot's new owner. The proxy is not told.
+fn move_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
+    let slot_arg = slot.to_string();
+    let ok = |port: u16, args: &[&[u8]]| {
+        let reply = cluster.call(port, args).text();
+        assert_eq!(
+            reply,
+            "OK",
+            "{port}: {:?}",
+            String::from_utf8_lossy(&args.concat())
+        );
+    };
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    ok(
+        to,
+        &[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot_arg.as_bytes(),
+            b"IMPORTING",
+            from_id.as_bytes(),
+        ],
+    );
+    ok(
+        from,
+        &[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot_arg.as_bytes(),
+            b"MIGRATING",
+            to_id.as_bytes(),
+        ],
+    );
+    let keys = cluster.call(
+        from,
+        &[b"CLUSTER", b"GETKEYSINSLOT", slot_arg.as_bytes(), b"1000"],
+    );
+    let keys: Vec<Vec<u8>> = keys.items().iter().map(|k| k.text().into_bytes()).collect();
+    if !keys.is_empty() {
+        let port = to.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            b"127.0.0.1",
+            port.as_bytes(),
+            b"",
+            b"0",
+            b"5000",
+            b"KEYS",
+        ];
+        args.extend(keys.iter().map(Vec::as_slice));
+        ok(from, &args);
+    }
+    for m in cluster.masters() {
+        ok(
+            m,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_arg.as_bytes(),
+                b"NODE",
+                to_id.as_bytes(),
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_slot_is_followed_and_only_its_commands_are_sent_again() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster.seed_url(), 1, "", &[]);
+    let c = client(&proxy, 1).await;
+    let groups = by_master(&cluster, 300);
+    let all: Vec<String> = groups.values().flatten().cloned().collect();
+    put_all(&c, &all, |i| i as f32, now_ms()).await;
+    let value_of: BTreeMap<&str, f32> = all
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.as_str(), i as f32))
+        .collect();
+    let masters = cluster.masters();
+    let (from, to) = (masters[0], masters[1]);
+    let moved = || proxy.metric("featureproxy_cluster_redirects_total", &[("kind", "moved")]);
+    // The proxy reads the slot map every second: a GET right after a move usually meets the old
+    // map. Each try moves another slot until a GET has met (and followed) a MOVED.
+    for (n, entity) in groups[&from].iter().take(5).enumerate() {
+        let slot = cluster.slot_of(&store_key(entity));
+        move_slot(&cluster, slot, from, to);
+        // The moved entity, two more of its old master, two of each other master.
+        let mut keys: Vec<&str> = vec![entity.as_str()];
+        for m in &masters {
+            keys.extend(
+                groups[m]
+                    .iter()
+                    .filter(|e| cluster.slot_of(&store_key(e)) != slot)
+                    .skip(10)
+                    .take(2)
+                    .map(String::as_str),
+            );
+        }
+        let calls_before: Vec<u64> = masters
+            .iter()
+            .map(|&m| cluster.info_commandstats(m, "mget"))
+            .collect();
+        let moved_before = moved();
+        let opts = GetOptions {
+            bypass_cache: true,
+            deadline: None,
+        };
+        let got = c.get_with("user_features", &keys, opts).await.unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let served = (got.status(i).status, got.row(i)[0]);
+            assert_eq!(
+                served,
+                (Status::Fresh, Value::F32(value_of[key])),
+                "try {n}: {key}"
+            );
+        }
+        if moved() == moved_before {
+            continue;
+        }
+        // Every key was asked once where the old map said (the moved slot's MGET refused, so not
+        // a call there), and the moved slot's MGET alone was sent again, to its new master.
+        let slots_asked = |m: u16| {
+            let mut slots: Vec<u16> = keys
+                .iter()
+                .filter(|e| {
+                    cluster.port_for_key(&store_key(e)) == m || (m == from && **e == entity)
+                })
+                .map(|e| cluster.slot_of(&store_key(e)))
+                .collect();
+            slots.sort_unstable();
+            slots.dedup();
+            slots.len() as u64
+        };
+        for (&m, before) in masters.iter().zip(calls_before) {
+            let calls = cluster.info_commandstats(m, "mget") - before;
+            let expected = match m {
+                m if m == from => slots_asked(from) - 1,
+                m if m == to => slots_asked(to),
+                m => slots_asked(m),
+            };
+            assert_eq!(calls, expected, "try {n}: MGETs served by {m}");
+        }
+        return;
+    }
+    panic!("five slots moved and no GET met a MOVED: the proxy read the new map first each time");
+}
+
 /// GETs of every entity, again and again, until `done` says stop; returns, per master port, how
 /// many answers were DEGRADED, and asserts that every GET was answered within its deadline.
 async fn hammer(
