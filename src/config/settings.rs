@@ -259,6 +259,9 @@ impl Settings {
         if self.breaker_probes == 0 {
             return Err(bad("breaker_probes", "must be at least 1"));
         }
+        if let Some(url) = self.redis.as_deref() {
+            check_redis_scheme(url)?;
+        }
         if let Some(url) = self
             .redis
             .as_deref()
@@ -275,9 +278,65 @@ impl Settings {
     }
 }
 
+/// Refuses a Redis URL whose scheme the proxy cannot honour. A TLS scheme above all: the proxy
+/// has no TLS to Redis yet, and connecting in plaintext to a server the operator asked to reach
+/// over TLS would send its password and every feature in clear.
+fn check_redis_scheme(url: &str) -> Result<(), SettingsError> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        "redis" | "redis-cluster" => Ok(()),
+        "rediss" | "rediss-cluster" | "valkeys" => Err(bad(
+            "redis",
+            format!(
+                "{scheme}:// asks for TLS to Redis, which this proxy does not speak yet, and it will not connect in plaintext instead; use redis:// or redis-cluster:// on a network you trust, or reach Redis through a TLS tunnel (stunnel, a sidecar) listening on loopback"
+            ),
+        )),
+        _ => Err(bad(
+            "redis",
+            format!(
+                "{:?} is not a Redis URL this proxy can use; write redis://[USER:PASSWORD@]HOST:PORT[/DB] or redis-cluster://HOST:PORT?node=HOST:PORT",
+                crate::store::redis::url::redacted(url)
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_redis_url_is_refused_rather_than_used_in_plaintext() {
+        for url in [
+            "rediss://:secret@redis.internal:6380",
+            "rediss-cluster://10.0.0.1:6379?node=10.0.0.2:6379",
+        ] {
+            let s = Settings {
+                redis: Some(url.to_string()),
+                ..Settings::default()
+            };
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, "redis");
+            assert!(e.message.contains("TLS"), "{}", e.message);
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        let s = Settings {
+            redis: Some("memcached://h:1".into()),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().message.contains("redis://"));
+        for ok in [
+            "redis://h:1",
+            "redis://:pw@h:1/2",
+            "redis-cluster://h:1?node=h:2",
+        ] {
+            let s = Settings {
+                redis: Some(ok.into()),
+                ..Settings::default()
+            };
+            s.validate().unwrap();
+        }
+    }
 
     #[test]
     fn server_table_overrides_defaults() {
