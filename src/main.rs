@@ -3,8 +3,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use featureproxy::config::access::{token_hash, AccessTable};
 use featureproxy::config::settings::Settings;
-use featureproxy::config::ConfigFile;
+use featureproxy::config::{ConfigError, ConfigFile};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -42,9 +45,14 @@ enum Command {
         /// Shards (threads); defaults to the number of cores.
         #[arg(long)]
         shards: Option<usize>,
-        /// Require HELLO with this token as each connection's first frame.
+        /// Require HELLO with this token as each connection's first frame (one principal that
+        /// reads and writes every view).
         #[arg(long, env = "FEATUREPROXY_AUTH_TOKEN")]
         auth_token: Option<String>,
+        /// Principals, their token hashes and grants (TOML); relative to the config file's
+        /// folder. Re-read on SIGHUP.
+        #[arg(long)]
+        access_file: Option<std::path::PathBuf>,
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
@@ -54,12 +62,45 @@ enum Command {
         #[arg(long, default_value = "examples/features.toml")]
         config: String,
     },
+    /// Tokens for the access file.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a fresh random token once, with the [[access]] lines (its hash) to paste.
+    New {
+        /// The principal the token is for: logs and metrics name it.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match ConfigFile::load(&config) {
+        Command::Token {
+            action: TokenAction::New { name },
+        } => match new_token(&name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { config } => match ConfigFile::load(&config).and_then(|c| {
+            let access = access_path(&config, c.settings.access_file.as_deref());
+            AccessTable::load(
+                access.as_deref(),
+                c.settings.auth_token.as_deref(),
+                &c.registry,
+            )
+            .map_err(|e| ConfigError::Access(Box::new(e)))?;
+            Ok(c)
+        }) {
             Ok(ConfigFile { registry: r, .. }) => {
                 for v in r.views() {
                     println!(
@@ -86,13 +127,22 @@ fn main() -> ExitCode {
             redis,
             shards,
             auth_token,
+            access_file,
             log_json,
         } => {
             init_logs(log_json);
             // On the main thread, which lives as long as the process: the private redis-server
             // started without --redis is killed by the kernel when the thread that started it
             // exits (store::redis::child).
-            match serve(&config, listen, stats_listen, redis, shards, auth_token) {
+            let flags = Flags {
+                listen,
+                stats_listen,
+                redis,
+                shards,
+                auth_token,
+                access_file,
+            };
+            match serve(&config, flags) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -103,18 +153,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(
-    config: &str,
+/// `serve`'s flags, each overriding its setting of the config file.
+struct Flags {
     listen: Option<String>,
     stats_listen: Option<String>,
     redis: Option<String>,
     shards: Option<usize>,
     auth_token: Option<String>,
-) -> Result<(), Box<dyn std::error::Error>> {
+    access_file: Option<std::path::PathBuf>,
+}
+
+fn serve(config: &str, flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
+    let Flags {
+        listen,
+        stats_listen,
+        redis,
+        shards,
+        auth_token,
+        access_file,
+    } = flags;
     let ConfigFile {
         mut settings,
         registry,
     } = ConfigFile::load(config)?;
+    if access_file.is_some() {
+        settings.access_file = access_file;
+    }
+    settings.access_file = access_path(config, settings.access_file.as_deref());
     if let Some(v) = listen {
         Settings::set_addr(&mut settings.listen, "--listen", &v)?;
     }
@@ -131,6 +196,43 @@ fn serve(
         settings.auth_token = auth_token;
     }
     featureproxy::server::run(settings, registry)?;
+    Ok(())
+}
+
+/// The access file's path: a relative one is relative to the config file's folder, so that the
+/// two can move together.
+fn access_path(config: &str, access: Option<&Path>) -> Option<PathBuf> {
+    let access = access?;
+    if access.is_absolute() {
+        return Some(access.to_path_buf());
+    }
+    let folder = Path::new(config).parent().unwrap_or(Path::new(""));
+    Some(folder.join(access))
+}
+
+/// Prints a fresh token (32 random bytes from the OS, hex) and the lines that grant it.
+fn new_token(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let token = format!("fp_{}", hex(&bytes));
+    let hash = hex(&token_hash(&token));
+    println!(
+        "# The token for {name}; it is shown only now. Give it to the client (HELLO's token):"
+    );
+    println!("{token}");
+    println!();
+    println!(
+        "# Paste into the access file, grant views, then send the proxy SIGHUP. To rotate, add"
+    );
+    println!(
+        "# the new hash beside the old one, SIGHUP, move the clients, remove the old, SIGHUP."
+    );
+    println!("[[access]]");
+    println!("name = {name:?}");
+    println!("token_sha256 = [\"{hash}\"]");
+    println!("read = []    # views (or globs like \"item_*\", or \"*\") it may GET");
+    println!("write = []   # views it may PUT");
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::config::access::{AccessError, AccessTable};
 use crate::config::registry::Registry;
 use crate::config::settings::{Settings, SettingsError};
 use crate::ops;
@@ -14,7 +15,7 @@ use crate::serving::accept::{claim_port, reuseport_listener};
 use crate::shard::{self, ShardSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
 use crate::store::redis::url;
-use crate::telemetry::counters::ShardStats;
+use crate::telemetry::counters::{AccessCounters, ShardStats};
 use crate::telemetry::histograms;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum StartError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Redis(#[from] RedisChildError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -39,6 +42,20 @@ pub enum StartError {
 /// thread that starts it (see `store::redis::child`).
 pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     settings.validate()?;
+    let access = AccessTable::load(
+        settings.access_file.as_deref(),
+        settings.auth_token.as_deref(),
+        &registry,
+    )?;
+    let access_counters = Arc::new(AccessCounters::default());
+    access_counters.principals.set(access.len() as u64);
+    if settings.access_file.is_some() {
+        info!(
+            principals = access.len(),
+            "access file read: a token no entry holds is refused"
+        );
+    }
+    let (access_tx, access_rx) = watch::channel(Arc::new(access));
     // Signal handlers go in first: a SIGTERM during start-up must drain, not kill.
     let mut signals = Signals::install()?;
     let mut redis_child = None;
@@ -69,6 +86,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         registry: registry.clone(),
         histograms: aggregate,
         started_unix_s: now_ms() / 1000,
+        access: access_counters.clone(),
     };
     // The stats endpoint is up before the protocol port, so whoever sees the port open can
     // watch the proxy.
@@ -111,6 +129,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             stats: stats[i].clone(),
             redis_url: redis_url.clone(),
             shutdown: stop_rx.clone(),
+            access: access_rx.clone(),
             peers,
             invalidations,
             intervals: intervals.clone(),
@@ -138,11 +157,16 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
                 info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
                 break;
             }
-            // The reload issue gives SIGHUP its meaning: read the config file again and apply it.
-            Asked::Reload(signal) => warn!(
-                signal,
-                "reload is not supported yet: serving on with the configuration read at start"
-            ),
+            // Views and settings are not reloaded yet (the reload issue): only the access file.
+            Asked::Reload(signal) => match settings.access_file.as_deref() {
+                Some(path) => {
+                    reload_access(path, &settings, &registry, &access_tx, &access_counters)
+                }
+                None => warn!(
+                    signal,
+                    "reload is not supported yet: serving on with the configuration read at start"
+                ),
+            },
             Asked::Nothing(signal) => warn!(
                 signal,
                 "this signal has no meaning for featureproxy: ignored, serving on"
@@ -156,6 +180,34 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     drop(redis_child);
     info!("stopped");
     Ok(())
+}
+
+/// Reads the access file again and, if it is valid as a whole, puts it in force: new connections
+/// are checked against it at once, open ones at their next request. An invalid file changes
+/// nothing; the log says why and a counter counts it.
+fn reload_access(
+    path: &std::path::Path,
+    settings: &Settings,
+    registry: &Registry,
+    access: &watch::Sender<Arc<AccessTable>>,
+    counters: &AccessCounters,
+) {
+    match AccessTable::load(Some(path), settings.auth_token.as_deref(), registry) {
+        Ok(table) => {
+            let principals = table.len();
+            access.send_replace(Arc::new(table));
+            counters.applied.inc();
+            counters.principals.set(principals as u64);
+            info!(
+                principals,
+                "access file reloaded (SIGHUP): new connections use it now, open ones from their next request"
+            );
+        }
+        Err(e) => {
+            counters.refused.inc();
+            warn!(error = %e, "access file refused on SIGHUP: nothing changed, the credentials in force stay");
+        }
+    }
 }
 
 /// What a caught signal asks of the proxy. Every signal whose default action ends the process is

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
+use crate::config::access::AccessTable;
 use crate::config::registry::Registry;
 use crate::config::settings::Settings;
 use crate::reading::cache::HotCache;
@@ -32,6 +33,8 @@ pub struct ShardSpec {
     pub stats: Arc<ShardStats>,
     pub redis_url: String,
     pub shutdown: watch::Receiver<bool>,
+    /// Who may do what; replaced on SIGHUP.
+    pub access: watch::Receiver<Arc<AccessTable>>,
     /// The other shards' invalidation channels, and this shard's own.
     pub peers: Peers,
     pub invalidations: mpsc::UnboundedReceiver<Invalidation>,
@@ -58,6 +61,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         stats,
         redis_url,
         shutdown,
+        access,
         peers,
         mut invalidations,
         intervals,
@@ -123,6 +127,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         reader,
         backend: backend.clone(),
         peers,
+        access,
         // Admitted requests may queue for half the default deadline while a queue stands; the
         // store's own time and the reply take the rest.
         pressure: RefCell::new(Pressure::new(

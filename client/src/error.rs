@@ -17,7 +17,14 @@ use featureproxy_protocol::{ErrorCode, ProtocolError};
 pub enum Error {
     /// The server answered with an ERROR frame. Every protocol v1 code arrives here unchanged;
     /// `message` is the server's explanation (which view, which field, which limit).
-    #[error("featureproxy refused the request: {code}: {message}")]
+    ///
+    /// `FORBIDDEN` ([`ErrorCode::Forbidden`]) means the token is valid but its principal may not
+    /// do this operation on this view (GET or SCHEMA of a view it may not read, PUT to a view it
+    /// may not write). The connection stays open and the client's other calls go on; the same
+    /// call fails the same way until the proxy's access file grants it, so it is not retryable.
+    /// Its message says so. A code this client does not know is not reported here but as
+    /// [`Error::Protocol`] with `MALFORMED` (protocol spec 6.4).
+    #[error("featureproxy refused the request: {code}: {message}{}", advice(*code))]
     Server {
         /// The server's error code.
         code: ErrorCode,
@@ -127,7 +134,7 @@ impl Error {
 
     /// True when the same request may succeed if simply tried again later: transport failures and
     /// the server's OVERLOADED, BACKEND_UNAVAILABLE and TIMEOUT. Client-side mistakes and other
-    /// server refusals will fail the same way again.
+    /// server refusals (FORBIDDEN among them) will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::Connect { .. } | Error::ConnectionClosed { .. } => true,
@@ -144,6 +151,17 @@ impl Error {
             code: e.code,
             message: e.message,
         }
+    }
+}
+
+/// What the caller should do about a server error, where the code alone does not make it plain.
+fn advice(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Forbidden => {
+            " (the token is valid, but its principal may not do this on this view; ask for a \
+             grant in the proxy's access file: `read` for GET and SCHEMA, `write` for PUT)"
+        }
+        _ => "",
     }
 }
 

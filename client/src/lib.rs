@@ -21,6 +21,10 @@
 //! * [`Batch`] reads statuses, ages and rows in place from the received frame. Rows form one
 //!   contiguous, 8-byte-aligned block, so an all-`f32` view is a `&[f32]` matrix without a copy
 //!   ([`Batch::as_f32_matrix`]).
+//! * A call the proxy's access file does not grant the token's principal (GET or SCHEMA of a view
+//!   it may not read, PUT to a view it may not write) fails with [`Error::Server`] whose
+//!   [`Error::code`] is [`ErrorCode::Forbidden`]; the connection stays open for the calls it may
+//!   make.
 //! * Mistakes are caught before sending where possible (bad keys, rows of the wrong type, batches
 //!   above the server's `max_batch` or `max_frame`), so they cost neither a round trip nor the
 //!   connection.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use featureproxy_protocol::{
-    decode_frame, encode_get_response, Dtype, EntityStatus, ErrorCode, HelloReply, Limits,
-    ProtocolError, PutEntry, Request, Response, SchemaReply, Status,
+    decode_frame, encode_frame, encode_get_response, Dtype, EntityStatus, ErrorCode, HelloReply,
+    Limits, ProtocolError, PutEntry, Request, Response, SchemaReply, Status,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,6 +93,14 @@ fn expect_row(key: &str) -> Vec<Value> {
     vec![Value::F32(sum as f32), Value::F32(key.len() as f32)]
 }
 
+/// The proxy's answer to a principal without the grant for `op` on `view`.
+fn forbidden(op: &str, view: &str) -> Response {
+    Response::Error(ProtocolError::new(
+        ErrorCode::Forbidden,
+        format!("{op} of view {view}: not allowed for this principal"),
+    ))
+}
+
 async fn send(w: &AsyncMutex<tokio::net::tcp::OwnedWriteHalf>, out: BytesMut) {
     let _ = w.lock().await.write_all(&out).await;
 }
@@ -152,6 +160,8 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                 st.schema_requests.fetch_add(1, Ordering::SeqCst);
                 if view == "emb" {
                     Response::Schema(emb_schema(current)).encode(&mut out, id);
+                } else if view == "secret" {
+                    forbidden("SCHEMA", &view).encode(&mut out, id);
                 } else {
                     Response::Error(ProtocolError::new(
                         ErrorCode::UnknownView,
@@ -181,6 +191,20 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
                 if shed {
                     Response::Error(ProtocolError::new(ErrorCode::Overloaded, "shed"))
                         .encode(&mut out, id);
+                    send(&wr, out).await;
+                    continue;
+                }
+                if first == b"forbidden" {
+                    forbidden("GET", "emb").encode(&mut out, id);
+                    send(&wr, out).await;
+                    continue;
+                }
+                if first == b"code15" {
+                    // An ERROR code past those protocol v1 defines (a newer server's).
+                    let mut body = 15u16.to_le_bytes().to_vec();
+                    body.extend_from_slice(&4u16.to_le_bytes());
+                    body.extend_from_slice(b"new!");
+                    encode_frame(&mut out, 0xFF, id, &body); // 0xFF: ERROR
                     send(&wr, out).await;
                     continue;
                 }
@@ -227,11 +251,15 @@ async fn serve(sock: TcpStream, st: Arc<MockState>) {
             }
             Request::Put(p) => {
                 st.puts.fetch_add(1, Ordering::SeqCst);
-                if p.entries("emb", 8)
-                    .is_ok_and(|e| e.iter().any(|e| e.key == "shed"))
-                {
+                let has_key = |k: &str| {
+                    p.entries("emb", 8)
+                        .is_ok_and(|e| e.iter().any(|e| e.key == k))
+                };
+                if has_key("shed") {
                     Response::Error(ProtocolError::new(ErrorCode::Overloaded, "shed"))
                         .encode(&mut out, id);
+                } else if has_key("forbidden") {
+                    forbidden("PUT", "emb").encode(&mut out, id);
                 } else if p.schema_id != current {
                     Response::Error(ProtocolError::new(ErrorCode::SchemaMismatch, "changed"))
                         .encode(&mut out, id);
@@ -738,4 +766,93 @@ async fn the_retry_budget_refuses_past_its_tokens() {
     assert_eq!(client.overload_retries(), 13);
     assert_eq!(client.overload_retries_refused(), 17);
     assert_eq!(gets(&mock), 30 + 13);
+}
+
+/// FORBIDDEN (a valid token whose principal lacks the grant) is reported with the server's message
+/// and what to do about it, is not retried, and leaves the connection open: the calls around it
+/// on the same connection are served, with no new HELLO.
+#[tokio::test]
+async fn a_forbidden_get_put_or_schema_keeps_the_connection() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 1,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    client.get("emb", &["a"]).await.unwrap();
+
+    let err = client.get("emb", &["forbidden", "b"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(
+        matches!(&err, Error::Server { code: ErrorCode::Forbidden, message }
+            if message == "GET of view emb: not allowed for this principal"),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("featureproxy refused the request: FORBIDDEN: GET of view emb:"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("its principal may not do this") && shown.contains("access file"),
+        "{shown}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(gets(&mock), 2, "a FORBIDDEN GET is not sent again");
+    // The same connection serves the next GET, and the schema stays cached.
+    let b = client.get("emb", &["abc"]).await.unwrap();
+    assert_eq!(b.row(0), expect_row("abc"));
+
+    let err = client
+        .put(
+            "emb",
+            &[("forbidden", 1u64, [Value::F32(1.0), Value::F32(2.0)])],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(err.to_string().contains("PUT of view emb"), "{err}");
+    assert_eq!(mock.state.puts.load(Ordering::SeqCst), 1);
+
+    let err = client.get("secret", &["a"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(err.to_string().contains("SCHEMA of view secret"), "{err}");
+    assert!(client.cached_schema("secret").is_none());
+
+    client.ping().await.unwrap();
+    assert_eq!(
+        client.get("emb", &["z"]).await.unwrap().row(0),
+        expect_row("z")
+    );
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 1, "no reconnect");
+    assert_eq!(mock.state.schema_requests.load(Ordering::SeqCst), 2);
+}
+
+/// An ERROR code this client does not know (a newer server's) stays MALFORMED: a clear protocol
+/// error naming the code and the server's message, after which the connection is reopened.
+#[tokio::test]
+async fn an_unknown_error_code_is_malformed_and_names_the_code() {
+    let mock = Mock::start(None).await;
+    let client = Client::connect(
+        mock.addr,
+        ClientOptions {
+            pool_size: 1,
+            ..mock.opts()
+        },
+    )
+    .await
+    .unwrap();
+    let err = client.get("emb", &["code15"]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(p) if p.code == ErrorCode::Malformed
+            && p.message.contains("code 15") && p.message.contains("new!")),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), None);
+    client.get("emb", &["a"]).await.unwrap();
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
 }

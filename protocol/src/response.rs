@@ -252,8 +252,14 @@ impl Response {
             let code = r.u16("code")?;
             let message = r.string("message")?;
             r.finish()?;
+            // A code this decoder does not know (a newer server's) is MALFORMED (SPEC.md 6.4),
+            // named with its number and the server's message so the reader still learns both.
             let code = ErrorCode::from_u16(code).ok_or_else(|| {
-                ProtocolError::malformed(format!("ERROR reply with unknown code {code}"))
+                ProtocolError::malformed(format!(
+                    "ERROR reply with code {code}, which protocol v1 does not define (1..={}); \
+                     the server said: {message:?}",
+                    ErrorCode::ALL.len()
+                ))
             })?;
             return Ok(Response::Error(ProtocolError { code, message }));
         }

@@ -189,27 +189,47 @@ impl fmt::Display for Dtype {
     }
 }
 
-/// The code of an ERROR frame.
+/// The code of an ERROR frame (SPEC.md section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum ErrorCode {
+    /// The frame or its body does not parse. The server closes the connection.
     Malformed = 1,
+    /// `len` is over the server's `max_frame`. The server closes the connection.
     FrameTooLarge = 2,
+    /// Not a v1 request op; the body is skipped.
     UnknownOp = 3,
+    /// No view with that name or id.
     UnknownView = 4,
+    /// The request's `schema_id` is not the view's current one: fetch SCHEMA again.
     SchemaMismatch = 5,
+    /// More entities than `max_batch`, or a GET reply that would exceed `max_frame`.
     BatchTooLarge = 6,
+    /// A PUT's entries do not split into rows of the view's `row_bytes`; nothing was written.
     BadRow = 7,
+    /// The server sheds load; retry later.
     Overloaded = 8,
+    /// Missing or unknown credentials: the peer is not authenticated. The server closes the
+    /// connection.
     Unauthorized = 9,
+    /// HELLO with a protocol version other than 1. The server closes the connection.
     UnsupportedVersion = 10,
+    /// Redis is failing or the breaker is open (PUT).
     BackendUnavailable = 11,
+    /// Redis did not acknowledge a PUT in time.
     Timeout = 12,
+    /// A server bug.
     Internal = 13,
+    /// The credentials are valid, but their principal may not do this operation on this view: a
+    /// GET or SCHEMA of a view it may not read, or a PUT to a view it may not write. Unlike
+    /// [`ErrorCode::Unauthorized`], the connection stays open and its other requests are served.
+    /// The message names the op and the view, never the principal's grants.
+    Forbidden = 14,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    /// Every code, in numeric order (code `i + 1` at index `i`).
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOp,
@@ -223,14 +243,18 @@ impl ErrorCode {
         ErrorCode::BackendUnavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
     ];
 
+    /// The code whose value is `v`, or `None` for a value protocol v1 does not define
+    /// ([`crate::Response::decode`] answers an ERROR frame carrying one with MALFORMED).
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| *c as u16 == v)
     }
 
     /// True for the errors after which the server closes the connection: the byte stream can no
     /// longer be trusted (MALFORMED, FRAME_TOO_LARGE) or the peer may not talk to it at all.
+    /// FORBIDDEN is not one of them: the peer is authenticated and may go on with what it may do.
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
@@ -256,6 +280,7 @@ impl ErrorCode {
             ErrorCode::BackendUnavailable => "BACKEND_UNAVAILABLE",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Forbidden => "FORBIDDEN",
         }
     }
 
@@ -267,5 +292,44 @@ impl ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_numbered_in_order_and_round_trip() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as u16 as usize, i + 1, "{code}");
+            assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
+            assert_eq!(ErrorCode::from_name(code.name()), Some(*code));
+        }
+        for unknown in [0, 15, 255, u16::MAX] {
+            assert_eq!(ErrorCode::from_u16(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn forbidden_is_code_14_and_keeps_the_connection() {
+        assert_eq!(ErrorCode::from_u16(14), Some(ErrorCode::Forbidden));
+        assert_eq!(ErrorCode::Forbidden.to_string(), "FORBIDDEN");
+        assert!(!ErrorCode::Forbidden.closes_connection());
+        assert!(ErrorCode::Unauthorized.closes_connection());
+        let closing: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.closes_connection())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(
+            closing,
+            [
+                "MALFORMED",
+                "FRAME_TOO_LARGE",
+                "UNAUTHORIZED",
+                "UNSUPPORTED_VERSION"
+            ]
+        );
     }
 }

@@ -404,3 +404,39 @@ fn manifest_covers_every_kind_and_error() {
         assert!(errors.contains(name), "no vector expects {name}");
     }
 }
+
+fn decode_response_vector(file: &str) -> Result<Response, ProtocolError> {
+    let bytes = parse_hex(&vectors_dir().join(file));
+    let mut buf = BytesMut::from(&bytes[..]);
+    let frame = decode_frame(&mut buf, Limits::default().max_frame)
+        .map_err(|(_, e)| e)?
+        .expect("one whole frame");
+    Response::decode(&frame, &Limits::default())
+}
+
+/// FORBIDDEN (14) is a code like the others: it decodes, names the op and the view, and keeps the
+/// connection. A code past the last one v1 defines is MALFORMED, and the message says which.
+#[test]
+fn forbidden_decodes_and_an_unknown_code_is_malformed() {
+    match decode_response_vector("resp_error_forbidden.hex") {
+        Ok(Response::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::Forbidden);
+            assert_eq!(e.code as u16, 14);
+            assert!(!e.code.closes_connection());
+            assert!(
+                e.message.contains("GET") && e.message.contains("user_features"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("resp_error_forbidden.hex decodes to {other:?}"),
+    }
+    match decode_response_vector("bad_resp_error_unknown_code.hex") {
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::Malformed);
+            assert!(e.message.contains("code 15"), "{}", e.message);
+            assert!(e.message.contains("\"?\""), "{}", e.message);
+        }
+        other => panic!("bad_resp_error_unknown_code.hex decodes to {other:?}"),
+    }
+}

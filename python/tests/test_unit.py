@@ -617,7 +617,7 @@ def test_malformed_reply_breaks_connection_then_reconnects(fake):
 
 
 def test_server_errors_map_to_classes(fake):
-    codes = iter(range(1, 14))
+    codes = iter(range(1, 15))
 
     def script(conn, rid, req):
         conn.sendall(p.encode_response(rid, p.ErrorReply(next(codes), "scripted")))
@@ -637,6 +637,7 @@ def test_server_errors_map_to_classes(fake):
         "BackendUnavailable",
         "ServerTimeout",
         "Internal",
+        "ForbiddenError",
     ]
     with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=2) as cl:
         for code, name in enumerate(names, start=1):
@@ -645,6 +646,110 @@ def test_server_errors_map_to_classes(fake):
             assert type(ei.value).__name__ == name and ei.value.code == code
             assert "scripted" in str(ei.value) and f"127.0.0.1:{srv.port}" in str(ei.value)
             assert isinstance(ei.value, featureproxy.FeatureProxyError)
+
+
+FORBIDDEN_GET = "GET of view flat: not allowed for this principal"
+
+
+def forbidding_script(counts: dict):
+    """GETs whose first key is b"forbidden", and every PUT, are answered FORBIDDEN (14), as the
+    proxy answers a principal without the grant; other GETs get their rows, PINGs a PONG."""
+
+    def script(conn, rid, req):
+        if isinstance(req, p.Ping):
+            conn.sendall(p.encode_response(rid, p.Pong()))
+            return
+        op = "put" if isinstance(req, p.PutRequest) else "get"
+        counts[op] = counts.get(op, 0) + 1
+        if op == "put":
+            conn.sendall(p.encode_response(rid, p.ErrorReply(14, "PUT of view flat: not allowed for this principal")))
+        elif req.keys[0] == b"forbidden":
+            conn.sendall(p.encode_response(rid, p.ErrorReply(14, FORBIDDEN_GET)))
+        else:
+            conn.sendall(reply_for(rid, req))
+
+    return script
+
+
+def check_forbidden(e: featureproxy.ForbiddenError, port: int, message: str = FORBIDDEN_GET) -> None:
+    assert e.code == featureproxy.ErrorCode.FORBIDDEN == 14 and e.message == message
+    assert isinstance(e, featureproxy.ServerError) and not e.code.closes_connection
+    text = str(e)
+    assert text.startswith(f"featureproxy 127.0.0.1:{port}: FORBIDDEN: {message}"), text
+    assert "its principal may not do this" in text and "access file" in text, text
+
+
+def test_forbidden_raises_and_the_connection_stays_usable(fake):
+    counts: dict = {}
+    srv = fake(forbidding_script(counts))
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=2) as cl:
+        assert cl.get("flat", ["ab"]).row(0) == [2, ord("a"), ord("b")]
+        with pytest.raises(featureproxy.ForbiddenError) as ei:
+            cl.get("flat", ["forbidden", "x"])
+        check_forbidden(ei.value, srv.port)
+        assert counts["get"] == 2  # not retried
+        # The same connection serves the next calls.
+        assert cl.get("flat", ["xyz"]).row(0) == [3, ord("x"), ord("z")]
+        with pytest.raises(featureproxy.ForbiddenError) as ei:
+            cl.put("flat", {"forbidden": (1, [1.0, 2.0, 3.0])})
+        check_forbidden(ei.value, srv.port, "PUT of view flat: not allowed for this principal")
+        assert counts["put"] == 1
+        cl.ping()
+        assert cl.get("flat", ["q"]).row(0) == [1, ord("q"), ord("q")]
+        assert len(srv.conns) == 1
+
+
+def test_async_forbidden_raises_and_the_connection_stays_usable(fake):
+    import asyncio
+
+    counts: dict = {}
+    srv = fake(forbidding_script(counts))
+
+    async def main():
+        async with await featureproxy.AsyncClient.connect("127.0.0.1", srv.port, timeout=2) as ac:
+            # One request refused among others in flight on the same connection.
+            results = await asyncio.gather(
+                ac.get("flat", ["ab"]), ac.get("flat", ["forbidden"]), ac.get("flat", ["cd"]), return_exceptions=True
+            )
+            assert results[0].row(0) == [2, ord("a"), ord("b")]
+            assert isinstance(results[1], featureproxy.ForbiddenError)
+            check_forbidden(results[1], srv.port)
+            assert results[2].row(0) == [2, ord("c"), ord("d")]
+            with pytest.raises(featureproxy.ForbiddenError):
+                await ac.put("flat", {"forbidden": (1, [1.0, 2.0, 3.0])})
+            assert (await ac.get("flat", ["xyz"])).row(0) == [3, ord("x"), ord("z")]
+            assert counts == {"get": 4, "put": 1}
+        assert len(srv.conns) == 1
+
+    asyncio.run(main())
+
+
+def test_an_unknown_error_code_keeps_its_number():
+    e = featureproxy.errors.server_error(15, "from a newer server", "fake:1")
+    assert type(e) is featureproxy.ServerError and e.code == 15 and e.message == "from a newer server"
+    assert str(e) == "featureproxy fake:1: error code 15: from a newer server"
+    assert featureproxy.ServerError(0, "zero").code == 0
+    assert type(featureproxy.errors.server_error(14, "m")) is featureproxy.ForbiddenError
+
+
+def test_an_unknown_error_code_on_the_wire_is_malformed_then_reconnects(fake):
+    """A code past those v1 defines breaks the connection (SPEC.md 6.4) with a clear error, not a crash."""
+    calls = []
+
+    def script(conn, rid, req):
+        calls.append(rid)
+        if len(calls) == 1:
+            conn.sendall(p.encode_frame(p.OP_ERROR, rid, struct.pack("<HH", 15, 4) + b"new!"))
+        else:
+            conn.sendall(reply_for(rid, req))
+
+    srv = fake(script)
+    with featureproxy.Client("127.0.0.1", srv.port, pool_size=1, timeout=2) as cl:
+        with pytest.raises(featureproxy.ProtocolError, match="ERROR code 15 is not a v1 error code.*'new!'") as ei:
+            cl.get("flat", ["a"])
+        assert ei.value.code == featureproxy.ErrorCode.MALFORMED
+        assert cl.get("flat", ["abc"]).row(0) == [3, ord("a"), ord("c")]
+        assert len(srv.conns) == 2
 
 
 def test_connect_refused_names_address():

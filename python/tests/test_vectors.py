@@ -200,10 +200,24 @@ def test_built_get_reply_round_trips():
 
 
 def test_error_codes_match_spec():
-    assert [c.value for c in ErrorCode] == list(range(1, 14))
+    assert [c.value for c in ErrorCode] == list(range(1, 15))
+    assert ErrorCode.FORBIDDEN == 14 and not ErrorCode.FORBIDDEN.closes_connection
     assert {c.name for c in ErrorCode if c.closes_connection} == {
         "MALFORMED",
         "FRAME_TOO_LARGE",
         "UNAUTHORIZED",
         "UNSUPPORTED_VERSION",
     }
+
+
+def test_forbidden_vector_and_an_unknown_code():
+    frame, _ = p.decode_frame(read_hex(VECTORS / "resp_error_forbidden.hex"))
+    resp = p.decode_response(frame)
+    assert isinstance(resp, p.ErrorReply) and resp.code == ErrorCode.FORBIDDEN and frame.request_id == 43
+    assert resp.message == (
+        'principal "ranker-prod" may not GET view "user_features": ask for a grant in the proxy\'s access file'
+    )
+    frame, _ = p.decode_frame(read_hex(VECTORS / "bad_resp_error_unknown_code.hex"))
+    with pytest.raises(ProtocolError, match="ERROR code 15 is not a v1 error code") as ei:
+        p.decode_response(frame)
+    assert ei.value.code == ErrorCode.MALFORMED

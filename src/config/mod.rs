@@ -1,6 +1,7 @@
 //! The config file, read once at start: the `[server]` [`settings`] and the views of the
 //! [`registry`], from one parse of one TOML file.
 
+pub mod access;
 mod layouts;
 pub mod registry;
 pub mod settings;
@@ -25,6 +26,8 @@ pub enum ConfigError {
     Registry(#[from] RegistryError),
     #[error("{path}: invalid setting {source}")]
     Settings { path: String, source: SettingsError },
+    #[error(transparent)]
+    Access(Box<access::AccessError>),
 }
 
 /// The file as TOML has it, before validation.

@@ -102,8 +102,12 @@ pub struct Settings {
     /// Redis client-side caching (RESP3 tracking): writes made behind the proxy's back drop the
     /// cached rows at once instead of after the view's hot-cache TTL.
     pub client_tracking: bool,
-    /// A connection must HELLO with this token first when set.
+    /// A connection must HELLO with this token first when set: the simple case of one
+    /// principal (`auth_token`) that reads and writes every view.
     pub auth_token: Option<String>,
+    /// Principals, their token hashes and the views each may read and write (see
+    /// `config::access`); once given, access is denied by default. Re-read on SIGHUP.
+    pub access_file: Option<std::path::PathBuf>,
     /// How long shutdown waits for requests in flight.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -151,6 +155,7 @@ impl Default for Settings {
             hot_cache_bytes: defaults::HOT_CACHE_BYTES,
             client_tracking: defaults::CLIENT_TRACKING,
             auth_token: None,
+            access_file: None,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             frame_timeout: defaults::FRAME_TIMEOUT,
             shed_queue_delay: defaults::SHED_QUEUE_DELAY,

@@ -40,6 +40,21 @@ pub static METRICS: &[Metric] = &[
         }),
     ),
     counter(
+        "featureproxy_access_reloads_total",
+        "Reloads of the access file on SIGHUP, by result: applied, or refused (unreadable or invalid; the credentials in force before stay, and the log says why).",
+        &["result"],
+        Read::Custom(|sc, out| {
+            out.sample(&["applied"], Value::Count(sc.src.access.applied.get()));
+            out.sample(&["refused"], Value::Count(sc.src.access.refused.get()));
+        }),
+    ),
+    gauge(
+        "featureproxy_access_principals",
+        "Principals in the access table in force (the auth_token setting counts as one; 0 when no token is asked for).",
+        &[],
+        Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.access.principals.get()))),
+    ),
+    counter(
         "featureproxy_entities_total",
         "Entities served by GET, by view and status.",
         &["view", "status"],

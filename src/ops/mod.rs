@@ -28,6 +28,8 @@ pub struct Sources {
     pub histograms: SharedAggregate,
     /// Unix seconds when the process started.
     pub started_unix_s: u64,
+    /// The access file's reloads and the principals in force.
+    pub access: Arc<crate::telemetry::counters::AccessCounters>,
 }
 
 impl Sources {

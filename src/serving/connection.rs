@@ -49,8 +49,7 @@ pub async fn serve(
     };
     let max_inflight = settings.max_inflight_per_connection;
     let max_waiting = settings.max_frame as usize;
-    let token = settings.auth_token.as_deref();
-    let mut session = Session::new(token.is_some());
+    let mut session = Session::new(serving.access.clone());
     let outbox = Rc::new(Outbox::default());
     let mut inflight = InFlight::default();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -86,7 +85,7 @@ pub async fn serve(
                 Ok(Some(frame)) => {
                     let started = Instant::now();
                     let rid = frame.request_id;
-                    match session.admit(Request::decode(&frame, &limits), token) {
+                    match session.admit(Request::decode(&frame, &limits), &serving.registry) {
                         Ok(req) => dispatch(&serving, &outbox, &mut inflight, req, rid, started),
                         Err(refusal) => {
                             outbox.error(&stats, refusal.error, rid);

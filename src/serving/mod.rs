@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use featureproxy_protocol::{ErrorCode, HelloReply, ProtocolError, Response, VERSION};
 
+use crate::config::access::AccessTable;
 use crate::config::registry::{Registry, View};
 use crate::config::settings::Settings;
 use crate::reading::coherence::Peers;
@@ -46,6 +47,8 @@ pub struct Serving {
     pub backend: Rc<dyn Backend>,
     /// The other shards, for invalidating their caches on PUT.
     pub peers: Peers,
+    /// Who may do what: each connection's session checks its requests against it.
+    pub access: tokio::sync::watch::Receiver<Arc<AccessTable>>,
     /// Whether a queue stands in this shard (GETs waiting on the store too long): connections
     /// with many requests in flight shed while it does.
     pub pressure: RefCell<overload::Pressure>,

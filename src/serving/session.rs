@@ -1,12 +1,29 @@
-//! A connection's handshake: HELLO only as the first frame, the protocol version, and the auth
-//! token when the server has one. Until a connection passes, nothing else is served on it.
+//! A connection's handshake and what it may do: HELLO only as the first frame, the protocol
+//! version, the token when the server asks for one (which names the connection's principal),
+//! and, for every later request, the principal's grant for the view it names. Until a
+//! connection passes the handshake, nothing else is served on it.
+//!
+//! The access table may be replaced while the connection is open (SIGHUP re-reads the access
+//! file). A connection keeps its principal, looked up again by name in the new table: narrowed
+//! grants apply to its next request, and a principal removed from the file closes it. A token
+//! removed from an entry that remains does not close connections it already opened (as Redis
+//! ACL does).
+
+use std::sync::Arc;
 
 use featureproxy_protocol::{ErrorCode, ProtocolError, Request, VERSION};
+use tokio::sync::watch;
 
-/// Where a connection stands in its handshake.
+use crate::config::access::{AccessTable, Admission, Grant};
+use crate::config::registry::Registry;
+
+/// Where a connection stands in its handshake, and who it is.
 pub struct Session {
     first_frame: bool,
     authenticated: bool,
+    access: watch::Receiver<Arc<AccessTable>>,
+    /// The table the principal was found in, and its place there; None for an open server.
+    principal: Option<(Arc<AccessTable>, usize)>,
 }
 
 /// A frame the session refuses, and whether the connection must close for it.
@@ -19,14 +36,21 @@ impl Refusal {
     fn closing(error: ProtocolError) -> Refusal {
         Refusal { error, close: true }
     }
+
+    fn unauthorized(message: impl Into<String>) -> Refusal {
+        Refusal::closing(ProtocolError::new(ErrorCode::Unauthorized, message))
+    }
 }
 
 impl Session {
-    /// A new connection; it must HELLO with `token` first when the server has one.
-    pub fn new(token_required: bool) -> Session {
+    /// A new connection, checked against the server's current access table.
+    pub fn new(mut access: watch::Receiver<Arc<AccessTable>>) -> Session {
+        let authenticated = !access.borrow_and_update().requires_token();
         Session {
             first_frame: true,
-            authenticated: !token_required,
+            authenticated,
+            access,
+            principal: None,
         }
     }
 
@@ -35,23 +59,27 @@ impl Session {
         self.authenticated
     }
 
-    /// Admits one decoded frame (or its decoding error) against the handshake rules.
+    /// The connection's principal, once HELLO named one.
+    pub fn principal_name(&self) -> Option<&str> {
+        let (table, i) = self.principal.as_ref()?;
+        Some(&table.principal(*i)?.name)
+    }
+
+    /// Admits one decoded frame (or its decoding error) against the handshake rules and the
+    /// principal's grants. A request the principal may not make is FORBIDDEN, and the
+    /// connection stays open.
     pub fn admit(
         &mut self,
         decoded: Result<Request, ProtocolError>,
-        token: Option<&str>,
+        registry: &Registry,
     ) -> Result<Request, Refusal> {
         let first = std::mem::replace(&mut self.first_frame, false);
         let req = match decoded {
             Ok(r) => r,
             Err(e) if !self.authenticated => {
-                let msg = format!(
+                return Err(Refusal::unauthorized(format!(
                     "this server requires HELLO with a token as the first frame ({})",
                     e.message
-                );
-                return Err(Refusal::closing(ProtocolError::new(
-                    ErrorCode::Unauthorized,
-                    msg,
                 )));
             }
             Err(e) => {
@@ -74,76 +102,208 @@ impl Session {
                     msg,
                 )));
             }
-            if let Some(token) = token {
-                if !constant_time_eq(token.as_bytes(), h.token.as_bytes()) {
-                    let msg = "the HELLO token does not match this server's auth token";
-                    return Err(Refusal::closing(ProtocolError::new(
-                        ErrorCode::Unauthorized,
-                        msg,
-                    )));
+            let table = self.access.borrow_and_update().clone();
+            match table.admit(&h.token) {
+                Admission::Open => {}
+                Admission::Principal(i, _) => self.principal = Some((table.clone(), i)),
+                Admission::Refused if h.token.is_empty() => {
+                    return Err(Refusal::unauthorized(
+                        "this server requires a token in HELLO; none was given",
+                    ))
+                }
+                Admission::Refused => {
+                    return Err(Refusal::unauthorized(
+                        "the HELLO token is not one this server accepts (unknown, or removed from its access file)",
+                    ))
                 }
             }
             self.authenticated = true;
+            return Ok(req);
         }
         if !self.authenticated {
-            let msg = format!(
-                "this server requires HELLO with its auth token as the first frame; got {} first",
+            return Err(Refusal::unauthorized(format!(
+                "this server requires HELLO with a token as the first frame; got {} first",
                 req.op().name()
-            );
-            return Err(Refusal::closing(ProtocolError::new(
-                ErrorCode::Unauthorized,
-                msg,
             )));
         }
+        self.authorize(&req, registry)?;
         Ok(req)
     }
-}
 
-/// Compares without an early exit, so response timing does not reveal how much of a guessed
-/// token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xFF);
+    /// Checks the principal's grant for the view `req` names (after taking in a new access
+    /// table, if one came).
+    fn authorize(&mut self, req: &Request, registry: &Registry) -> Result<(), Refusal> {
+        let Some((table, index)) = &mut self.principal else {
+            return Ok(());
+        };
+        if self.access.has_changed().unwrap_or(false) {
+            let newer = self.access.borrow_and_update().clone();
+            let name = table.principal(*index).map(|p| p.name.clone());
+            match name.as_deref().and_then(|n| newer.by_name(n)) {
+                Some((i, _)) => *index = i,
+                None => {
+                    return Err(Refusal::unauthorized(format!(
+                        "principal {:?} was removed from the access file",
+                        name.unwrap_or_default()
+                    )))
+                }
+            }
+            *table = newer;
+        }
+        let Some(principal) = table.principal(*index) else {
+            return Ok(());
+        };
+        let (op, view, allowed) = match req {
+            Request::Get(g) => ("GET", g.view_id, principal.may(Grant::Read, g.view_id)),
+            Request::Put(p) => ("PUT", p.view_id, principal.may(Grant::Write, p.view_id)),
+            Request::Schema { view } => match registry.by_name(view) {
+                Some(v) => (
+                    "SCHEMA",
+                    v.id,
+                    principal.may(Grant::Read, v.id) || principal.may(Grant::Write, v.id),
+                ),
+                // Unknown views are answered UNKNOWN_VIEW by the request itself.
+                None => return Ok(()),
+            },
+            Request::Hello(_) | Request::Ping => return Ok(()),
+        };
+        // A view id the registry does not know is answered UNKNOWN_VIEW by the request itself.
+        let Some(view) = registry.by_id(view) else {
+            return Ok(());
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(Refusal {
+            error: ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "principal {:?} may not {op} view {:?}: ask for a grant in the proxy's access file",
+                    principal.name, view.name
+                ),
+            ),
+            close: false,
+        })
     }
-    diff == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::access::token_hash;
+    use featureproxy_protocol::{GetRequest, Hello, Keys};
 
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret1"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
+    fn registry() -> Registry {
+        Registry::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/features.toml"
+        ))
+        .unwrap()
+    }
+
+    fn hello(token: &str) -> Request {
+        Request::Hello(Hello {
+            version: VERSION,
+            token: token.into(),
+            client_name: String::new(),
+        })
+    }
+
+    fn get(view_id: u16) -> Request {
+        Request::Get(GetRequest {
+            view_id,
+            flags: 0,
+            schema_id: 0,
+            deadline_us: 0,
+            keys: Keys::from_slices(&["u1"]),
+        })
+    }
+
+    fn table(reg: &Registry, text: &str) -> Arc<AccessTable> {
+        let hex =
+            |t: &str| -> String { token_hash(t).iter().map(|b| format!("{b:02x}")).collect() };
+        let text = text
+            .replace("HASH(r)", &hex("r"))
+            .replace("HASH(w)", &hex("w"));
+        Arc::new(AccessTable::from_toml(&text, "access.toml", reg).unwrap())
     }
 
     #[test]
     fn a_token_server_refuses_anything_before_hello_and_closes() {
-        let mut s = Session::new(true);
-        let r = s.admit(Ok(Request::Ping), Some("t")).err().unwrap();
+        let reg = registry();
+        let (_tx, rx) = watch::channel(Arc::new(AccessTable::load(None, Some("t"), &reg).unwrap()));
+        let mut s = Session::new(rx);
+        let r = s.admit(Ok(Request::Ping), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Unauthorized);
         assert!(r.close);
     }
 
     #[test]
     fn without_a_token_requests_pass_and_a_late_hello_closes() {
-        let mut s = Session::new(false);
+        let reg = registry();
+        let (_tx, rx) = watch::channel(Arc::new(AccessTable::open()));
+        let mut s = Session::new(rx);
         assert!(matches!(
-            s.admit(Ok(Request::Ping), None),
+            s.admit(Ok(Request::Ping), &reg),
             Ok(Request::Ping)
         ));
-        let hello = Request::Hello(featureproxy_protocol::Hello {
-            version: VERSION,
-            token: String::new(),
-            client_name: String::new(),
-        });
-        let r = s.admit(Ok(hello), None).err().unwrap();
+        let r = s.admit(Ok(hello("")), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Malformed);
         assert!(r.close);
+    }
+
+    #[test]
+    fn grants_decide_each_request_and_a_reload_applies_to_open_connections() {
+        let reg = registry();
+        let user = reg.by_name("user_features").unwrap().id;
+        let other = reg.views().iter().find(|v| v.id != user).unwrap().id;
+        let (tx, rx) = watch::channel(table(
+            &reg,
+            "[[access]]\nname = \"reader\"\ntoken_sha256 = [\"HASH(r)\"]\nread = [\"user_features\"]\n",
+        ));
+        let mut s = Session::new(rx.clone());
+        s.admit(Ok(hello("r")), &reg).ok().unwrap();
+        assert_eq!(s.principal_name(), Some("reader"));
+        assert!(s.admit(Ok(get(user)), &reg).is_ok());
+        let r = s.admit(Ok(get(other)), &reg).err().unwrap();
+        assert_eq!(r.error.code, ErrorCode::Forbidden);
+        assert!(!r.close, "FORBIDDEN keeps the connection");
+        assert!(
+            r.error.message.contains("may not GET"),
+            "{}",
+            r.error.message
+        );
+        let r = s
+            .admit(
+                Ok(Request::Schema {
+                    view: reg.by_id(other).unwrap().name.clone(),
+                }),
+                &reg,
+            )
+            .err()
+            .unwrap();
+        assert_eq!(r.error.code, ErrorCode::Forbidden);
+
+        // Narrowed: the open connection loses the grant at its next request.
+        tx.send(table(
+            &reg,
+            "[[access]]\nname = \"reader\"\ntoken_sha256 = [\"HASH(r)\"]\n[[access]]\nname = \"w\"\ntoken_sha256 = [\"HASH(w)\"]\nwrite = [\"*\"]\n",
+        ))
+        .unwrap();
+        let r = s.admit(Ok(get(user)), &reg).err().unwrap();
+        assert_eq!(r.error.code, ErrorCode::Forbidden);
+        // Removed: the open connection closes.
+        tx.send(table(
+            &reg,
+            "[[access]]\nname = \"w\"\ntoken_sha256 = [\"HASH(w)\"]\nwrite = [\"*\"]\n",
+        ))
+        .unwrap();
+        let r = s.admit(Ok(Request::Ping), &reg).err().unwrap();
+        assert_eq!(r.error.code, ErrorCode::Unauthorized);
+        assert!(r.close);
+        // And its token opens nothing new.
+        let mut s = Session::new(rx);
+        let r = s.admit(Ok(hello("r")), &reg).err().unwrap();
+        assert_eq!(r.error.code, ErrorCode::Unauthorized);
     }
 }

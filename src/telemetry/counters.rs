@@ -19,6 +19,10 @@ impl Counter {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Relaxed);
     }
+    /// For a gauge: its value now.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -182,7 +186,7 @@ pub struct ShardStats {
     /// Requests answered successfully, by op.
     pub requests_ok: PerOp,
     /// Requests answered with an ERROR frame, by error code (index = code - 1).
-    pub requests_err: [Counter; 13],
+    pub requests_err: [Counter; ErrorCode::ALL.len()],
     pub views: Vec<ViewStats>,
     pub entities_requested: Counter,
     pub redis_commands: Counter,
@@ -315,4 +319,15 @@ impl ShardStats {
     pub fn errors(&self, code: ErrorCode) -> &Counter {
         &self.requests_err[code as usize - 1]
     }
+}
+
+/// The access file's reloads (SIGHUP), process-wide: written by the main thread only.
+#[derive(Debug, Default)]
+pub struct AccessCounters {
+    /// Reloads applied.
+    pub applied: Counter,
+    /// Reloads refused (the file unreadable or invalid): the table before stays in force.
+    pub refused: Counter,
+    /// Principals in the table in force.
+    pub principals: Counter,
 }

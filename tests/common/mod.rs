@@ -301,6 +301,11 @@ impl Proxy {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The proxy's process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the proxy runs").id()
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

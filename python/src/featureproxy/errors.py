@@ -16,7 +16,9 @@ Everything the client raises on purpose derives from :class:`FeatureProxyError`:
     │   ├── UnsupportedVersion       (10)  connection closed by the server
     │   ├── BackendUnavailable       (11)
     │   ├── ServerTimeout            (12)  Redis did not acknowledge a PUT in time
-    │   └── Internal                 (13)
+    │   ├── Internal                 (13)
+    │   └── ForbiddenError           (14)  valid token, but its principal lacks the grant;
+    │                                      the connection stays open
     ├── ProtocolError(code, message)       bytes that do not follow protocol v1
     ├── ProxyConnectionError               also a builtin ConnectionError
     │   ├── ConnectFailed                  could not connect or say HELLO
@@ -47,6 +49,7 @@ __all__ = [
     "BackendUnavailable",
     "ServerTimeout",
     "Internal",
+    "ForbiddenError",
     "ProtocolError",
     "ProxyConnectionError",
     "ConnectFailed",
@@ -74,6 +77,7 @@ class ErrorCode(enum.IntEnum):
     BACKEND_UNAVAILABLE = 11
     TIMEOUT = 12
     INTERNAL = 13
+    FORBIDDEN = 14
 
     @property
     def closes_connection(self) -> bool:
@@ -93,18 +97,27 @@ class FeatureProxyError(Exception):
 class ServerError(FeatureProxyError):
     """The proxy answered a request with an ERROR frame.
 
-    ``code`` is the :class:`ErrorCode`, ``message`` the server's text. ``address`` names the
-    proxy (``host:port``) when known.
+    ``code`` is the :class:`ErrorCode`, or the raw ``int`` for a code this client does not know
+    (a newer server's), ``message`` the server's text. ``address`` names the proxy
+    (``host:port``) when known.
     """
 
-    code: ErrorCode = ErrorCode.INTERNAL
+    code: ErrorCode | int = ErrorCode.INTERNAL
 
     def __init__(self, code: int, message: str, address: str | None = None):
-        self.code = ErrorCode(code)
+        try:
+            self.code = ErrorCode(code)
+            name = self.code.name
+        except ValueError:
+            self.code = int(code)
+            name = f"error code {self.code}"
         self.message = message
         self.address = address
         where = f"featureproxy {address}: " if address else ""
-        super().__init__(f"{where}{self.code.name}: {message}")
+        super().__init__(f"{where}{name}: {message}{self._advice}")
+
+    # Appended to the message where the code alone does not say what to do.
+    _advice = ""
 
 
 class Malformed(ServerError):
@@ -161,6 +174,22 @@ class Internal(ServerError):
     code = ErrorCode.INTERNAL
 
 
+class ForbiddenError(ServerError):
+    """Error code FORBIDDEN: the token is valid, but its principal may not do this operation on
+    this view (GET or SCHEMA of a view it may not read, PUT to a view it may not write).
+
+    Unlike :class:`Unauthorized`, the connection stays open and the client's other calls go on.
+    Retrying does not help: the proxy's access file must grant it. ``message`` is the server's
+    text, which names the op and the view.
+    """
+
+    code = ErrorCode.FORBIDDEN
+    _advice = (
+        " (the token is valid, but its principal may not do this on this view; ask for a grant"
+        " in the proxy's access file: read for GET and SCHEMA, write for PUT)"
+    )
+
+
 _BY_CODE: dict[int, type[ServerError]] = {
     cls.code: cls
     for cls in (
@@ -177,12 +206,14 @@ _BY_CODE: dict[int, type[ServerError]] = {
         BackendUnavailable,
         ServerTimeout,
         Internal,
+        ForbiddenError,
     )
 }
 
 
 def server_error(code: int, message: str, address: str | None = None) -> ServerError:
-    """The ServerError subclass for ``code``, built with ``message``."""
+    """The ServerError subclass for ``code``, built with ``message``; a plain ServerError that
+    keeps the raw code for a code this client does not know."""
     return _BY_CODE.get(code, ServerError)(code, message, address)
 
 

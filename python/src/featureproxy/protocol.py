@@ -78,6 +78,7 @@ AGE_UNKNOWN = 0xFFFFFFFF
 
 # Status bytes whose low 7 bits are a v1 status (0..5), with or without the cache bit 0x80.
 _VALID_STATUS_BYTES = bytes(list(range(6)) + list(range(0x80, 0x86)))
+_ERROR_CODES = frozenset(int(c) for c in ErrorCode)
 
 _HEADER = struct.Struct("<IBBHI")
 _U16 = struct.Struct("<H")
@@ -636,9 +637,14 @@ def decode_response(frame: Frame, max_batch: int = DEFAULT_MAX_BATCH) -> Respons
     r = _Reader(data, HEADER_LEN, len(data), "ERROR" if op == OP_ERROR else OP_NAMES[op & 0x7F] + " reply")
     if op == OP_ERROR:
         code = r.u16("code")
-        if not 1 <= code <= 13:
-            raise ProtocolError(ErrorCode.MALFORMED, f"ERROR code {code} is not a v1 error code")
-        resp: Response = ErrorReply(code, r.str("message"))
+        message = r.str("message")
+        if code not in _ERROR_CODES:
+            # A newer server's code: MALFORMED (SPEC.md 6.4), naming the code and what it said.
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                f"ERROR code {code} is not a v1 error code (1..={len(ErrorCode)}); the server said: {message!r}",
+            )
+        resp: Response = ErrorReply(code, message)
     elif op == OP_HELLO | 0x80:
         resp = HelloReply(r.u16("version"), r.u16("shard"), r.u32("max_frame"), r.u32("max_batch"), r.str("server"))
     elif op == OP_PING | 0x80:
