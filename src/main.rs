@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use featureproxy::config::access::{token_hash, AccessTable};
 use featureproxy::config::settings::Settings;
-use featureproxy::config::{ConfigError, ConfigFile};
+use featureproxy::config::ConfigFile;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -80,46 +80,11 @@ enum TokenAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let result = match Cli::parse().command {
         Command::Token {
             action: TokenAction::New { name },
-        } => match new_token(&name) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Check { config } => match ConfigFile::load(&config).and_then(|c| {
-            let access = access_path(&config, c.settings.access_file.as_deref());
-            AccessTable::load(
-                access.as_deref(),
-                c.settings.auth_token.as_deref(),
-                &c.registry,
-            )
-            .map_err(|e| ConfigError::Access(Box::new(e)))?;
-            Ok(c)
-        }) {
-            Ok(ConfigFile { registry: r, .. }) => {
-                for v in r.views() {
-                    println!(
-                            "view {} (id {}, {} layout): {} features, {} bytes per row, schema_id {:#010x}",
-                            v.name,
-                            v.id,
-                            v.layout.name(),
-                            v.features.len(),
-                            v.row_bytes,
-                            v.schema_id
-                        );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        } => new_token(&name),
+        Command::Check { config } => check(&config),
         Command::Serve {
             config,
             listen,
@@ -131,9 +96,6 @@ fn main() -> ExitCode {
             log_json,
         } => {
             init_logs(log_json);
-            // On the main thread, which lives as long as the process: the private redis-server
-            // started without --redis is killed by the kernel when the thread that started it
-            // exits (store::redis::child).
             let flags = Flags {
                 listen,
                 stats_listen,
@@ -142,15 +104,42 @@ fn main() -> ExitCode {
                 auth_token,
                 access_file,
             };
-            match serve(&config, flags) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            // On the main thread, which lives as long as the process: the private redis-server
+            // started without --redis is killed by the kernel when the thread that started it
+            // exits (store::redis::child).
+            serve(&config, flags)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
+}
+
+/// Checks the config file (and the access file it names) and prints its views.
+fn check(config: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let c = ConfigFile::load(config)?;
+    let access = access_path(config, c.settings.access_file.as_deref());
+    AccessTable::load(
+        access.as_deref(),
+        c.settings.auth_token.as_deref(),
+        &c.registry,
+    )?;
+    for v in c.registry.views() {
+        println!(
+            "view {} (id {}, {} layout): {} features, {} bytes per row, schema_id {:#010x}",
+            v.name,
+            v.id,
+            v.layout.name(),
+            v.features.len(),
+            v.row_bytes,
+            v.schema_id
+        );
+    }
+    Ok(())
 }
 
 /// `serve`'s flags, each overriding its setting of the config file.

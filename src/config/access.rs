@@ -342,11 +342,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        Registry::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/features.toml"
-        ))
-        .unwrap()
+        crate::config::registry::example()
     }
 
     fn hex(h: TokenHash) -> String {

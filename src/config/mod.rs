@@ -26,8 +26,6 @@ pub enum ConfigError {
     Registry(#[from] RegistryError),
     #[error("{path}: invalid setting {source}")]
     Settings { path: String, source: SettingsError },
-    #[error(transparent)]
-    Access(Box<access::AccessError>),
 }
 
 /// The file as TOML has it, before validation.

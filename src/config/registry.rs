@@ -359,6 +359,16 @@ pub fn duration_ms_u32(d: Duration) -> u32 {
     d.as_millis().min(u32::MAX as u128) as u32
 }
 
+/// examples/features.toml's registry, for tests.
+#[cfg(test)]
+pub(crate) fn example() -> Registry {
+    Registry::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/features.toml"
+    ))
+    .expect("examples/features.toml loads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,11 +194,7 @@ mod tests {
     use featureproxy_protocol::{GetRequest, Hello, Keys};
 
     fn registry() -> Registry {
-        Registry::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/features.toml"
-        ))
-        .unwrap()
+        crate::config::registry::example()
     }
 
     fn hello(token: &str) -> Request {
