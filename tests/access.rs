@@ -149,6 +149,11 @@ async fn each_principal_may_do_what_its_grants_say_and_nothing_else() {
         assert!(c.is_closed());
     }
     assert!(!proxy.logs().contains("tok-"), "no token in the logs");
+    let failures = |reason| proxy.metric("featureproxy_auth_failures_total", &[("reason", reason)]);
+    assert_eq!(
+        (failures("missing_token"), failures("unknown_token")),
+        (1.0, 1.0)
+    );
 }
 
 /// A view of the example registry other than `not`.

@@ -10,7 +10,7 @@ use featureproxy_protocol::{ErrorCode, Status};
 use super::metric::{counter, gauge, histogram};
 pub use super::metric::{Kind, Metric, Read, Samples, Scrape, Value, AGE_BOUNDS, LATENCY_BOUNDS};
 use crate::store::breaker::BreakerState;
-use crate::telemetry::counters::{CloseReason, RedirectKind, OPS};
+use crate::telemetry::counters::{AuthFailure, CloseReason, RedirectKind, OPS};
 
 /// Every metric, in the order `/metrics` shows them.
 pub static METRICS: &[Metric] = &[
@@ -274,6 +274,17 @@ pub static METRICS: &[Metric] = &[
         "Unix time the process started, to spot restarts.",
         &[],
         Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.started_unix_s))),
+    ),
+    counter(
+        "featureproxy_auth_failures_total",
+        "Connections refused UNAUTHORIZED, by reason: no_hello (another first frame), missing_token, unknown_token, principal_removed (removed from the access file while connected).",
+        &["reason"],
+        Read::Custom(|sc, out| {
+            for r in AuthFailure::ALL {
+                let v = sc.sum(|s| s.auth_failures[r as usize].get());
+                out.sample(&[r.name()], Value::Count(v));
+            }
+        }),
     ),
     counter(
         "featureproxy_connections_closed_total",

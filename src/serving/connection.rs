@@ -88,6 +88,9 @@ pub async fn serve(
                     match session.admit(Request::decode(&frame, &limits), &serving.registry) {
                         Ok(req) => dispatch(&serving, &outbox, &mut inflight, req, rid, started),
                         Err(refusal) => {
+                            if let Some(why) = refusal.auth {
+                                stats.auth_failures[why as usize].inc();
+                            }
                             outbox.error(&stats, refusal.error, rid);
                             if refusal.close {
                                 closing = Some(CloseReason::ProtocolError);

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::access::{AccessTable, Admission, Grant};
 use crate::config::registry::Registry;
+use crate::telemetry::counters::AuthFailure;
 
 /// Where a connection stands in its handshake, and who it is.
 pub struct Session {
@@ -30,15 +31,24 @@ pub struct Session {
 pub struct Refusal {
     pub error: ProtocolError,
     pub close: bool,
+    /// Why the credentials were refused, when they were.
+    pub auth: Option<AuthFailure>,
 }
 
 impl Refusal {
     fn closing(error: ProtocolError) -> Refusal {
-        Refusal { error, close: true }
+        Refusal {
+            error,
+            close: true,
+            auth: None,
+        }
     }
 
-    fn unauthorized(message: impl Into<String>) -> Refusal {
-        Refusal::closing(ProtocolError::new(ErrorCode::Unauthorized, message))
+    fn unauthorized(why: AuthFailure, message: impl Into<String>) -> Refusal {
+        Refusal {
+            auth: Some(why),
+            ..Refusal::closing(ProtocolError::new(ErrorCode::Unauthorized, message))
+        }
     }
 }
 
@@ -77,14 +87,21 @@ impl Session {
         let req = match decoded {
             Ok(r) => r,
             Err(e) if !self.authenticated => {
-                return Err(Refusal::unauthorized(format!(
-                    "this server requires HELLO with a token as the first frame ({})",
-                    e.message
-                )));
+                return Err(Refusal::unauthorized(
+                    AuthFailure::NoHello,
+                    format!(
+                        "this server requires HELLO with a token as the first frame ({})",
+                        e.message
+                    ),
+                ));
             }
             Err(e) => {
                 let close = e.code.closes_connection();
-                return Err(Refusal { error: e, close });
+                return Err(Refusal {
+                    error: e,
+                    close,
+                    auth: None,
+                });
             }
         };
         if let Request::Hello(h) = &req {
@@ -108,11 +125,13 @@ impl Session {
                 Admission::Principal(i, _) => self.principal = Some((table.clone(), i)),
                 Admission::Refused if h.token.is_empty() => {
                     return Err(Refusal::unauthorized(
+                        AuthFailure::Missing,
                         "this server requires a token in HELLO; none was given",
                     ))
                 }
                 Admission::Refused => {
                     return Err(Refusal::unauthorized(
+                        AuthFailure::Unknown,
                         "the HELLO token is not one this server accepts (unknown, or removed from its access file)",
                     ))
                 }
@@ -121,10 +140,13 @@ impl Session {
             return Ok(req);
         }
         if !self.authenticated {
-            return Err(Refusal::unauthorized(format!(
-                "this server requires HELLO with a token as the first frame; got {} first",
-                req.op().name()
-            )));
+            return Err(Refusal::unauthorized(
+                AuthFailure::NoHello,
+                format!(
+                    "this server requires HELLO with a token as the first frame; got {} first",
+                    req.op().name()
+                ),
+            ));
         }
         self.authorize(&req, registry)?;
         Ok(req)
@@ -142,10 +164,13 @@ impl Session {
             match name.as_deref().and_then(|n| newer.by_name(n)) {
                 Some((i, _)) => *index = i,
                 None => {
-                    return Err(Refusal::unauthorized(format!(
-                        "principal {:?} was removed from the access file",
-                        name.unwrap_or_default()
-                    )))
+                    return Err(Refusal::unauthorized(
+                        AuthFailure::Removed,
+                        format!(
+                            "principal {:?} was removed from the access file",
+                            name.unwrap_or_default()
+                        ),
+                    ))
                 }
             }
             *table = newer;
@@ -183,6 +208,7 @@ impl Session {
                 ),
             ),
             close: false,
+            auth: None,
         })
     }
 }
@@ -297,6 +323,7 @@ mod tests {
         let r = s.admit(Ok(Request::Ping), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Unauthorized);
         assert!(r.close);
+        assert_eq!(r.auth, Some(AuthFailure::Removed));
         // And its token opens nothing new.
         let mut s = Session::new(rx);
         let r = s.admit(Ok(hello("r")), &reg).err().unwrap();

@@ -48,6 +48,37 @@ impl PerOp {
     }
 }
 
+/// Why a connection's credentials were refused (UNAUTHORIZED), never naming the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The first frame was not a HELLO (or could not be read) on a server that asks for a token.
+    NoHello,
+    /// HELLO carried no token.
+    Missing,
+    /// No principal holds the token.
+    Unknown,
+    /// The connection's principal was removed from the access file while it was open.
+    Removed,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::NoHello,
+        AuthFailure::Missing,
+        AuthFailure::Unknown,
+        AuthFailure::Removed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthFailure::NoHello => "no_hello",
+            AuthFailure::Missing => "missing_token",
+            AuthFailure::Unknown => "unknown_token",
+            AuthFailure::Removed => "principal_removed",
+        }
+    }
+}
+
 /// Why a client connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -212,6 +243,8 @@ pub struct ShardStats {
     pub connections_refused: Counter,
     /// Connections closed, by [`CloseReason`] (index = reason as usize).
     pub connections_closed: [Counter; CloseReason::ALL.len()],
+    /// Credentials refused, by [`AuthFailure`] (index = reason as usize).
+    pub auth_failures: [Counter; AuthFailure::ALL.len()],
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Requests answered with an ERROR frame, by op (decodable ones only).
@@ -264,6 +297,7 @@ impl ShardStats {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
             connections_closed: Default::default(),
+            auth_failures: Default::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             requests_failed: Default::default(),
