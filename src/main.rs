@@ -31,28 +31,8 @@ enum Command {
         /// The feature registry (views, features, defaults) and optional [server] settings.
         #[arg(long, default_value = "examples/features.toml")]
         config: String,
-        /// Where inference servers connect (wire protocol v1).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Where operators scrape /metrics and probe /health.
-        #[arg(long)]
-        stats_listen: Option<String>,
-        /// Redis URL, e.g. redis://127.0.0.1:6379, or a Redis Cluster by its seed nodes:
-        /// redis-cluster://HOST:PORT?node=HOST:PORT&node=HOST:PORT. Without one, a private
-        /// redis-server is started.
-        #[arg(long)]
-        redis: Option<String>,
-        /// Shards (threads); defaults to the number of cores.
-        #[arg(long)]
-        shards: Option<usize>,
-        /// Require HELLO with this token as each connection's first frame (one principal that
-        /// reads and writes every view).
-        #[arg(long, env = "FEATUREPROXY_AUTH_TOKEN")]
-        auth_token: Option<String>,
-        /// Principals, their token hashes and grants (TOML); relative to the config file's
-        /// folder. Re-read on SIGHUP.
-        #[arg(long)]
-        access_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        flags: Flags,
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
@@ -87,23 +67,10 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Serve {
             config,
-            listen,
-            stats_listen,
-            redis,
-            shards,
-            auth_token,
-            access_file,
+            flags,
             log_json,
         } => {
             init_logs(log_json);
-            let flags = Flags {
-                listen,
-                stats_listen,
-                redis,
-                shards,
-                auth_token,
-                access_file,
-            };
             // On the main thread, which lives as long as the process: the private redis-server
             // started without --redis is killed by the kernel when the thread that started it
             // exits (store::redis::child).
@@ -143,47 +110,48 @@ fn check(config: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `serve`'s flags, each overriding its setting of the config file.
+#[derive(clap::Args)]
 struct Flags {
+    /// Where inference servers connect (wire protocol v1).
+    #[arg(long)]
     listen: Option<String>,
+    /// Where operators scrape /metrics and probe /health.
+    #[arg(long)]
     stats_listen: Option<String>,
+    /// Redis URL, e.g. redis://127.0.0.1:6379, or a Redis Cluster by its seed nodes:
+    /// redis-cluster://HOST:PORT?node=HOST:PORT&node=HOST:PORT. Without one, a private
+    /// redis-server is started.
+    #[arg(long)]
     redis: Option<String>,
+    /// Shards (threads); defaults to the number of cores.
+    #[arg(long)]
     shards: Option<usize>,
+    /// Require HELLO with this token as each connection's first frame (one principal that
+    /// reads and writes every view).
+    #[arg(long, env = "FEATUREPROXY_AUTH_TOKEN")]
     auth_token: Option<String>,
+    /// Principals, their token hashes and grants (TOML); relative to the config file's
+    /// folder. Re-read on SIGHUP.
+    #[arg(long)]
     access_file: Option<std::path::PathBuf>,
 }
 
 fn serve(config: &str, flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
-    let Flags {
-        listen,
-        stats_listen,
-        redis,
-        shards,
-        auth_token,
-        access_file,
-    } = flags;
     let ConfigFile {
         mut settings,
         registry,
     } = ConfigFile::load(config)?;
-    if access_file.is_some() {
-        settings.access_file = access_file;
-    }
-    settings.access_file = access_path(config, settings.access_file.as_deref());
-    if let Some(v) = listen {
+    if let Some(v) = flags.listen {
         Settings::set_addr(&mut settings.listen, "--listen", &v)?;
     }
-    if let Some(v) = stats_listen {
+    if let Some(v) = flags.stats_listen {
         Settings::set_addr(&mut settings.stats_listen, "--stats-listen", &v)?;
     }
-    if redis.is_some() {
-        settings.redis = redis;
-    }
-    if let Some(n) = shards {
-        settings.shards = n;
-    }
-    if auth_token.is_some() {
-        settings.auth_token = auth_token;
-    }
+    settings.redis = flags.redis.or(settings.redis);
+    settings.shards = flags.shards.unwrap_or(settings.shards);
+    settings.auth_token = flags.auth_token.or(settings.auth_token);
+    let access_file = flags.access_file.or(settings.access_file);
+    settings.access_file = access_path(config, access_file.as_deref());
     featureproxy::server::run(settings, registry)?;
     Ok(())
 }

@@ -69,12 +69,6 @@ impl Session {
         self.authenticated
     }
 
-    /// The connection's principal, once HELLO named one.
-    pub fn principal_name(&self) -> Option<&str> {
-        let (table, i) = self.principal.as_ref()?;
-        Some(&table.principal(*i)?.name)
-    }
-
     /// Admits one decoded frame (or its decoding error) against the handshake rules and the
     /// principal's grants. A request the principal may not make is FORBIDDEN, and the
     /// connection stays open.
@@ -285,13 +279,12 @@ mod tests {
         ));
         let mut s = Session::new(rx.clone());
         s.admit(Ok(hello("r")), &reg).ok().unwrap();
-        assert_eq!(s.principal_name(), Some("reader"));
         assert!(s.admit(Ok(get(user)), &reg).is_ok());
         let r = s.admit(Ok(get(other)), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Forbidden);
         assert!(!r.close, "FORBIDDEN keeps the connection");
         assert!(
-            r.error.message.contains("may not GET"),
+            r.error.message.contains("\"reader\" may not GET"),
             "{}",
             r.error.message
         );

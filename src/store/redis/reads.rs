@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::resp;
-use crate::store::{Landing, ReadCommand, ReadKey, StoreError};
+use crate::store::{Failure, Fetched, Landing, ReadCommand, ReadKey, StoreError};
 
 /// The keys of a batch read together, by their positions in the batch.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +123,28 @@ impl<'a> Group<'a> {
         }
         first_error.map_or(Ok(()), Err)
     }
+
+    /// Fails the group's keys that have no outcome yet (a key that landed keeps its own).
+    pub fn fail(self, landing: &dyn Landing, why: Failure) {
+        for i in self.positions() {
+            landing.put(i, Fetched::Failed(why));
+        }
+    }
+}
+
+/// What became of one call of `groups` ([`super::node::Node::read_groups`]): the call itself
+/// failed, or these groups (by index) got an error reply.
+pub type Outcome = Result<Vec<(usize, StoreError)>, StoreError>;
+
+/// Fails the keys a call left without an outcome: every group's when the call failed, else
+/// those of the groups that got an error reply.
+pub fn fail_unlanded(groups: &[Group<'_>], outcome: &Outcome, landing: &dyn Landing) {
+    match outcome {
+        Err(e) => groups.iter().for_each(|g| g.fail(landing, e.failure())),
+        Ok(failed) => failed
+            .iter()
+            .for_each(|(n, e)| groups[*n].fail(landing, e.failure())),
+    }
 }
 
 fn no_reply() -> StoreError {
@@ -137,7 +159,7 @@ mod tests {
     use redis_protocol::resp2::decode::decode_bytes_mut;
 
     use super::*;
-    use crate::store::{Fetched, FieldSet, Redirect, StoreKey};
+    use crate::store::{FieldSet, Redirect, StoreKey};
 
     /// Records what lands, by position.
     #[derive(Default)]
@@ -212,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_batch_is_one_group_and_a_short_reply_fails_only_what_it_lacks() {
+    fn a_whole_batch_is_one_group_and_missing_replies_land_nothing_and_say_so() {
         let keys = vec![value("a"), value("b")];
         let whole = Group::Whole(2);
         assert_eq!(whole.positions().collect::<Vec<_>>(), [0, 1]);

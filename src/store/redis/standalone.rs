@@ -11,8 +11,8 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 
 use super::node::Node;
-use super::reads::Group;
-use crate::store::{Backend, Fetched, Landing, ReadKey, StoreError, WriteItem};
+use super::reads::{self, Group};
+use crate::store::{Backend, Landing, ReadKey, StoreError, WriteItem};
 
 /// A standalone Redis behind the storage seam.
 pub struct Standalone {
@@ -41,21 +41,9 @@ impl Backend for Standalone {
         landing: &'a dyn Landing,
     ) -> LocalBoxFuture<'a, ()> {
         async move {
-            let whole = Group::Whole(keys.len());
-            let failure = match self
-                .node
-                .read_groups(keys, &[whole], timeout, landing)
-                .await
-            {
-                Ok(failed) => failed.first().map(|(_, e)| e.failure()),
-                Err(e) => Some(e.failure()),
-            };
-            // The keys a failure left without an outcome (a key that landed keeps its own).
-            if let Some(failure) = failure {
-                for i in whole.positions() {
-                    landing.put(i, Fetched::Failed(failure));
-                }
-            }
+            let whole = [Group::Whole(keys.len())];
+            let outcome = self.node.read_groups(keys, &whole, timeout, landing).await;
+            reads::fail_unlanded(&whole, &outcome, landing);
             landing.landed();
         }
         .boxed_local()

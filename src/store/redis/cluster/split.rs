@@ -9,8 +9,8 @@ use futures::future::join_all;
 
 use super::{slot_of, Cluster, ReadFrom, Routes};
 use crate::store::redis::node::Node;
-use crate::store::redis::reads::Group;
-use crate::store::{Failure, Fetched, Landing, ReadKey, Redirect, StoreError, WriteItem};
+use crate::store::redis::reads::{self, Group};
+use crate::store::{Failure, Landing, ReadKey, Redirect, StoreError, WriteItem};
 
 impl Cluster {
     /// The node a read of `slot` goes to: its primary, or with `replica_preferred` a replica
@@ -43,7 +43,7 @@ impl Cluster {
     /// bound for one node goes in one call, one write ([`Node::read_groups`]); the nodes are
     /// asked all at once and each node's keys land as soon as it answers, so a frozen node holds
     /// back only its own keys. A key whose node failed, timed out or redirected twice is
-    /// [`Fetched::Failed`], alone.
+    /// [`Fetched::Failed`](crate::store::Fetched::Failed), alone.
     pub(super) async fn read_all(
         &self,
         keys: &[ReadKey],
@@ -52,7 +52,7 @@ impl Cluster {
     ) {
         let started = Instant::now();
         let Some(routes) = self.routes() else {
-            fail(landing, Group::Whole(keys.len()), Failure::Unavailable);
+            Group::Whole(keys.len()).fail(landing, Failure::Unavailable);
             landing.landed();
             return;
         };
@@ -68,7 +68,7 @@ impl Cluster {
             let group = Group::Slot(entries);
             let Some(node) = self.reader_for(&routes, entries[0].0, started) else {
                 self.refresh_soon();
-                fail(landing, group, Failure::Unavailable);
+                group.fail(landing, Failure::Unavailable);
                 continue;
             };
             match by_node.iter_mut().find(|(n, _)| Rc::ptr_eq(n, &node)) {
@@ -102,9 +102,7 @@ impl Cluster {
                 if matches!(e, StoreError::Timeout(_) | StoreError::Unavailable(_)) {
                     self.refresh_soon();
                 }
-                for &g in groups {
-                    fail(landing, g, e.failure());
-                }
+                reads::fail_unlanded(groups, &Err(e), landing);
                 landing.landed();
                 return;
             }
@@ -118,7 +116,7 @@ impl Cluster {
                         None => moved.push((to, vec![groups[n]])),
                     }
                 }
-                e => fail(landing, groups[n], e.failure()),
+                e => groups[n].fail(landing, e.failure()),
             }
         }
         landing.landed();
@@ -128,21 +126,13 @@ impl Cluster {
         self.refresh_soon();
         let left = timeout.saturating_sub(started.elapsed());
         for (to, groups) in moved {
-            let result = match self.members.get_or_start(&to) {
+            let outcome = match self.members.get_or_start(&to) {
                 Ok(_) if left <= Duration::from_millis(1) => Err(StoreError::Timeout(timeout)),
                 Ok(node) => node.read_groups(keys, &groups, left, landing).await,
                 Err(e) => Err(e),
             };
             // Redirected again, or failed: those keys are DEGRADED for this read.
-            let failure = match result {
-                Ok(failed) => failed.first().map(|(_, e)| e.failure()),
-                Err(e) => Some(e.failure()),
-            };
-            if let Some(failure) = failure {
-                for &g in &groups {
-                    fail(landing, g, failure);
-                }
-            }
+            reads::fail_unlanded(&groups, &outcome, landing);
             landing.landed();
         }
     }
@@ -221,12 +211,5 @@ impl Cluster {
                 why: e.to_string(),
             }),
         }
-    }
-}
-
-/// Fails the keys of `group` that have no outcome yet (a key that landed keeps its own).
-fn fail(landing: &dyn Landing, group: Group<'_>, why: Failure) {
-    for i in group.positions() {
-        landing.put(i, Fetched::Failed(why));
     }
 }
