@@ -14,8 +14,10 @@
 pub mod config;
 pub mod ops;
 pub mod reading;
+pub mod reload;
 pub mod server;
 pub mod serving;
 pub mod shard;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

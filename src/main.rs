@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use featureproxy::config::access::{token_hash, AccessTable};
+use featureproxy::config::access::token_hash;
 use featureproxy::config::settings::Settings;
 use featureproxy::config::ConfigFile;
+use featureproxy::store::redis::tls::RedisTls;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -88,13 +89,13 @@ fn main() -> ExitCode {
 
 /// Checks the config file (and the access file it names) and prints its views.
 fn check(config: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let c = ConfigFile::load(config)?;
-    let access = access_path(config, c.settings.access_file.as_deref());
-    AccessTable::load(
-        access.as_deref(),
-        c.settings.auth_token.as_deref(),
-        &c.registry,
-    )?;
+    let mut c = ConfigFile::load(config)?;
+    c.settings.resolve_files(config_folder(config));
+    c.settings.validate()?;
+    featureproxy::reload::load(&c.settings, &c.registry)?;
+    if let Some(redis_tls) = &c.settings.redis_tls {
+        RedisTls::load(redis_tls)?;
+    }
     for v in c.registry.views() {
         println!(
             "view {} (id {}, {} layout): {} features, {} bytes per row, schema_id {:#010x}",
@@ -150,21 +151,16 @@ fn serve(config: &str, flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     settings.redis = flags.redis.or(settings.redis);
     settings.shards = flags.shards.unwrap_or(settings.shards);
     settings.auth_token = flags.auth_token.or(settings.auth_token);
-    let access_file = flags.access_file.or(settings.access_file);
-    settings.access_file = access_path(config, access_file.as_deref());
+    settings.access_file = flags.access_file.or(settings.access_file);
+    settings.resolve_files(config_folder(config));
     featureproxy::server::run(settings, registry)?;
     Ok(())
 }
 
-/// The access file's path: a relative one is relative to the config file's folder, so that the
-/// two can move together.
-fn access_path(config: &str, access: Option<&Path>) -> Option<PathBuf> {
-    let access = access?;
-    if access.is_absolute() {
-        return Some(access.to_path_buf());
-    }
-    let folder = Path::new(config).parent().unwrap_or(Path::new(""));
-    Some(folder.join(access))
+/// The config file's folder: files it names by a relative path are found from there, so that
+/// they can move together.
+fn config_folder(config: &str) -> &Path {
+    Path::new(config).parent().unwrap_or(Path::new(""))
 }
 
 /// Prints a fresh token (32 random bytes from the OS, hex) and the lines that grant it.

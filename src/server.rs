@@ -5,17 +5,18 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::access::{AccessError, AccessTable};
 use crate::config::registry::Registry;
 use crate::config::settings::{Settings, SettingsError};
 use crate::ops;
 use crate::ops::Sources;
 use crate::reading::freshness::now_ms;
+use crate::reload::{self, InForce, ReloadError};
 use crate::serving::accept::{claim_port, reuseport_listener};
-use crate::shard::{self, ShardSpec};
+use crate::shard::{self, ShardSpec, TlsSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
-use crate::store::redis::url;
-use crate::telemetry::counters::{AccessCounters, ShardStats};
+use crate::store::redis::tls::{RedisTls, RedisTlsError};
+use crate::store::redis::{self, url};
+use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +26,16 @@ pub enum StartError {
     #[error(transparent)]
     Redis(#[from] RedisChildError),
     #[error(transparent)]
-    Access(#[from] AccessError),
+    Reloadable(#[from] ReloadError),
+    #[error(transparent)]
+    RedisTls(#[from] RedisTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: another process already listens there; stop it or choose another address (`listen` in [server], or --listen); the shards share the port only among themselves")]
-    PortTaken { addr: String },
+    #[error("cannot listen on {addr}: another process already listens there; stop it or choose another address ({setting}); the shards share the port only among themselves")]
+    PortTaken { addr: String, setting: &'static str },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,20 +45,13 @@ pub enum StartError {
 /// thread that starts it (see `store::redis::child`).
 pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     settings.validate()?;
-    let access = AccessTable::load(
-        settings.access_file.as_deref(),
-        settings.auth_token.as_deref(),
-        &registry,
-    )?;
-    let access_counters = Arc::new(AccessCounters::default());
-    access_counters.principals.set(access.len() as u64);
+    let in_force = InForce::new(reload::load(&settings, &registry)?);
     if settings.access_file.is_some() {
         info!(
-            principals = access.len(),
+            principals = in_force.counters.principals.get(),
             "access file read: a token no entry holds is refused"
         );
     }
-    let (access_tx, access_rx) = watch::channel(Arc::new(access));
     // Signal handlers go in first: a SIGTERM during start-up must drain, not kill.
     let mut signals = Signals::install()?;
     let mut redis_child = None;
@@ -73,6 +69,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             url
         }
     };
+    let redis_tls = redis_tls(&redis_url, &settings)?;
     let settings = Arc::new(settings);
     let registry = Arc::new(registry);
     info!(views = %registry.names(), "registry loaded");
@@ -86,7 +83,8 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         registry: registry.clone(),
         histograms: aggregate,
         started_unix_s: now_ms() / 1000,
-        access: access_counters.clone(),
+        access: in_force.counters.clone(),
+        access_table: in_force.access.subscribe(),
     };
     // The stats endpoint is up before the protocol port, so whoever sees the port open can
     // watch the proxy.
@@ -96,40 +94,57 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             source,
         })?;
 
-    // The port must be ours alone (port 0 settles one); then every shard's listener joins it.
-    let addr = claim_port(settings.listen).map_err(|source| match source.kind() {
-        std::io::ErrorKind::AddrInUse => StartError::PortTaken {
-            addr: settings.listen.to_string(),
-        },
-        _ => StartError::Listen {
-            addr: settings.listen.to_string(),
-            source,
-        },
-    })?;
-    let mut listeners = Vec::new();
-    for _ in 0..settings.shards {
-        listeners.push(
-            reuseport_listener(addr).map_err(|source| StartError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?,
-        );
-    }
+    let plaintext = settings.tls.as_ref().is_none_or(|t| t.plaintext);
+    let mut plain = match plaintext {
+        true => Some(Port::open(
+            settings.listen,
+            "`listen` in [server], or --listen",
+            settings.shards,
+        )?),
+        false => None,
+    };
+    let mut tls = match &settings.tls {
+        Some(t) => Some(Port::open(
+            t.listen,
+            "`listen` in [server.tls]",
+            settings.shards,
+        )?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (peers, receivers) = crate::reading::coherence::channels(settings.shards);
+    let mut plain_listeners = plain
+        .as_mut()
+        .map(|p| std::mem::take(&mut p.listeners))
+        .unwrap_or_default()
+        .into_iter();
+    let mut tls_listeners = tls
+        .as_mut()
+        .map(|p| std::mem::take(&mut p.listeners))
+        .unwrap_or_default()
+        .into_iter();
     let mut threads = Vec::new();
-    let per_shard = listeners.into_iter().zip(peers).zip(receivers);
-    for (i, ((listener, peers), invalidations)) in per_shard.enumerate() {
+    for (i, (peers, invalidations)) in peers.into_iter().zip(receivers).enumerate() {
+        let tls = match (&in_force.tls, tls_listeners.next(), &settings.tls) {
+            (Some(config), Some(listener), Some(t)) => Some(TlsSpec {
+                listener,
+                config: config.subscribe(),
+                handshake_timeout: t.handshake_timeout,
+            }),
+            _ => None,
+        };
         let spec = ShardSpec {
             shard: i as u16,
-            listener,
+            listener: plain_listeners.next(),
+            tls,
             settings: settings.clone(),
             registry: registry.clone(),
             stats: stats[i].clone(),
             redis_url: redis_url.clone(),
+            redis_tls: redis_tls.clone(),
             shutdown: stop_rx.clone(),
-            access: access_rx.clone(),
+            access: in_force.access.subscribe(),
             peers,
             invalidations,
             intervals: intervals.clone(),
@@ -144,10 +159,12 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         threads.push(t);
     }
     info!(
-        listen = %addr,
+        listen = plain.as_ref().map_or("off ([server.tls] plaintext = false)".to_string(), |p| p.addr.to_string()),
+        tls_listen = tls.as_ref().map_or("off".to_string(), |p| p.addr.to_string()),
         stats = %stats_addr,
         shards = settings.shards,
         redis = %url::redacted(&redis_url),
+        redis_tls = redis_tls.is_some(),
         "featureproxy serving"
     );
 
@@ -157,16 +174,15 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
                 info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
                 break;
             }
-            // Views and settings are not reloaded yet (the reload issue): only the access file.
-            Asked::Reload(signal) => match settings.access_file.as_deref() {
-                Some(path) => {
-                    reload_access(path, &settings, &registry, &access_tx, &access_counters)
-                }
-                None => warn!(
-                    signal,
-                    "reload is not supported yet: serving on with the configuration read at start"
-                ),
-            },
+            // Views and settings are not reloaded yet (the reload issue): the access file and the
+            // TLS port's files are.
+            Asked::Reload(signal) if settings.access_file.is_some() || settings.tls.is_some() => {
+                in_force.reload(&settings, &registry, signal)
+            }
+            Asked::Reload(signal) => warn!(
+                signal,
+                "nothing to reload (no access file, no [server.tls]); views and settings need a restart: serving on"
+            ),
             Asked::Nothing(signal) => warn!(
                 signal,
                 "this signal has no meaning for featureproxy: ignored, serving on"
@@ -182,31 +198,52 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Reads the access file again and, if it is valid as a whole, puts it in force: new connections
-/// are checked against it at once, open ones at their next request. An invalid file changes
-/// nothing; the log says why and a counter counts it.
-fn reload_access(
-    path: &std::path::Path,
-    settings: &Settings,
-    registry: &Registry,
-    access: &watch::Sender<Arc<AccessTable>>,
-    counters: &AccessCounters,
-) {
-    match AccessTable::load(Some(path), settings.auth_token.as_deref(), registry) {
-        Ok(table) => {
-            let principals = table.len();
-            access.send_replace(Arc::new(table));
-            counters.applied.inc();
-            counters.principals.set(principals as u64);
-            info!(
-                principals,
-                "access file reloaded (SIGHUP): new connections use it now, open ones from their next request"
-            );
-        }
-        Err(e) => {
-            counters.refused.inc();
-            warn!(error = %e, "access file refused on SIGHUP: nothing changed, the credentials in force stay");
-        }
+/// TLS to Redis for a `rediss://` URL: the settings' files read, and one handshake tried so that
+/// a CA or name that does not fit stops the start with the reason. None for a plaintext URL.
+fn redis_tls(url: &str, settings: &Settings) -> Result<Option<Arc<RedisTls>>, StartError> {
+    if !url.starts_with("rediss://") && !url.starts_with("rediss-cluster://") {
+        return Ok(None);
+    }
+    let tls = RedisTls::load(&settings.redis_tls.clone().unwrap_or_default())?;
+    if let Some(addr) = redis::first_address(url) {
+        tls.probe(&addr)?;
+    }
+    Ok(Some(Arc::new(tls)))
+}
+
+/// A port every shard listens on (SO_REUSEPORT): its address, and one listener per shard.
+struct Port {
+    addr: std::net::SocketAddr,
+    listeners: Vec<std::net::TcpListener>,
+}
+
+impl Port {
+    /// Claims `addr` (it must be ours alone; port 0 settles one), then opens every shard's
+    /// listener on it. `setting` names where the address comes from, for the error.
+    fn open(
+        addr: std::net::SocketAddr,
+        setting: &'static str,
+        shards: usize,
+    ) -> Result<Port, StartError> {
+        let addr = claim_port(addr).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::PortTaken {
+                addr: addr.to_string(),
+                setting,
+            },
+            _ => StartError::Listen {
+                addr: addr.to_string(),
+                source,
+            },
+        })?;
+        let listeners = (0..shards)
+            .map(|_| {
+                reuseport_listener(addr).map_err(|source| StartError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Port { addr, listeners })
     }
 }
 

@@ -21,17 +21,23 @@ use crate::reading::Reader;
 use crate::serving::overload::Pressure;
 use crate::serving::{accept, Serving};
 use crate::store::redis;
+use crate::store::redis::tls::RedisTls;
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms::{Interval, ShardHistograms};
 
 /// What a shard thread needs to start.
 pub struct ShardSpec {
     pub shard: u16,
-    pub listener: std::net::TcpListener,
+    /// The shard's listener on the plaintext port; None when it is off.
+    pub listener: Option<std::net::TcpListener>,
+    /// The shard's listener on the TLS port, when there is one.
+    pub tls: Option<TlsSpec>,
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
     pub stats: Arc<ShardStats>,
     pub redis_url: String,
+    /// TLS to Redis, for a `rediss://` URL.
+    pub redis_tls: Option<Arc<RedisTls>>,
     pub shutdown: watch::Receiver<bool>,
     /// Who may do what; replaced on SIGHUP.
     pub access: watch::Receiver<Arc<AccessTable>>,
@@ -40,6 +46,14 @@ pub struct ShardSpec {
     pub invalidations: mpsc::UnboundedReceiver<Invalidation>,
     /// Where the shard ships its histograms once a second.
     pub intervals: crossbeam::channel::Sender<Interval>,
+}
+
+/// The TLS port as a shard gets it.
+pub struct TlsSpec {
+    pub listener: std::net::TcpListener,
+    /// The handshakes' configuration in force (replaced on SIGHUP).
+    pub config: watch::Receiver<Arc<rustls::ServerConfig>>,
+    pub handshake_timeout: Duration,
 }
 
 /// Runs a shard on the calling thread until shutdown and drain. A local runtime runs the shard's
@@ -56,10 +70,12 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let ShardSpec {
         shard,
         listener,
+        tls,
         settings,
         registry,
         stats,
         redis_url,
+        redis_tls,
         shutdown,
         access,
         peers,
@@ -67,7 +83,19 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         intervals,
     } = spec;
     let histograms = Rc::new(RefCell::new(ShardHistograms::new(registry.views().len())));
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let ports = accept::Ports {
+        plain: listener
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()?,
+        tls: match tls {
+            Some(t) => Some(accept::TlsPort {
+                listener: tokio::net::TcpListener::from_std(t.listener)?,
+                config: t.config,
+                handshake_timeout: t.handshake_timeout,
+            }),
+            None => None,
+        },
+    };
 
     // Store: a standalone Redis or a Redis Cluster, behind the storage seam.
     let tracking = (settings.client_tracking && settings.hot_cache_bytes > 0).then(|| {
@@ -79,6 +107,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     });
     let store = redis::connect(redis::Connect {
         url: redis_url.clone(),
+        tls: redis_tls,
         read_from: settings.read_from,
         command_timeout: settings.default_deadline,
         breaker: settings.breaker(),
@@ -144,7 +173,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     {
         warn!(shard, redis = %redis::url::redacted(&redis_url), "Redis did not answer within 2s of start; serving defaults until it does");
     }
-    accept::run(listener, serving, shutdown).await;
+    accept::run(ports, serving, shutdown).await;
     backend.close().await;
     Ok(())
 }

@@ -55,7 +55,7 @@ fn reloads(proxy: &Proxy, result: &str, n: f64) {
         Duration::from_secs(5),
         &format!("{n} {result} reloads"),
         || {
-            let got = proxy.metric("featureproxy_access_reloads_total", &[("result", result)]);
+            let got = proxy.metric("featureproxy_reloads_total", &[("result", result)]);
             (got >= n).then_some(())
         },
     );

@@ -15,15 +15,23 @@
 //! Once an access file is given, access is denied by default: a token no entry holds is refused,
 //! and a view no grant names is FORBIDDEN. The single `auth_token` setting is the simple case: a
 //! principal named `auth_token` that reads and writes every view.
+//!
+//! With mutual TLS, an entry may name its client certificates instead of, or as well as, tokens:
+//! `cert_names = ["spiffe://prod/ranker"]` matches a certificate holding that DNS or URI
+//! subjectAltName. An entry with names and no token admits such a connection with no token in
+//! its HELLO; one with both asks for both (the token, over a connection with such a
+//! certificate).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::registry::Registry;
 use crate::store::ViewId;
+use crate::telemetry::counters::PrincipalCounts;
 
 /// A token's SHA-256, the only form in which the proxy keeps it.
 pub type TokenHash = [u8; 32];
@@ -75,6 +83,11 @@ pub struct Principal {
     pub name: String,
     read: Vec<bool>,
     write: Vec<bool>,
+    /// Certificate names (DNS or URI subjectAltNames) one of which the connection's client
+    /// certificate must hold; empty: no certificate asked for.
+    cert_names: Vec<String>,
+    /// What the principal did, for the metrics; the same counters after a reload that keeps it.
+    pub counts: Arc<PrincipalCounts>,
 }
 
 impl Principal {
@@ -86,6 +99,12 @@ impl Principal {
         };
         set.get(view as usize).copied().unwrap_or(false)
     }
+
+    /// True when a connection whose client certificate holds `peer_names` may be this
+    /// principal.
+    fn certificate_fits(&self, peer_names: &[String]) -> bool {
+        self.cert_names.is_empty() || self.cert_names.iter().any(|n| peer_names.contains(n))
+    }
 }
 
 /// Every principal, and which token hash names which: what a connection is checked against.
@@ -93,19 +112,23 @@ impl Principal {
 pub struct AccessTable {
     principals: Vec<Principal>,
     by_token: HashMap<TokenHash, usize>,
+    /// Certificate names of the entries that hold no token.
+    by_cert: HashMap<String, usize>,
     /// True when no token is asked for (no access file, no `auth_token`): every connection is
     /// the anonymous principal, which may do everything.
     open: bool,
 }
 
-/// What a token names.
+/// What a HELLO's credentials name.
 pub enum Admission<'a> {
-    /// The server asks for no token.
+    /// The server asks for no credentials.
     Open,
-    /// The token's principal.
+    /// The credentials' principal.
     Principal(usize, &'a Principal),
-    /// No principal holds the token.
+    /// No principal holds the token (or, without a token, the certificate's names).
     Refused,
+    /// The token's principal asks for a client certificate this connection does not have.
+    CertificateMismatch(&'a Principal),
 }
 
 impl AccessTable {
@@ -142,6 +165,8 @@ impl AccessTable {
                     name: "auth_token".into(),
                     read: all.clone(),
                     write: all,
+                    cert_names: Vec::new(),
+                    counts: Arc::default(),
                 },
                 &[token_hash(token)],
                 "the auth_token setting",
@@ -175,10 +200,13 @@ impl AccessTable {
             if table.principals.iter().any(|p| p.name == entry.name) {
                 return Err(bad("the name is used by another entry".into()));
             }
-            if entry.token_sha256.is_empty() {
+            if entry.token_sha256.is_empty() && entry.cert_names.is_empty() {
                 return Err(bad(
-                    "token_sha256 is empty: give the hex SHA-256 of its token (`featureproxy token new --name NAME` makes one)".into(),
+                    "token_sha256 is empty: give the hex SHA-256 of its token (`featureproxy token new --name NAME` makes one), or cert_names for client certificates".into(),
                 ));
+            }
+            if entry.cert_names.iter().any(|n| n.is_empty()) {
+                return Err(bad("cert_names holds an empty name".into()));
             }
             let hashes = entry
                 .token_sha256
@@ -190,6 +218,8 @@ impl AccessTable {
                 read: resolve(&entry.read, registry).map_err(|why| bad(format!("read: {why}")))?,
                 write: resolve(&entry.write, registry)
                     .map_err(|why| bad(format!("write: {why}")))?,
+                cert_names: entry.cert_names.clone(),
+                counts: Arc::default(),
             };
             table.add(principal, &hashes, origin)?;
         }
@@ -216,6 +246,21 @@ impl AccessTable {
             }
             self.by_token.insert(*h, index);
         }
+        if hashes.is_empty() {
+            for name in &principal.cert_names {
+                if let Some(&other) = self.by_cert.get(name) {
+                    return Err(AccessError::Entry {
+                        path: origin.to_string(),
+                        entry: principal.name.clone(),
+                        message: format!(
+                            "cert_names {name:?} is also a name of {:?}, which holds no token either: a certificate must name one principal",
+                            self.principals[other].name
+                        ),
+                    });
+                }
+                self.by_cert.insert(name.clone(), index);
+            }
+        }
         self.principals.push(principal);
         Ok(())
     }
@@ -225,16 +270,41 @@ impl AccessTable {
         !self.open
     }
 
-    /// The principal a HELLO's token names. The lookup is by the token's hash: timing can tell
-    /// at most which hash bits matched, nothing of the token.
-    pub fn admit(&self, token: &str) -> Admission<'_> {
+    /// The principal a HELLO's token names, or without a token, the principal the client
+    /// certificate's names (`peer_names`) name. The lookup is by the token's hash: timing can
+    /// tell at most which hash bits matched, nothing of the token.
+    pub fn admit(&self, token: &str, peer_names: &[String]) -> Admission<'_> {
         if self.open {
             return Admission::Open;
         }
+        if token.is_empty() {
+            return match peer_names.iter().find_map(|n| self.by_cert.get(n)) {
+                Some(&i) => Admission::Principal(i, &self.principals[i]),
+                None => Admission::Refused,
+            };
+        }
         match self.by_token.get(&token_hash(token)) {
+            Some(&i) if !self.principals[i].certificate_fits(peer_names) => {
+                Admission::CertificateMismatch(&self.principals[i])
+            }
             Some(&i) => Admission::Principal(i, &self.principals[i]),
             None => Admission::Refused,
         }
+    }
+
+    /// Keeps the counters of `older`'s principals that this table names too, so a reload does
+    /// not reset them.
+    pub fn keep_counts(&mut self, older: &AccessTable) {
+        for p in &mut self.principals {
+            if let Some((_, old)) = older.by_name(&p.name) {
+                p.counts = old.counts.clone();
+            }
+        }
+    }
+
+    /// Every principal, in the file's order.
+    pub fn principals(&self) -> &[Principal] {
+        &self.principals
     }
 
     /// The principal named `name`, after a reload: its new grants, or None if it was removed.
@@ -274,6 +344,8 @@ struct RawEntry {
     name: String,
     #[serde(default)]
     token_sha256: Vec<String>,
+    #[serde(default)]
+    cert_names: Vec<String>,
     #[serde(default)]
     read: Vec<String>,
     #[serde(default)]
@@ -373,21 +445,21 @@ mod tests {
         let t = AccessTable::from_toml(&text, "access.toml", &reg).unwrap();
         assert!(t.requires_token());
         for token in ["old", "new"] {
-            let Admission::Principal(_, p) = t.admit(token) else {
+            let Admission::Principal(_, p) = t.admit(token, &[]) else {
                 panic!("{token} is ranker's")
             };
             assert_eq!(p.name, "ranker");
             assert!(p.may(Grant::Read, view("user_features")));
             assert!(!p.may(Grant::Write, view("user_features")));
         }
-        let Admission::Principal(_, w) = t.admit("w") else {
+        let Admission::Principal(_, w) = t.admit("w", &[]) else {
             panic!("w is writer's")
         };
         for v in reg.views() {
             assert!(w.may(Grant::Read, v.id) && w.may(Grant::Write, v.id));
         }
-        assert!(matches!(t.admit("nobody"), Admission::Refused));
-        assert!(matches!(t.admit(""), Admission::Refused));
+        assert!(matches!(t.admit("nobody", &[]), Admission::Refused));
+        assert!(matches!(t.admit("", &[]), Admission::Refused));
     }
 
     #[test]
@@ -417,14 +489,14 @@ mod tests {
     fn auth_token_alone_is_one_principal_with_every_grant_and_neither_is_open() {
         let reg = registry();
         let t = AccessTable::load(None, Some("s3cret"), &reg).unwrap();
-        let Admission::Principal(_, p) = t.admit("s3cret") else {
+        let Admission::Principal(_, p) = t.admit("s3cret", &[]) else {
             panic!("the auth token admits")
         };
         assert_eq!(p.name, "auth_token");
         assert!(reg.views().iter().all(|v| p.may(Grant::Write, v.id)));
-        assert!(matches!(t.admit("wrong"), Admission::Refused));
+        assert!(matches!(t.admit("wrong", &[]), Admission::Refused));
         let open = AccessTable::load(None, None, &reg).unwrap();
         assert!(!open.requires_token());
-        assert!(matches!(open.admit("anything"), Admission::Open));
+        assert!(matches!(open.admit("anything", &[]), Admission::Open));
     }
 }

@@ -5,6 +5,7 @@ pub mod access;
 mod layouts;
 pub mod registry;
 pub mod settings;
+pub mod tls;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

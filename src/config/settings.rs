@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::tls::{ListenerTls, RedisTls};
 use crate::store::breaker::BreakerConfig;
 use crate::store::redis::cluster::{self, ReadFrom};
 
@@ -108,6 +109,11 @@ pub struct Settings {
     /// Principals, their token hashes and the views each may read and write (see
     /// `config::access`); once given, access is denied by default. Re-read on SIGHUP.
     pub access_file: Option<std::path::PathBuf>,
+    /// `[server.tls]`: a TLS port for clients (see `config::tls`). Unset: plaintext only.
+    pub tls: Option<ListenerTls>,
+    /// `[server.redis_tls]`: CA, client certificate and name for `rediss://` URLs (see
+    /// `config::tls`). Unset with a `rediss://` URL: the system's roots, no client certificate.
+    pub redis_tls: Option<RedisTls>,
     /// How long shutdown waits for requests in flight.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -156,6 +162,8 @@ impl Default for Settings {
             client_tracking: defaults::CLIENT_TRACKING,
             auth_token: None,
             access_file: None,
+            tls: None,
+            redis_tls: None,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             frame_timeout: defaults::FRAME_TIMEOUT,
             shed_queue_delay: defaults::SHED_QUEUE_DELAY,
@@ -183,7 +191,7 @@ fn bad(field: &str, message: impl Into<String>) -> SettingsError {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -192,7 +200,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
-fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     parse_addr(&text).map_err(serde::de::Error::custom)
 }
@@ -219,6 +227,20 @@ impl Settings {
     pub fn set_addr(target: &mut SocketAddr, flag: &str, text: &str) -> Result<(), SettingsError> {
         *target = parse_addr(text).map_err(|m| bad(flag, m))?;
         Ok(())
+    }
+
+    /// Makes the files the settings name (access file, TLS certificates and keys) relative to
+    /// `folder`, the config file's, when they are relative.
+    pub fn resolve_files(&mut self, folder: &std::path::Path) {
+        if let Some(f) = &mut self.access_file {
+            super::tls::resolve(f, folder);
+        }
+        if let Some(t) = &mut self.tls {
+            t.resolve(folder);
+        }
+        if let Some(t) = &mut self.redis_tls {
+            t.resolve(folder);
+        }
     }
 
     /// The circuit breaker's settings.
@@ -264,14 +286,25 @@ impl Settings {
         if self.breaker_probes == 0 {
             return Err(bad("breaker_probes", "must be at least 1"));
         }
-        if let Some(url) = self.redis.as_deref() {
-            check_redis_scheme(url)?;
+        let tls_url = match self.redis.as_deref() {
+            Some(url) => check_redis_scheme(url)?,
+            None => false,
+        };
+        if let Some(t) = &self.redis_tls {
+            if !tls_url {
+                return Err(bad(
+                    "redis_tls",
+                    "is set but the Redis URL does not ask for TLS: write rediss:// (or rediss-cluster://) to reach Redis over TLS, or remove [server.redis_tls]",
+                ));
+            }
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return Err(bad(
+                    "redis_tls",
+                    "cert_file and key_file go together: give both (a client certificate for Redis) or neither",
+                ));
+            }
         }
-        if let Some(url) = self
-            .redis
-            .as_deref()
-            .filter(|u| u.starts_with("redis-cluster:"))
-        {
+        if let Some(url) = self.redis.as_deref().filter(|u| cluster::is_cluster_url(u)) {
             cluster::seeds_of(url).map_err(|e| bad("redis", e.to_string()))?;
         } else if self.read_from != ReadFrom::Primary {
             return Err(bad(
@@ -283,23 +316,16 @@ impl Settings {
     }
 }
 
-/// Refuses a Redis URL whose scheme the proxy cannot honour. A TLS scheme above all: the proxy
-/// has no TLS to Redis yet, and connecting in plaintext to a server the operator asked to reach
-/// over TLS would send its password and every feature in clear.
-fn check_redis_scheme(url: &str) -> Result<(), SettingsError> {
+/// Refuses a Redis URL whose scheme the proxy cannot use; true for one that asks for TLS.
+fn check_redis_scheme(url: &str) -> Result<bool, SettingsError> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
     match scheme {
-        "redis" | "redis-cluster" => Ok(()),
-        "rediss" | "rediss-cluster" | "valkeys" => Err(bad(
-            "redis",
-            format!(
-                "{scheme}:// asks for TLS to Redis, which this proxy does not speak yet, and it will not connect in plaintext instead; use redis:// or redis-cluster:// on a network you trust, or reach Redis through a TLS tunnel (stunnel, a sidecar) listening on loopback"
-            ),
-        )),
+        "redis" | "redis-cluster" => Ok(false),
+        "rediss" | "rediss-cluster" => Ok(true),
         _ => Err(bad(
             "redis",
             format!(
-                "{:?} is not a Redis URL this proxy can use; write redis://[USER:PASSWORD@]HOST:PORT[/DB] or redis-cluster://HOST:PORT?node=HOST:PORT",
+                "{:?} is not a Redis URL this proxy can use; write redis://[USER:PASSWORD@]HOST:PORT[/DB] or redis-cluster://HOST:PORT?node=HOST:PORT (rediss:// and rediss-cluster:// for TLS)",
                 crate::store::redis::url::redacted(url)
             ),
         )),

@@ -10,7 +10,9 @@ use featureproxy_protocol::{ErrorCode, Status};
 use super::metric::{counter, gauge, histogram};
 pub use super::metric::{Kind, Metric, Read, Samples, Scrape, Value, AGE_BOUNDS, LATENCY_BOUNDS};
 use crate::store::breaker::BreakerState;
-use crate::telemetry::counters::{AuthFailure, CloseReason, RedirectKind, OPS};
+use crate::telemetry::counters::{
+    AuthFailure, CloseReason, Handshake, RedirectKind, FORBIDDEN_OPS, OPS,
+};
 
 /// Every metric, in the order `/metrics` shows them.
 pub static METRICS: &[Metric] = &[
@@ -40,8 +42,8 @@ pub static METRICS: &[Metric] = &[
         }),
     ),
     counter(
-        "featureproxy_access_reloads_total",
-        "Reloads of the access file on SIGHUP, by result: applied, or refused (unreadable or invalid; the credentials in force before stay, and the log says why).",
+        "featureproxy_reloads_total",
+        "Reloads on SIGHUP of the access file and the TLS port's certificate, key and client CA, by result: applied, or refused (a file unreadable or invalid: nothing changes, what was in force stays, and the log says why).",
         &["result"],
         Read::Custom(|sc, out| {
             out.sample(&["applied"], Value::Count(sc.src.access.applied.get()));
@@ -284,6 +286,51 @@ pub static METRICS: &[Metric] = &[
                 let v = sc.sum(|s| s.auth_failures[r as usize].get());
                 out.sample(&[r.name()], Value::Count(v));
             }
+        }),
+    ),
+    counter(
+        "featureproxy_principal_requests_total",
+        "Requests made after HELLO, by the access file's principal that made them (auth_token for the auth_token setting; none on a server that asks for no credentials).",
+        &["principal"],
+        Read::Custom(|sc, out| {
+            let table = sc.src.access_table.borrow().clone();
+            for p in table.principals() {
+                out.sample(&[&p.name], Value::Count(p.counts.requests()));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_forbidden_total",
+        "Requests answered FORBIDDEN (no grant for the view), by principal and op (get, put, schema).",
+        &["principal", "op"],
+        Read::Custom(|sc, out| {
+            let table = sc.src.access_table.borrow().clone();
+            for p in table.principals() {
+                for op in FORBIDDEN_OPS {
+                    let name = op.name().to_lowercase();
+                    out.sample(&[&p.name, &name], Value::Count(p.counts.forbidden(op)));
+                }
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_tls_handshakes_total",
+        "TLS handshakes on the TLS port, by result (ok, refused) and reason: ok, not_tls (plaintext to the TLS port), timeout, peer_closed, no_client_cert, unknown_ca, expired, bad_certificate (the client's certificate, with mTLS), peer_refused_server_cert (the client does not trust the server's certificate), incompatible (no common version or ALPN), other; tls_on_plaintext_port counts ClientHellos sent to the plaintext port.",
+        &["result", "reason"],
+        Read::Custom(|sc, out| {
+            for h in Handshake::ALL {
+                let v = sc.sum(|s| s.tls_handshakes[h as usize].get());
+                out.sample(&[h.result(), h.name()], Value::Count(v));
+            }
+        }),
+    ),
+    counter(
+        "featureproxy_tls_handshake_seconds_total",
+        "Time spent in TLS handshakes that succeeded; divided by featureproxy_tls_handshakes_total{result=\"ok\"}, the mean handshake time.",
+        &[],
+        Read::Custom(|sc, out| {
+            let micros = sc.sum(|s| s.tls_handshake_micros.get());
+            out.sample(&[], Value::Real(micros as f64 / 1e6));
         }),
     ),
     counter(

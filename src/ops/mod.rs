@@ -30,6 +30,8 @@ pub struct Sources {
     pub started_unix_s: u64,
     /// The access file's reloads and the principals in force.
     pub access: Arc<crate::telemetry::counters::AccessCounters>,
+    /// The access table in force, for its principals' counters.
+    pub access_table: tokio::sync::watch::Receiver<Arc<crate::config::access::AccessTable>>,
 }
 
 impl Sources {

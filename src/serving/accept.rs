@@ -12,11 +12,11 @@ use featureproxy_protocol::{ErrorCode, ProtocolError, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::connection;
-use super::Serving;
-use crate::telemetry::counters::ShardStats;
+use super::{connection, tls, Serving};
+use crate::telemetry::counters::{Handshake, ShardStats};
+use crate::transport::Transport;
 
 /// Makes sure no other process listens on `addr` and settles its port (port 0 picks one): binds
 /// a socket without SO_REUSEPORT there and lets it go. The shards' listeners share their port
@@ -56,9 +56,23 @@ pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpList
     Ok(s.into())
 }
 
-/// Serves every connection `listener` takes until `shutdown`, then waits up to the drain
-/// timeout for the open ones to finish.
-pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watch::Receiver<bool>) {
+/// The ports a shard takes connections on: the plaintext one, the TLS one, or both.
+pub struct Ports {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<TlsPort>,
+}
+
+/// The shard's listener on the TLS port, and the configuration its handshakes use (replaced on
+/// SIGHUP; each handshake takes the one in force when it starts).
+pub struct TlsPort {
+    pub listener: TcpListener,
+    pub config: watch::Receiver<Arc<rustls::ServerConfig>>,
+    pub handshake_timeout: Duration,
+}
+
+/// Serves every connection the shard's ports take until `shutdown`, then waits up to the drain
+/// timeout for the open ones to finish. A connection in its TLS handshake counts as open.
+pub async fn run(ports: Ports, serving: Rc<Serving>, mut shutdown: watch::Receiver<bool>) {
     let stats = serving.stats.clone();
     let shard = serving.shard;
     let max_connections = serving.settings.max_connections_per_shard;
@@ -67,11 +81,12 @@ pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watc
     // every turn, and the process-wide channel's lock would be shared by every shard's.
     let (stop_connections, connections_stop) = watch::channel(false);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (accepted, tls) = tokio::select! {
+            a = accept(ports.plain.as_ref()) => (a, None),
+            a = accept(ports.tls.as_ref().map(|t| &t.listener)) => (a, ports.tls.as_ref()),
             _ = shutdown.changed() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -83,18 +98,45 @@ pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watc
         stats.connections_accepted.inc();
         if open.count.get() >= max_connections {
             stats.connections_refused.inc();
-            tokio::task::spawn_local(refuse(stream, max_connections));
+            // A TLS client could not read a plaintext answer: it is only closed.
+            if tls.is_none() {
+                tokio::task::spawn_local(refuse(stream, max_connections));
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
         let guard = open.enter(&stats);
-        let (serving, shutdown) = (serving.clone(), connections_stop.clone());
+        let (serving, mut shutdown) = (serving.clone(), connections_stop.clone());
+        let tls = tls.map(|t| (t.config.borrow().clone(), t.handshake_timeout));
         tokio::task::spawn_local(async move {
-            connection::serve(stream, serving, shutdown).await;
+            let (transport, peer_names) = match tls {
+                None => (Transport::plain(stream), Vec::new()),
+                Some((config, timeout)) => {
+                    let handshake = tls::handshake(stream, config, timeout);
+                    let outcome = tokio::select! {
+                        r = handshake => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match outcome {
+                        Ok(a) => {
+                            let stats = &serving.stats;
+                            stats.tls_handshakes[Handshake::Ok as usize].inc();
+                            stats.tls_handshake_micros.add(a.took.as_micros() as u64);
+                            (a.transport, a.peer_names)
+                        }
+                        Err(why) => {
+                            serving.stats.tls_handshakes[why as usize].inc();
+                            debug!(shard, %peer, reason = why.name(), "TLS handshake refused");
+                            return;
+                        }
+                    }
+                }
+            };
+            connection::serve(transport, peer_names, serving, shutdown).await;
             drop(guard);
         });
     }
-    drop(listener);
+    drop(ports);
     let _ = stop_connections.send(true);
     if tokio::time::timeout(serving.settings.drain_timeout, open.drained())
         .await
@@ -105,6 +147,14 @@ pub async fn run(listener: TcpListener, serving: Rc<Serving>, mut shutdown: watc
             still_open = open.count.get(),
             "drain timeout passed with requests in flight; closing them"
         );
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

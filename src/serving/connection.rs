@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use featureproxy_protocol::{decode_frame, peek_op, ErrorCode, Limits, Op, ProtocolError, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::warn;
 
 use super::dispatch::dispatch;
 use super::inflight::InFlight;
@@ -26,7 +25,8 @@ use super::outbox::Outbox;
 use super::overload::Backlog;
 use super::session::Session;
 use super::Serving;
-use crate::telemetry::counters::CloseReason;
+use crate::telemetry::counters::{CloseReason, Handshake};
+use crate::transport::Transport;
 
 /// Room kept free in the read buffer before each read.
 const READ_ROOM: usize = 4096;
@@ -34,10 +34,14 @@ const READ_ROOM: usize = 4096;
 const READ_CHUNK: usize = 16 * 1024;
 /// A reply buffer larger than this is released once written, not kept for the next turn.
 const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
+/// How a TLS ClientHello begins: a handshake record of TLS 1.x.
+const TLS_CLIENT_HELLO: [u8; 2] = [0x16, 0x03];
 
 /// Serves one connection until the peer leaves, a fatal protocol error, or shutdown.
+/// `peer_names` are the names in the client's TLS certificate (empty without one).
 pub async fn serve(
-    mut stream: TcpStream,
+    socket: Transport,
+    peer_names: Vec<String>,
     serving: Rc<Serving>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -49,7 +53,7 @@ pub async fn serve(
     };
     let max_inflight = settings.max_inflight_per_connection;
     let max_waiting = settings.max_frame as usize;
-    let mut session = Session::new(serving.access.clone());
+    let mut session = Session::new(serving.access.clone(), peer_names, serving.shard);
     let outbox = Rc::new(Outbox::default());
     let mut inflight = InFlight::default();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -59,8 +63,6 @@ pub async fn serve(
     // When the incomplete frame at the front of `rbuf` began to arrive: it must be whole within
     // frame_timeout of that, however slowly its bytes trickle in.
     let mut partial_since: Option<Instant> = None;
-    // Borrowed halves of the one socket, so one select can wait on either direction.
-    let (mut rd, mut wr) = stream.split();
     // Made once: a new `changed()` each turn would join the channel's waiters and leave again.
     let stop = shutdown.changed();
     tokio::pin!(stop);
@@ -100,6 +102,13 @@ pub async fn serve(
                 }
                 Ok(None) => break,
                 Err((request_id, err)) => {
+                    if !socket.is_tls() && rbuf.starts_with(&TLS_CLIENT_HELLO) {
+                        stats.tls_handshakes[Handshake::TlsOnPlaintextPort as usize].inc();
+                        warn!(
+                            peer = ?socket.tcp().peer_addr().ok(),
+                            "a TLS ClientHello came to the plaintext port: point TLS clients at the TLS port ([server.tls] listen), or turn TLS off in the client"
+                        );
+                    }
                     outbox.error(&stats, err, request_id);
                     closing = Some(CloseReason::ProtocolError);
                 }
@@ -114,7 +123,7 @@ pub async fn serve(
         // Write what is ready: normally all of it, in one write.
         if !outbox.is_empty() {
             let mut out = outbox.pending();
-            match wr.try_write(&out) {
+            match socket.try_write(&out) {
                 Ok(n) if n > 0 => {
                     stats.bytes_out.add(n as u64);
                     if n < out.len() {
@@ -134,7 +143,7 @@ pub async fn serve(
                 }
             }
         }
-        if closing.is_some() && inflight.is_empty() && outbox.is_empty() {
+        if closing.is_some() && inflight.is_empty() && outbox.is_empty() && !socket.wants_write() {
             break;
         }
 
@@ -161,18 +170,19 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = inflight.settle(), if !inflight.is_empty() => {}
-            r = wr.writable(), if !outbox.is_empty() => {
-                if r.is_err() {
+            r = socket.writable(), if !outbox.is_empty() || socket.wants_write() => {
+                if r.is_err() || socket.flush().is_err() {
                     closing = Some(CloseReason::Io);
                     break;
                 }
             }
-            r = rd.read_buf(&mut rbuf), if reading => match r {
+            r = socket.readable(), if reading => match r.and_then(|()| socket.try_read_buf(&mut rbuf)) {
                 Ok(0) => closing = Some(CloseReason::Peer),
                 Ok(n) => {
                     stats.bytes_in.add(n as u64);
-                    backlog.after_read(rd.as_ref(), n, room, rbuf.len());
+                    backlog.after_read(socket.tcp(), n, room, rbuf.len());
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => closing = Some(CloseReason::Io),
             },
             _ = until(frame_due), if frame_due.is_some() => {
@@ -188,7 +198,7 @@ pub async fn serve(
             _ = &mut stop, if closing.is_none() => closing = Some(CloseReason::Shutdown),
         }
     }
-    let _ = wr.shutdown().await;
+    socket.shutdown();
     let reason = closing.unwrap_or(CloseReason::Peer);
     stats.connections_closed[reason as usize].inc();
 }

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod overload;
 pub mod put;
 pub mod session;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use featureproxy_protocol::{ErrorCode, ProtocolError, Request, VERSION};
+use featureproxy_protocol::{ErrorCode, Op, ProtocolError, Request, VERSION};
 use tokio::sync::watch;
 
 use crate::config::access::{AccessTable, Admission, Grant};
@@ -23,6 +23,10 @@ pub struct Session {
     first_frame: bool,
     authenticated: bool,
     access: watch::Receiver<Arc<AccessTable>>,
+    /// The names in the client's TLS certificate (empty without one).
+    peer_names: Vec<String>,
+    /// The shard, for the principal's counters.
+    shard: u16,
     /// The table the principal was found in, and its place there; None for an open server.
     principal: Option<(Arc<AccessTable>, usize)>,
 }
@@ -53,13 +57,20 @@ impl Refusal {
 }
 
 impl Session {
-    /// A new connection, checked against the server's current access table.
-    pub fn new(mut access: watch::Receiver<Arc<AccessTable>>) -> Session {
+    /// A new connection on `shard`, checked against the server's current access table;
+    /// `peer_names` are the names its TLS client certificate holds.
+    pub fn new(
+        mut access: watch::Receiver<Arc<AccessTable>>,
+        peer_names: Vec<String>,
+        shard: u16,
+    ) -> Session {
         let authenticated = !access.borrow_and_update().requires_token();
         Session {
             first_frame: true,
             authenticated,
             access,
+            peer_names,
+            shard,
             principal: None,
         }
     }
@@ -114,9 +125,25 @@ impl Session {
                 )));
             }
             let table = self.access.borrow_and_update().clone();
-            match table.admit(&h.token) {
+            match table.admit(&h.token, &self.peer_names) {
                 Admission::Open => {}
                 Admission::Principal(i, _) => self.principal = Some((table.clone(), i)),
+                Admission::CertificateMismatch(p) => {
+                    return Err(Refusal::unauthorized(
+                        AuthFailure::CertificateMismatch,
+                        format!(
+                            "principal {:?} must connect over TLS with its client certificate (one its access entry names in cert_names); this connection has {}",
+                            p.name,
+                            if self.peer_names.is_empty() { "none" } else { "another" }
+                        ),
+                    ))
+                }
+                Admission::Refused if h.token.is_empty() && !self.peer_names.is_empty() => {
+                    return Err(Refusal::unauthorized(
+                        AuthFailure::Missing,
+                        "no access entry names this client certificate (cert_names) and HELLO has no token: give a token, or add the certificate's name to an entry",
+                    ))
+                }
                 Admission::Refused if h.token.is_empty() => {
                     return Err(Refusal::unauthorized(
                         AuthFailure::Missing,
@@ -172,12 +199,14 @@ impl Session {
         let Some(principal) = table.principal(*index) else {
             return Ok(());
         };
+        let counts = principal.counts.of(self.shard);
+        counts.requests.inc();
         let (op, view, allowed) = match req {
-            Request::Get(g) => ("GET", g.view_id, principal.may(Grant::Read, g.view_id)),
-            Request::Put(p) => ("PUT", p.view_id, principal.may(Grant::Write, p.view_id)),
+            Request::Get(g) => (Op::Get, g.view_id, principal.may(Grant::Read, g.view_id)),
+            Request::Put(p) => (Op::Put, p.view_id, principal.may(Grant::Write, p.view_id)),
             Request::Schema { view } => match registry.by_name(view) {
                 Some(v) => (
-                    "SCHEMA",
+                    Op::Schema,
                     v.id,
                     principal.may(Grant::Read, v.id) || principal.may(Grant::Write, v.id),
                 ),
@@ -193,12 +222,15 @@ impl Session {
         if allowed {
             return Ok(());
         }
+        counts.forbid(op);
         Err(Refusal {
             error: ProtocolError::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "principal {:?} may not {op} view {:?}: ask for a grant in the proxy's access file",
-                    principal.name, view.name
+                    "principal {:?} may not {} view {:?}: ask for a grant in the proxy's access file",
+                    principal.name,
+                    op.name(),
+                    view.name
                 ),
             ),
             close: false,
@@ -248,7 +280,7 @@ mod tests {
     fn a_token_server_refuses_anything_before_hello_and_closes() {
         let reg = registry();
         let (_tx, rx) = watch::channel(Arc::new(AccessTable::load(None, Some("t"), &reg).unwrap()));
-        let mut s = Session::new(rx);
+        let mut s = Session::new(rx, Vec::new(), 0);
         let r = s.admit(Ok(Request::Ping), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Unauthorized);
         assert!(r.close);
@@ -258,7 +290,7 @@ mod tests {
     fn without_a_token_requests_pass_and_a_late_hello_closes() {
         let reg = registry();
         let (_tx, rx) = watch::channel(Arc::new(AccessTable::open()));
-        let mut s = Session::new(rx);
+        let mut s = Session::new(rx, Vec::new(), 0);
         assert!(matches!(
             s.admit(Ok(Request::Ping), &reg),
             Ok(Request::Ping)
@@ -277,7 +309,7 @@ mod tests {
             &reg,
             "[[access]]\nname = \"reader\"\ntoken_sha256 = [\"HASH(r)\"]\nread = [\"user_features\"]\n",
         ));
-        let mut s = Session::new(rx.clone());
+        let mut s = Session::new(rx.clone(), Vec::new(), 0);
         s.admit(Ok(hello("r")), &reg).ok().unwrap();
         assert!(s.admit(Ok(get(user)), &reg).is_ok());
         let r = s.admit(Ok(get(other)), &reg).err().unwrap();
@@ -318,7 +350,7 @@ mod tests {
         assert!(r.close);
         assert_eq!(r.auth, Some(AuthFailure::Removed));
         // And its token opens nothing new.
-        let mut s = Session::new(rx);
+        let mut s = Session::new(rx, Vec::new(), 0);
         let r = s.admit(Ok(hello("r")), &reg).err().unwrap();
         assert_eq!(r.error.code, ErrorCode::Unauthorized);
     }

@@ -59,14 +59,17 @@ pub enum AuthFailure {
     Unknown,
     /// The connection's principal was removed from the access file while it was open.
     Removed,
+    /// The token's principal names client certificates, and the connection has none of them.
+    CertificateMismatch,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 4] = [
+    pub const ALL: [AuthFailure; 5] = [
         AuthFailure::NoHello,
         AuthFailure::Missing,
         AuthFailure::Unknown,
         AuthFailure::Removed,
+        AuthFailure::CertificateMismatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +78,81 @@ impl AuthFailure {
             AuthFailure::Missing => "missing_token",
             AuthFailure::Unknown => "unknown_token",
             AuthFailure::Removed => "principal_removed",
+            AuthFailure::CertificateMismatch => "cert_mismatch",
+        }
+    }
+}
+
+/// How a TLS handshake on the TLS port ended, or a TLS ClientHello that came to the plaintext
+/// port. Refusals name the side at fault, never a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Done: the connection is served.
+    Ok,
+    /// The peer spoke plaintext to the TLS port (told so in an ERROR frame).
+    NotTls,
+    /// Not done within `handshake_timeout`.
+    Timeout,
+    /// The peer closed or reset the connection mid-handshake.
+    PeerClosed,
+    /// mTLS: the client showed no certificate.
+    NoClientCert,
+    /// mTLS: the client's certificate is not signed by `client_ca_file`.
+    UnknownCa,
+    /// mTLS: the client's certificate has expired (or is not valid yet).
+    Expired,
+    /// mTLS: the client's certificate is unusable for another reason (wrong use, bad signature).
+    BadCertificate,
+    /// The client refused the server's certificate (its alert: it trusts another CA, or the
+    /// name or dates do not fit).
+    PeerRefused,
+    /// No TLS version, cipher suite or ALPN protocol in common.
+    Incompatible,
+    /// Any other TLS error.
+    Other,
+    /// A TLS ClientHello on the plaintext port (refused there as FRAME_TOO_LARGE).
+    TlsOnPlaintextPort,
+}
+
+impl Handshake {
+    pub const ALL: [Handshake; 12] = [
+        Handshake::Ok,
+        Handshake::NotTls,
+        Handshake::Timeout,
+        Handshake::PeerClosed,
+        Handshake::NoClientCert,
+        Handshake::UnknownCa,
+        Handshake::Expired,
+        Handshake::BadCertificate,
+        Handshake::PeerRefused,
+        Handshake::Incompatible,
+        Handshake::Other,
+        Handshake::TlsOnPlaintextPort,
+    ];
+
+    /// The `result` label: ok, or refused.
+    pub fn result(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            _ => "refused",
+        }
+    }
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::NotTls => "not_tls",
+            Handshake::Timeout => "timeout",
+            Handshake::PeerClosed => "peer_closed",
+            Handshake::NoClientCert => "no_client_cert",
+            Handshake::UnknownCa => "unknown_ca",
+            Handshake::Expired => "expired",
+            Handshake::BadCertificate => "bad_certificate",
+            Handshake::PeerRefused => "peer_refused_server_cert",
+            Handshake::Incompatible => "incompatible",
+            Handshake::Other => "other",
+            Handshake::TlsOnPlaintextPort => "tls_on_plaintext_port",
         }
     }
 }
@@ -245,6 +323,10 @@ pub struct ShardStats {
     pub connections_closed: [Counter; CloseReason::ALL.len()],
     /// Credentials refused, by [`AuthFailure`] (index = reason as usize).
     pub auth_failures: [Counter; AuthFailure::ALL.len()],
+    /// TLS handshakes, by [`Handshake`] (index = outcome as usize).
+    pub tls_handshakes: [Counter; Handshake::ALL.len()],
+    /// Time spent in TLS handshakes that succeeded, in microseconds.
+    pub tls_handshake_micros: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Requests answered with an ERROR frame, by op (decodable ones only).
@@ -298,6 +380,8 @@ impl ShardStats {
             connections_refused: Counter::default(),
             connections_closed: Default::default(),
             auth_failures: Default::default(),
+            tls_handshakes: Default::default(),
+            tls_handshake_micros: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             requests_failed: Default::default(),
@@ -364,4 +448,64 @@ pub struct AccessCounters {
     pub refused: Counter,
     /// Principals in the table in force.
     pub principals: Counter,
+}
+
+/// Slots of a principal's counters: a shard counts in slot `shard % PRINCIPAL_SLOTS`, on a cache
+/// line of its own, so shards do not contend (beyond 64 shards, two share a slot).
+const PRINCIPAL_SLOTS: usize = 64;
+
+/// One principal's counts (the access file names the principals, so their number is bounded by
+/// it). Kept across reloads for a principal whose name stays.
+#[derive(Debug)]
+pub struct PrincipalCounts {
+    slots: Box<[crossbeam::utils::CachePadded<PrincipalSlot>]>,
+}
+
+/// What one shard counts for one principal.
+#[derive(Debug, Default)]
+pub struct PrincipalSlot {
+    /// Requests the principal made after its HELLO, whatever their answer.
+    pub requests: Counter,
+    /// Requests answered FORBIDDEN, by op (index: [`FORBIDDEN_OPS`]).
+    pub forbidden: [Counter; FORBIDDEN_OPS.len()],
+}
+
+/// The ops a grant decides.
+pub const FORBIDDEN_OPS: [Op; 3] = [Op::Get, Op::Put, Op::Schema];
+
+impl Default for PrincipalCounts {
+    fn default() -> Self {
+        PrincipalCounts {
+            slots: (0..PRINCIPAL_SLOTS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl PrincipalCounts {
+    /// The slot shard `shard` counts in.
+    pub fn of(&self, shard: u16) -> &PrincipalSlot {
+        &self.slots[shard as usize % PRINCIPAL_SLOTS]
+    }
+
+    /// Requests over every shard.
+    pub fn requests(&self) -> u64 {
+        self.slots.iter().map(|s| s.requests.get()).sum()
+    }
+
+    /// FORBIDDEN answers to `op` over every shard.
+    pub fn forbidden(&self, op: Op) -> u64 {
+        let Some(i) = FORBIDDEN_OPS.iter().position(|o| *o == op) else {
+            return 0;
+        };
+        self.slots.iter().map(|s| s.forbidden[i].get()).sum()
+    }
+}
+
+impl PrincipalSlot {
+    /// Counts a FORBIDDEN answer to `op`.
+    pub fn forbid(&self, op: Op) {
+        if let Some(i) = FORBIDDEN_OPS.iter().position(|o| *o == op) {
+            self.forbidden[i].inc();
+        }
+    }
 }

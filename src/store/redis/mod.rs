@@ -11,6 +11,7 @@ pub mod pipe;
 pub mod reads;
 pub mod resp;
 pub mod standalone;
+pub mod tls;
 pub mod tracking;
 pub mod url;
 
@@ -30,8 +31,10 @@ use standalone::Standalone;
 
 /// What a shard needs to reach its Redis.
 pub struct Connect {
-    /// `redis://...` or `redis-cluster://...`.
+    /// `redis://...` or `redis-cluster://...` (`rediss` for TLS).
     pub url: String,
+    /// TLS for every connection, for a `rediss` URL.
+    pub tls: Option<Arc<tls::RedisTls>>,
     pub read_from: ReadFrom,
     pub command_timeout: Duration,
     pub breaker: BreakerConfig,
@@ -54,9 +57,22 @@ impl Store {
     }
 }
 
+/// The first server a URL names ("host:port"): the standalone server, or a cluster's first seed.
+pub fn first_address(url: &str) -> Option<String> {
+    if cluster::is_cluster_url(url) {
+        return cluster::seeds_of(url).ok()?.into_iter().next();
+    }
+    match tls::fred_config(url, None).ok()?.server {
+        fred::types::config::ServerConfig::Centralized { server } => {
+            Some(format!("{}:{}", server.host, server.port))
+        }
+        _ => None,
+    }
+}
+
 /// Connects (in the background) to a standalone Redis or a Redis Cluster, by the URL's scheme.
 pub fn connect(c: Connect) -> Result<Store, StoreError> {
-    if c.url.starts_with("redis-cluster:") {
+    if cluster::is_cluster_url(&c.url) {
         let seeds = cluster::seeds_of(&c.url)?;
         let members = Members::new(NodeSettings {
             command_timeout: c.command_timeout,
@@ -64,6 +80,7 @@ pub fn connect(c: Connect) -> Result<Store, StoreError> {
             stats: c.stats.clone(),
             histograms: c.histograms,
             tracking: c.tracking,
+            tls: c.tls,
         });
         let changes = members.changes();
         let cluster = Cluster::new(seeds, c.read_from, members, c.stats);
@@ -75,6 +92,7 @@ pub fn connect(c: Connect) -> Result<Store, StoreError> {
     }
     let node = Node::start(
         &c.url,
+        c.tls.as_deref(),
         None,
         c.command_timeout,
         c.breaker,
@@ -86,6 +104,7 @@ pub fn connect(c: Connect) -> Result<Store, StoreError> {
         let sink = changes.clone();
         tokio::task::spawn_local(tracking::run(
             c.url.clone(),
+            c.tls.clone(),
             prefixes,
             c.stats,
             tracking::Armed::Shard,

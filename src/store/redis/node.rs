@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::pipe::{self, Pipe};
 use super::reads::Group;
+use super::tls::RedisTls;
 use crate::store::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use crate::store::{Landing, ReadKey, Redirect, StoreError, WriteItem};
 use crate::telemetry::counters::{NodeStats, RedirectKind, ShardStats};
@@ -59,19 +60,15 @@ impl Node {
     /// starts and serves defaults, and reconnects on its own.
     pub fn start(
         url: &str,
+        tls: Option<&RedisTls>,
         cluster_addr: Option<String>,
         command_timeout: Duration,
         breaker: BreakerConfig,
         stats: Arc<ShardStats>,
         histograms: Rc<RefCell<ShardHistograms>>,
     ) -> Result<Rc<Node>, StoreError> {
-        let config = Config::from_url(url).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "bad Redis URL {:?}: {e}",
-                super::url::redacted(url)
-            ))
-        })?;
-        let reads = Pipe::start(read_target(&config, url)?);
+        let config = super::tls::fred_config(url, tls)?;
+        let reads = Pipe::start(read_target(&config, url, tls)?);
         let client = Builder::from_config(config)
             .with_performance_config(|p| {
                 p.default_command_timeout = command_timeout;
@@ -423,7 +420,11 @@ fn redirect_kind(r: &Redirect) -> RedirectKind {
 
 /// Where the read connection goes and what it sends first, from the URL fred parsed: the
 /// server's address, AUTH with the URL's user and password, SELECT of its database.
-fn read_target(config: &Config, url: &str) -> Result<pipe::Target, StoreError> {
+fn read_target(
+    config: &Config,
+    url: &str,
+    tls: Option<&RedisTls>,
+) -> Result<pipe::Target, StoreError> {
     let ServerConfig::Centralized { server } = &config.server else {
         return Err(StoreError::Unavailable(format!(
             "Redis URL {url:?} names no single server"
@@ -441,8 +442,13 @@ fn read_target(config: &Config, url: &str) -> Result<pipe::Target, StoreError> {
     if let Some(db) = config.database.filter(|db| *db != 0) {
         hello.push(vec![b"SELECT".to_vec(), db.to_string().into_bytes()]);
     }
+    let tls = match tls {
+        Some(tls) => Some((tls.connector(), tls.name_for(&server.host)?)),
+        None => None,
+    };
     Ok(pipe::Target {
         addr: format!("{}:{}", server.host, server.port),
         hello,
+        tls,
     })
 }

@@ -23,14 +23,14 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::resp;
 use crate::store::StoreError;
+use crate::transport::Transport;
 
 /// Most calls waiting for replies on one connection; past it a call fails at once instead of
 /// queueing behind a server that stopped answering (as fred's command buffer limit does).
@@ -51,6 +51,8 @@ pub struct Target {
     pub addr: String,
     /// Commands sent first on every connection (AUTH, SELECT), each expected to succeed.
     pub hello: Vec<Vec<Vec<u8>>>,
+    /// For `rediss://`: the TLS handshake to make, and the name the certificate must hold.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
 }
 
 /// A node's read connection (see the module doc). Cheap to share within its shard.
@@ -79,10 +81,10 @@ struct Inner {
     refusal: RefCell<Option<String>>,
 }
 
-/// One live connection: its write half, what could not be written yet, and the calls waiting
-/// for replies, oldest first.
+/// One live connection: its socket, what could not be written yet, and the calls waiting for
+/// replies, oldest first.
 struct Conn {
-    write: Rc<OwnedWriteHalf>,
+    socket: Rc<Transport>,
     backlog: BytesMut,
     pending: VecDeque<Rc<Call>>,
 }
@@ -260,15 +262,15 @@ impl Pipe {
         let addr = self.inner.target.addr.clone();
         let mut backoff = Duration::ZERO;
         while !self.inner.closed.get() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (read, write) = stream.into_split();
-                    self.up(write);
-                    if let Err(why) = self.serve(read).await {
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+                Ok(Ok(socket)) => {
+                    let socket = Rc::new(socket);
+                    self.up(socket.clone());
+                    if let Err(why) = self.serve(&socket).await {
                         debug!(%addr, %why, "Redis read connection ended");
                     }
                     self.down();
+                    socket.shutdown();
                     if self.inner.answered.get() {
                         backoff = Duration::ZERO;
                     }
@@ -284,12 +286,34 @@ impl Pipe {
         }
     }
 
+    /// TCP, then TLS's handshake for `rediss://`.
+    async fn connect(&self) -> std::io::Result<Transport> {
+        let tcp = TcpStream::connect(&self.inner.target.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, name)) = &self.inner.target.tls else {
+            return Ok(Transport::plain(tcp));
+        };
+        match connector.connect(name.clone(), tcp).await {
+            Ok(stream) => {
+                let (tcp, conn) = stream.into_inner();
+                Ok(Transport::tls(tcp, conn))
+            }
+            Err(e) => {
+                self.refused(
+                    &format!("TLS handshake failed: {e}"),
+                    "check [server.redis_tls]: its ca_file must hold the CA of Redis's certificate, which must name this host or server_name, and Redis may ask for a client certificate (cert_file, key_file)",
+                );
+                Err(e)
+            }
+        }
+    }
+
     /// Installs a new connection, its handshake (and READONLY) queued ahead of any read.
-    fn up(&self, write: OwnedWriteHalf) {
+    fn up(&self, socket: Rc<Transport>) {
         self.inner.drop_asked.set(false);
         self.inner.answered.set(false);
         *self.inner.conn.borrow_mut() = Some(Conn {
-            write: Rc::new(write),
+            socket,
             backlog: BytesMut::with_capacity(16 * 1024),
             pending: VecDeque::new(),
         });
@@ -327,33 +351,32 @@ impl Pipe {
 
     /// Reads replies and hands them to the waiting calls; writes what did not fit the socket
     /// when it turns writable. Returns why the connection ended.
-    async fn serve(&self, mut read: OwnedReadHalf) -> Result<(), String> {
+    async fn serve(&self, socket: &Transport) -> Result<(), String> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
             if self.inner.drop_asked.get() || self.inner.closed.get() {
                 return Err("dropped".into());
             }
-            let writer = {
+            let unsent = {
                 let conn = self.inner.conn.borrow();
                 let conn = conn.as_ref().ok_or("gone")?;
-                (!conn.backlog.is_empty()).then(|| conn.write.clone())
+                !conn.backlog.is_empty() || socket.wants_write()
             };
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
             tokio::select! {
                 biased;
-                n = read.read_buf(&mut buf) => match n {
-                    Ok(0) => return Err("Redis closed the connection".into()),
-                    Ok(_) => self.deliver(&mut buf)?,
-                    Err(e) => return Err(e.to_string()),
-                },
-                w = async {
-                    match &writer {
-                        Some(w) => w.writable().await,
-                        None => std::future::pending().await,
+                r = socket.readable() => {
+                    r.map_err(|e| e.to_string())?;
+                    match socket.try_read_buf(&mut buf) {
+                        Ok(0) => return Err("Redis closed the connection".into()),
+                        Ok(_) => self.deliver(&mut buf)?,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.to_string()),
                     }
-                } => {
+                },
+                w = socket.writable(), if unsent => {
                     w.map_err(|e| e.to_string())?;
                     let mut conn = self.inner.conn.borrow_mut();
                     flush(conn.as_mut().ok_or("gone")?).map_err(|e| e.to_string())?;
@@ -397,7 +420,7 @@ impl Pipe {
                     if let Some(BytesFrame::Error(e)) =
                         frames.iter().find(|f| matches!(f, BytesFrame::Error(_)))
                     {
-                        self.refused(e);
+                        self.refused(e, "check the URL's user, password and database");
                         return Err("handshake refused".into());
                     }
                     self.inner.answered.set(true);
@@ -412,7 +435,7 @@ impl Pipe {
 
     /// Logs Redis's refusal of the handshake: a warning the first time (and whenever the reason
     /// changes), at debug while it repeats on every reconnect.
-    fn refused(&self, error: &str) {
+    fn refused(&self, error: &str, check: &str) {
         let addr = &self.inner.target.addr;
         let mut last = self.inner.refusal.borrow_mut();
         if last.as_deref() == Some(error) {
@@ -422,7 +445,7 @@ impl Pipe {
         warn!(
             %addr,
             error,
-            "Redis refused the read connection's handshake; check the URL's user, password and database (retrying with backoff up to 1s)"
+            "Redis refused the read connection's handshake; {check} (retrying with backoff up to 1s)"
         );
         *last = Some(error.to_string());
     }
@@ -430,8 +453,9 @@ impl Pipe {
 
 /// Writes as much of the backlog as the socket takes now: true when all of it went.
 fn flush(conn: &mut Conn) -> std::io::Result<bool> {
+    conn.socket.flush()?;
     while !conn.backlog.is_empty() {
-        match conn.write.try_write(&conn.backlog) {
+        match conn.socket.try_write(&conn.backlog) {
             Ok(n) => {
                 conn.backlog.advance(n);
             }
@@ -439,5 +463,5 @@ fn flush(conn: &mut Conn) -> std::io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(!conn.socket.wants_write())
 }

@@ -19,6 +19,7 @@ use fred::types::RespVersion;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
+use super::tls::RedisTls;
 use crate::store::Change;
 use crate::telemetry::counters::ShardStats;
 
@@ -26,13 +27,14 @@ use crate::telemetry::counters::ShardStats;
 /// write Redis reports under `prefixes` (the views' layouts give them).
 pub async fn run(
     url: String,
+    tls: Option<Arc<RedisTls>>,
     prefixes: Vec<String>,
     stats: Arc<ShardStats>,
     armed: Armed,
     mut changed: impl FnMut(Change),
 ) {
     let shard = stats.shard;
-    let client = match build(&url) {
+    let client = match build(&url, tls.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             warn!(shard, error = %e, "Redis client-side caching unavailable: writes behind the proxy show after the hot-cache TTL");
@@ -82,8 +84,9 @@ fn covering(mut prefixes: Vec<String>) -> Vec<String> {
     out
 }
 
-fn build(url: &str) -> Result<Client, fred::error::Error> {
-    let mut config = Config::from_url(url)?;
+fn build(url: &str, tls: Option<&RedisTls>) -> Result<Client, fred::error::Error> {
+    let mut config = super::tls::fred_config(url, tls)
+        .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Config, e.to_string()))?;
     config.version = RespVersion::RESP3;
     Builder::from_config(config)
         .with_performance_config(|p| {

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use super::SlotMap;
 use crate::store::breaker::BreakerConfig;
 use crate::store::redis::node::Node;
+use crate::store::redis::tls::RedisTls;
 use crate::store::redis::tracking;
 use crate::store::{Change, StoreError};
 use crate::telemetry::counters::ShardStats;
@@ -28,6 +29,8 @@ pub struct NodeSettings {
     pub histograms: Rc<RefCell<ShardHistograms>>,
     /// Tracking prefixes when client tracking is on, else None.
     pub tracking: Option<Vec<String>>,
+    /// TLS for every node (`rediss-cluster://`), else None.
+    pub tls: Option<Arc<RedisTls>>,
 }
 
 struct Member {
@@ -75,6 +78,7 @@ impl Members {
         let s = &self.settings;
         let node = Node::start(
             &format!("redis://{addr}"),
+            s.tls.as_deref(),
             Some(addr.to_string()),
             s.command_timeout,
             s.breaker.clone(),
@@ -87,6 +91,7 @@ impl Members {
             let changes = self.changes.clone();
             let task = tokio::task::spawn_local(tracking::run(
                 format!("redis://{addr}"),
+                s.tls.clone(),
                 prefixes.clone(),
                 s.stats.clone(),
                 tracking::Armed::Node(tracked.clone()),

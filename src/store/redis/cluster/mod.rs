@@ -63,7 +63,14 @@ pub struct Cluster {
     stats: Arc<ShardStats>,
 }
 
-/// The seeds of a `redis-cluster://HOST:PORT?node=HOST:PORT&node=...` URL, as "host:port".
+/// True for a URL that names a Redis Cluster (`redis-cluster://`, or `rediss-cluster://` over
+/// TLS).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
+}
+
+/// The seeds of a `redis-cluster://HOST:PORT?node=HOST:PORT&node=...` URL (or
+/// `rediss-cluster://`), as "host:port".
 pub fn seeds_of(url: &str) -> Result<Vec<String>, StoreError> {
     let bad = |why: &str| {
         StoreError::Unavailable(format!(
@@ -72,7 +79,8 @@ pub fn seeds_of(url: &str) -> Result<Vec<String>, StoreError> {
     };
     let rest = url
         .strip_prefix("redis-cluster://")
-        .ok_or_else(|| bad("it must start with redis-cluster://"))?;
+        .or_else(|| url.strip_prefix("rediss-cluster://"))
+        .ok_or_else(|| bad("it must start with redis-cluster:// (or rediss-cluster:// for TLS)"))?;
     if rest.contains('@') {
         return Err(bad("credentials are not supported in cluster URLs yet"));
     }
