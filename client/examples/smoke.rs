@@ -1,18 +1,44 @@
 //! Smoke test against a running proxy serving `examples/features.toml`:
 //! `cargo run -p featureproxy-client --example smoke -- 127.0.0.1:7000`.
+//! Over TLS: `-- 127.0.0.1:7443 --tls-ca ca.crt [--tls-cert client.crt --tls-key client.key]
+//! [--tls-server-name NAME]`.
 //! Pings, writes two entities of each example view, reads them back with an unknown key, and
 //! prints what came back.
 
 use std::time::SystemTime;
 
-use featureproxy_client::{Client, ClientOptions, GetOptions, Value};
+use featureproxy_client::{Client, ClientOptions, GetOptions, TlsOptions, Value};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".to_string());
-    let client = Client::connect(addr, ClientOptions::default()).await?;
+    let mut args = std::env::args().skip(1);
+    let mut addr = "127.0.0.1:7000".to_string();
+    let (mut ca, mut cert, mut key, mut name) = (None, None, None, None);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--tls-ca" => ca = Some(value()?),
+            "--tls-cert" => cert = Some(value()?),
+            "--tls-key" => key = Some(value()?),
+            "--tls-server-name" => name = Some(value()?),
+            _ => addr = a,
+        }
+    }
+    let tls = ca.map(|ca| {
+        let mut t = TlsOptions::new(ca);
+        if let (Some(c), Some(k)) = (cert, key) {
+            t = t.client_cert(c, k);
+        }
+        if let Some(n) = name {
+            t = t.server_name(n);
+        }
+        t
+    });
+    let opts = ClientOptions {
+        tls,
+        ..Default::default()
+    };
+    let client = Client::connect(addr, opts).await?;
     println!("hello: {:?}", client.hello_info().await?);
     println!("ping: {:?}", client.ping().await?);
 

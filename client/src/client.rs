@@ -16,7 +16,7 @@ use featureproxy_protocol::{
 use crate::batch::unexpected;
 use crate::conn::{CallError, Conn};
 use crate::overload::{self, OverloadRetry};
-use crate::{Batch, Error, Schema, Value};
+use crate::{Batch, Error, Schema, TlsConnector, TlsOptions, Value};
 
 /// How a [`Client`] connects and how long it waits.
 #[derive(Clone)]
@@ -56,6 +56,11 @@ pub struct ClientOptions {
     /// twice the proxy's default `shed_queue_delay` (10 ms), the queue it sheds beyond, so the
     /// queue has drained when the retry arrives; small next to a GET's 50 ms default deadline.
     pub overload_backoff: Duration,
+    /// Connect over TLS with these settings (the proxy's `[server.tls] listen` port); `None`
+    /// (the default) connects in plaintext. Certificate files are read once, by
+    /// [`Client::connect`], which fails with [`Error::Tls`] naming a file it cannot use. The
+    /// token ([`ClientOptions::token`]) goes in HELLO as before, inside the encrypted stream.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -67,6 +72,7 @@ impl Default for ClientOptions {
             pool_size: 2,
             retry_overloaded: true,
             overload_backoff: Duration::from_millis(20),
+            tls: None,
         }
     }
 }
@@ -81,6 +87,7 @@ impl fmt::Debug for ClientOptions {
             .field("pool_size", &self.pool_size)
             .field("retry_overloaded", &self.retry_overloaded)
             .field("overload_backoff", &self.overload_backoff)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -147,6 +154,8 @@ pub struct Client {
 struct Inner {
     addr: Arc<str>,
     opts: ClientOptions,
+    /// `opts.tls` with its files read, for every connection of the pool.
+    tls: Option<TlsConnector>,
     slots: Box<[Slot]>,
     next: AtomicUsize,
     schemas: Mutex<HashMap<String, Arc<Schema>>>,
@@ -181,8 +190,12 @@ impl Client {
     ///
     /// Fails if any connection cannot be opened: [`Error::Connect`] (naming the address and the
     /// OS error), [`Error::Timeout`], or [`Error::Server`] when HELLO is refused (e.g.
-    /// `UNAUTHORIZED` for a wrong token, `UNSUPPORTED_VERSION`).
+    /// `UNAUTHORIZED` for a wrong token, `UNSUPPORTED_VERSION`). With [`ClientOptions::tls`],
+    /// [`Error::Tls`] for certificate files it cannot use, a failed handshake, or a client
+    /// certificate the proxy refuses (or requires and did not get).
     pub async fn connect(addr: impl ToString, opts: ClientOptions) -> Result<Client, Error> {
+        let addr = addr.to_string();
+        let tls = opts.tls.as_ref().map(|t| t.connector(&addr)).transpose()?;
         let pool = opts.pool_size.max(1);
         let slots = (0..pool)
             .map(|_| Slot {
@@ -192,8 +205,9 @@ impl Client {
             .collect();
         let client = Client {
             inner: Arc::new(Inner {
-                addr: Arc::from(addr.to_string()),
+                addr: Arc::from(addr),
                 opts,
+                tls,
                 slots,
                 next: AtomicUsize::new(0),
                 schemas: Mutex::new(HashMap::new()),
@@ -529,6 +543,7 @@ impl Client {
                 &self.inner.addr,
                 opts.token.as_deref().unwrap_or(""),
                 &opts.client_name,
+                self.inner.tls.as_ref(),
             )
             .await?,
         );

@@ -6,8 +6,13 @@
 //! its own (rather than a locked write half) matters for cancellation: a caller that times out
 //! mid-call never leaves half a frame on the socket, because only the writer task writes and it
 //! always writes whole frames.
+//!
+//! The tasks are generic over the stream: a plaintext connection runs them on the TCP socket's
+//! own halves, a TLS one on the halves of `tokio::io::split`, which take a lock per poll because
+//! a TLS session's reading and writing share one state.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -16,13 +21,12 @@ use featureproxy_protocol::{
     decode_frame, Frame, Hello, HelloReply, Limits, Request, Response, DEFAULT_MAX_FRAME,
     HEADER_LEN, VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch::unexpected;
-use crate::Error;
+use crate::{Error, TlsConnector};
 
 /// Frames queued for the writer before callers wait for room.
 const WRITE_QUEUE: usize = 1024;
@@ -134,18 +138,19 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects, sends HELLO and waits for the reply, then starts the reader and writer tasks.
-    /// The caller applies the timeout.
+    /// Connects (with a TLS handshake when `tls` is given), sends HELLO and waits for the reply,
+    /// then starts the reader and writer tasks. The caller applies the timeout.
     pub(crate) async fn open(
         addr: &Arc<str>,
         token: &str,
         client_name: &str,
+        tls: Option<&TlsConnector>,
     ) -> Result<Conn, Error> {
         let connect_err = |source| Error::Connect {
             addr: addr.to_string(),
             source,
         };
-        let mut stream = TcpStream::connect(&**addr).await.map_err(connect_err)?;
+        let stream = TcpStream::connect(&**addr).await.map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
 
         let mut out = BytesMut::new();
@@ -155,44 +160,36 @@ impl Conn {
             client_name: client_name.to_string(),
         })
         .encode(&mut out, 0);
-        stream.write_all(&out).await.map_err(connect_err)?;
 
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let frame = loop {
-            match decode_frame(&mut buf, DEFAULT_MAX_FRAME) {
-                Ok(Some(frame)) => break frame,
-                Ok(None) => {}
-                Err((_, e)) => return Err(Error::Protocol(e)),
+        // Monomorphized per stream kind, so the plaintext connection's tasks work on the TCP
+        // halves directly, with no indirection a TLS stream would need.
+        match tls {
+            None => {
+                let mut stream = stream;
+                let (hello, buf) = exchange_hello(&mut stream, &out, addr, None).await?;
+                let (rd, wr) = stream.into_split();
+                Ok(Conn::start(rd, wr, buf, hello, addr))
             }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => {
-                    return Err(Error::ConnectionClosed {
-                        addr: addr.to_string(),
-                        reason: "the server closed the connection before answering HELLO".into(),
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => return Err(connect_err(e)),
+            Some(tls) => {
+                let mut stream = tls.connect(stream, addr).await?;
+                let (hello, buf) = exchange_hello(&mut stream, &out, addr, Some(tls)).await?;
+                let (rd, wr) = tokio::io::split(stream);
+                Ok(Conn::start(rd, wr, buf, hello, addr))
             }
-        };
-        let hello = match Response::decode(&frame, &Limits::default())? {
-            Response::Hello(h) => h,
-            Response::Error(e) => return Err(Error::from_server(e)),
-            other => return Err(unexpected("HELLO", &other)),
-        };
-        if hello.version != VERSION {
-            return Err(Error::Protocol(featureproxy_protocol::ProtocolError::malformed(
-                format!(
-                    "the server answered HELLO with protocol version {}, this client speaks {VERSION}",
-                    hello.version
-                ),
-            )));
         }
+    }
+
+    /// Starts the reader and writer tasks on a connection that has exchanged HELLO; `buf` holds
+    /// whatever was read past the HELLO reply.
+    fn start<R, W>(rd: R, wr: W, buf: BytesMut, hello: HelloReply, addr: &Arc<str>) -> Conn
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let limits = Limits {
             max_frame: hello.max_frame,
             max_batch: hello.max_batch,
         };
-
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             addr: addr.clone(),
@@ -200,17 +197,16 @@ impl Conn {
             closed: AtomicBool::new(false),
             shutdown,
         });
-        let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(read_loop(rd, buf, shared.clone(), hello.max_frame));
         tokio::spawn(write_loop(wr, rx, shared.clone()));
-        Ok(Conn {
+        Conn {
             shared,
             tx,
             next_id: AtomicU32::new(1),
             hello,
             limits,
-        })
+        }
     }
 
     /// The server's HELLO reply on this connection.
@@ -289,7 +285,80 @@ impl Drop for Conn {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, mut buf: BytesMut, shared: Arc<Shared>, max_frame: u32) {
+/// Sends the encoded HELLO `out` and reads the server's reply; returns it with the bytes read
+/// past it.
+///
+/// Over TLS, failures are explained by `tls`: TLS 1.3 finishes the client's side of the handshake
+/// before the server has checked the client's certificate, so a refused certificate arrives as an
+/// alert at this first read, and is reported here, at connect, rather than by a later call.
+async fn exchange_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &[u8],
+    addr: &Arc<str>,
+    tls: Option<&TlsConnector>,
+) -> Result<(HelloReply, BytesMut), Error> {
+    let io_err = |e: io::Error| match tls {
+        Some(tls) => tls.explain(e, addr),
+        None => Error::Connect {
+            addr: addr.to_string(),
+            source: e,
+        },
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    if let Err(e) = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    }
+    .await
+    {
+        // A server that refused the client's certificate may have closed the connection before
+        // HELLO went out; its alert, if it sent one, says more than the failed write.
+        if tls.is_some() {
+            if let Err(Error::Tls(m)) = stream.read_buf(&mut buf).await.map_err(io_err) {
+                return Err(Error::Tls(m));
+            }
+        }
+        return Err(io_err(e));
+    }
+    let frame = loop {
+        match decode_frame(&mut buf, DEFAULT_MAX_FRAME) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err((_, e)) => return Err(Error::Protocol(e)),
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => {
+                return Err(Error::ConnectionClosed {
+                    addr: addr.to_string(),
+                    reason: "the server closed the connection before answering HELLO".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    };
+    let hello = match Response::decode(&frame, &Limits::default())? {
+        Response::Hello(h) => h,
+        Response::Error(e) => return Err(Error::from_server(e)),
+        other => return Err(unexpected("HELLO", &other)),
+    };
+    if hello.version != VERSION {
+        return Err(Error::Protocol(
+            featureproxy_protocol::ProtocolError::malformed(format!(
+                "the server answered HELLO with protocol version {}, this client speaks {VERSION}",
+                hello.version
+            )),
+        ));
+    }
+    Ok((hello, buf))
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    max_frame: u32,
+) {
     let mut stop = shared.shutdown.subscribe();
     let reason = 'outer: loop {
         loop {
@@ -324,7 +393,11 @@ async fn read_loop(mut rd: OwnedReadHalf, mut buf: BytesMut, shared: Arc<Shared>
     shared.close(&reason);
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+) {
     let mut stop = shared.shutdown.subscribe();
     let mut batch = BytesMut::new();
     loop {
@@ -340,7 +413,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, share
             Err(_) => {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
-                    r = wr.write_all(&first) => r,
+                    r = write_frames(&mut wr, &first) => r,
                 }
             }
             Ok(second) => {
@@ -355,7 +428,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, share
                 }
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
-                    r = wr.write_all(&batch) => r,
+                    r = write_frames(&mut wr, &batch) => r,
                 }
             }
         };
@@ -367,4 +440,12 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, share
     // Frames still queued were never written: their callers hear ConnectionClosed from close().
     drop(rx);
     let _ = wr.shutdown().await;
+}
+
+/// Writes `bytes` out. The flush costs nothing on a TCP half; a TLS stream may keep encrypted
+/// bytes buffered when the socket is full, and they must go out before the writer waits for
+/// more frames.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }

@@ -9,7 +9,8 @@ use featureproxy_protocol::{ErrorCode, ProtocolError};
 ///
 /// The variants separate who is at fault, because callers react differently: a [`Error::Server`]
 /// is the proxy refusing a request (usually a caller bug or overload), [`Error::Timeout`],
-/// [`Error::Connect`] and [`Error::ConnectionClosed`] are transport trouble worth a retry, and
+/// [`Error::Connect`] and [`Error::ConnectionClosed`] are transport trouble worth a retry,
+/// [`Error::Tls`] is a certificate or TLS setting to fix (not worth a retry), and
 /// [`Error::BadRow`], [`Error::BadKey`], [`Error::BatchTooLarge`] and [`Error::FrameTooLarge`] are
 /// caught on the client before anything is sent, so they never cost a round trip or a connection.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,8 @@ pub enum Error {
         after: Duration,
     },
 
-    /// Opening a TCP connection, or the HELLO exchange on it, failed at the I/O level.
+    /// Opening a TCP connection, or the HELLO exchange on it, failed at the I/O level (failures
+    /// of TLS itself are [`Error::Tls`]).
     #[error("cannot connect to featureproxy at {addr}: {source}")]
     Connect {
         /// The address that was dialled.
@@ -51,6 +53,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// TLS to the proxy failed, or its settings could not be used
+    /// ([`crate::ClientOptions::tls`]). The message says what happened and what to change: a
+    /// certificate file that cannot be read or holds no certificate (naming the file), the
+    /// proxy's certificate not signed by the trusted CA, not valid for the name connected to, or
+    /// expired, or the proxy refusing this client's certificate or asking for one. A refused
+    /// client certificate, which TLS 1.3 only reports after the handshake, is caught by the HELLO
+    /// exchange, so it fails [`crate::Client::connect`] rather than a later call. Not retryable:
+    /// the same settings fail the same way until a certificate or setting changes.
+    #[error("{0}")]
+    Tls(String),
 
     /// The connection broke while the request was in flight (the server closed it, a read or
     /// write failed, or the byte stream became undecodable). The next call on the same pooled
@@ -128,6 +141,7 @@ impl Error {
             Error::Timeout { .. }
             | Error::Connect { .. }
             | Error::ConnectionClosed { .. }
+            | Error::Tls(_)
             | Error::Protocol(_) => None,
         }
     }

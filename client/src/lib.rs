@@ -2,7 +2,7 @@
 //!
 //! featureproxy serves ML feature vectors: a view name and a batch of entity keys in, an
 //! `n x row_bytes` matrix out, with a status and an age per entity. This crate speaks the binary
-//! protocol of [`featureproxy_protocol`] over TCP on tokio (current-thread or multi-thread
+//! protocol of [`featureproxy_protocol`] over TCP or TLS on tokio (current-thread or multi-thread
 //! runtime).
 //!
 //! * [`Client`] keeps a small pool of connections ([`ClientOptions::pool_size`]). Each one is
@@ -25,6 +25,10 @@
 //!   it may not read, PUT to a view it may not write) fails with [`Error::Server`] whose
 //!   [`Error::code`] is [`ErrorCode::Forbidden`]; the connection stays open for the calls it may
 //!   make.
+//! * TLS, with a client certificate if the proxy asks for one, is one option away
+//!   ([`ClientOptions::tls`], [`TlsOptions`]). A certificate problem fails [`Client::connect`]
+//!   with an [`Error::Tls`] that says what is wrong: an untrusted, expired or misnamed proxy
+//!   certificate, or a client certificate the proxy refused or did not get.
 //! * Mistakes are caught before sending where possible (bad keys, rows of the wrong type, batches
 //!   above the server's `max_batch` or `max_frame`), so they cost neither a round trip nor the
 //!   connection.
@@ -58,17 +62,25 @@ mod conn;
 mod error;
 mod overload;
 mod schema;
+mod tls;
 mod value;
 
 #[cfg(test)]
 mod mock_tests;
+#[cfg(test)]
+mod tls_tests;
 
 pub use batch::Batch;
 pub use client::{Client, ClientOptions, GetOptions, UnixMillis};
 pub use error::Error;
 pub use overload::{RETRY_BUDGET_GETS_PER_RETRY, RETRY_BUDGET_MIN_RETRIES, RETRY_BUDGET_WINDOW};
 pub use schema::{Feature, Schema};
+pub use tls::{TlsConnector, TlsOptions, ALPN_PROTOCOL};
 pub use value::Value;
+
+/// The rustls this client is built with (0.23, aws-lc-rs provider), for a configuration of one's
+/// own ([`TlsOptions::from_config`]) of the same version.
+pub use rustls;
 
 /// The protocol crate, for types beyond those re-exported here.
 pub use featureproxy_protocol as protocol;

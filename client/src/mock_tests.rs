@@ -11,8 +11,8 @@ use featureproxy_protocol::{
     decode_frame, encode_frame, encode_get_response, Dtype, EntityStatus, ErrorCode, HelloReply,
     Limits, ProtocolError, PutEntry, Request, Response, SchemaReply, Status,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinSet;
 
@@ -22,7 +22,7 @@ use crate::{Client, ClientOptions, Error, GetOptions, Value};
 const MAX_BATCH: u32 = 8;
 
 #[derive(Default)]
-struct MockState {
+pub(crate) struct MockState {
     token: Option<String>,
     hellos: AtomicUsize,
     schema_requests: AtomicUsize,
@@ -35,6 +35,22 @@ struct MockState {
     shed_once: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
+impl MockState {
+    /// A fresh mock's state: view "emb" at schema id 100, and `token` required if given.
+    pub(crate) fn new(token: Option<&str>) -> MockState {
+        MockState {
+            token: token.map(str::to_string),
+            schema_id: AtomicU32::new(100),
+            ..Default::default()
+        }
+    }
+
+    /// HELLOs answered (or refused) so far.
+    pub(crate) fn hellos(&self) -> usize {
+        self.hellos.load(Ordering::SeqCst)
+    }
+}
+
 struct Mock {
     addr: SocketAddr,
     state: Arc<MockState>,
@@ -44,11 +60,7 @@ impl Mock {
     async fn start(token: Option<&str>) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(MockState {
-            token: token.map(str::to_string),
-            schema_id: AtomicU32::new(100),
-            ..Default::default()
-        });
+        let state = Arc::new(MockState::new(token));
         let st = state.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
@@ -88,7 +100,7 @@ fn row_of(key: &[u8]) -> Vec<u8> {
     r
 }
 
-fn expect_row(key: &str) -> Vec<Value> {
+pub(crate) fn expect_row(key: &str) -> Vec<Value> {
     let sum: u32 = key.bytes().map(|b| b as u32).sum();
     vec![Value::F32(sum as f32), Value::F32(key.len() as f32)]
 }
@@ -101,12 +113,19 @@ fn forbidden(op: &str, view: &str) -> Response {
     ))
 }
 
-async fn send(w: &AsyncMutex<tokio::net::tcp::OwnedWriteHalf>, out: BytesMut) {
-    let _ = w.lock().await.write_all(&out).await;
+async fn send<W: AsyncWrite + Unpin>(w: &AsyncMutex<W>, out: BytesMut) {
+    let mut w = w.lock().await;
+    if w.write_all(&out).await.is_ok() {
+        let _ = w.flush().await;
+    }
 }
 
-async fn serve(sock: TcpStream, st: Arc<MockState>) {
-    let (mut rd, wr) = sock.into_split();
+/// Serves one connection, plaintext or TLS (tls_tests runs it behind a TLS acceptor).
+pub(crate) async fn serve<S>(sock: S, st: Arc<MockState>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(sock);
     let wr = Arc::new(AsyncMutex::new(wr));
     let limits = Limits {
         max_frame: 1 << 20,

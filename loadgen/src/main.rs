@@ -82,6 +82,53 @@ struct KeyArgs {
     token: Option<String>,
 }
 
+/// TLS to the proxy (`[server.tls] listen`). Only connections to the proxy use it: resp://
+/// targets (Redis, twemproxy) and `loadgen floor` speak plaintext.
+#[derive(Args)]
+#[command(
+    next_help_heading = "TLS to the proxy (resp:// targets and `loadgen floor` are plaintext)"
+)]
+struct TlsArgs {
+    /// Connect to the proxy over TLS, trusting the CA certificate(s) in FILE (PEM) for its
+    /// certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for a proxy that requires one (mTLS); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Verify the proxy's certificate against NAME (and send it as SNI) instead of the target's
+    /// host.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The client's TLS options, if TLS was asked for.
+    fn options(&self) -> Result<Option<featureproxy_client::TlsOptions>, String> {
+        let Some(ca) = &self.tls_ca else {
+            if self.tls_cert.is_some() || self.tls_server_name.is_some() {
+                return Err(
+                    "--tls-cert, --tls-key and --tls-server-name need --tls-ca (the CA \
+                            that signed the proxy's certificate)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let mut o = featureproxy_client::TlsOptions::new(ca);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            o = o.client_cert(cert, key);
+        }
+        if let Some(name) = &self.tls_server_name {
+            o = o.server_name(name);
+        }
+        Ok(Some(o))
+    }
+}
+
 #[derive(Args)]
 struct SeedArgs {
     /// The proxy: HOST:PORT.
@@ -103,6 +150,8 @@ struct SeedArgs {
     /// Entities read back at the end to check the values (0: skip).
     #[arg(long, default_value_t = 2000)]
     verify: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -186,6 +235,8 @@ struct RunArgs {
     /// answered. Repeat it for each process behind the target (e.g. the proxy and Redis).
     #[arg(long = "server-pid", value_name = "PID")]
     server_pid: Vec<u32>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -280,6 +331,7 @@ fn cmd_seed(a: SeedArgs) -> Result<ExitCode, String> {
         key_prefix: a.keys.key_prefix.into_bytes(),
         token: a.keys.token,
         verify: a.verify,
+        tls: a.tls.options()?,
     };
     let summary = runtime()?.block_on(seed::seed(cfg))?;
     if summary.verify_failures.is_empty() {
@@ -290,13 +342,18 @@ fn cmd_seed(a: SeedArgs) -> Result<ExitCode, String> {
 }
 
 /// Fetches the view's schema through the client: its id, schema id and dtypes.
-fn proxy_proto(a: &RunArgs, addr: &str) -> Result<Proto, String> {
+fn proxy_proto(
+    a: &RunArgs,
+    addr: &str,
+    tls: Option<featureproxy_client::TlsOptions>,
+) -> Result<Proto, String> {
     runtime()?.block_on(async {
         let opts = featureproxy_client::ClientOptions {
             token: a.keys.token.clone(),
             client_name: "loadgen".into(),
             timeout: Duration::from_secs(5),
             pool_size: 1,
+            tls,
             ..Default::default()
         };
         let client = featureproxy_client::Client::connect(addr, opts)
@@ -353,14 +410,32 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         a.keys.cold_fraction,
         trace,
     )?;
-    let proto = match &target {
-        Target::Proxy(addr) => proxy_proto(&a, addr)?,
-        Target::Resp(_) => Proto::Resp {
-            redis_prefix: format!("fp:{}:v{}:", a.view, a.view_version).into_bytes(),
-        },
+    let tls = a.tls.options()?;
+    let (proto, tls) = match &target {
+        Target::Proxy(addr) => {
+            let connector = tls
+                .as_ref()
+                .map(|t| t.connector(addr))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            (proxy_proto(&a, addr, tls)?, connector)
+        }
+        Target::Resp(_) if tls.is_some() => {
+            return Err(
+                "--tls-* apply to the proxy only: a resp:// target is spoken to in plaintext"
+                    .into(),
+            )
+        }
+        Target::Resp(_) => (
+            Proto::Resp {
+                redis_prefix: format!("fp:{}:v{}:", a.view, a.view_version).into_bytes(),
+            },
+            None,
+        ),
     };
     let cfg = RunConfig {
         target: target.clone(),
+        tls,
         view: a.view.clone(),
         proto,
         workload: Arc::new(workload),
@@ -464,6 +539,7 @@ fn cmd_selftest(a: SelftestArgs) -> Result<ExitCode, String> {
     let workload = Arc::new(Workload::new(1_000_000, 0.99, 1, a.batch, 0.0, None)?);
     let base = |target: Target, proto: Proto, rate: Option<f64>| RunConfig {
         target,
+        tls: None,
         view: "echo".into(),
         proto,
         workload: workload.clone(),

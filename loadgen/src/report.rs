@@ -150,9 +150,10 @@ impl Report {
             self.label,
             c.target,
             c.view,
-            match &c.proto {
-                crate::driver::Proto::Fp { .. } => "(featureproxy GET)",
-                crate::driver::Proto::Resp { .. } => "(RESP GET/MGET)",
+            match (&c.proto, c.tls.is_some()) {
+                (crate::driver::Proto::Fp { .. }, false) => "(featureproxy GET)",
+                (crate::driver::Proto::Fp { .. }, true) => "(featureproxy GET over TLS)",
+                (crate::driver::Proto::Resp { .. }, _) => "(RESP GET/MGET)",
             },
             self.mode()
         );
@@ -324,6 +325,7 @@ impl Report {
         };
         field("label", jstr(&self.label));
         field("target", jstr(&c.target.to_string()));
+        field("tls", c.tls.is_some().to_string());
         field("view", jstr(&c.view));
         field(
             "mode",

@@ -26,6 +26,8 @@ pub struct SeedConfig {
     pub token: Option<String>,
     /// Entities read back at the end to check them (0: none).
     pub verify: u64,
+    /// Connect to the proxy over TLS with these settings.
+    pub tls: Option<featureproxy_client::TlsOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,7 @@ pub async fn seed(cfg: SeedConfig) -> Result<SeedSummary, String> {
         client_name: "loadgen-seed".into(),
         timeout: Duration::from_secs(30),
         pool_size: cfg.connections.max(1),
+        tls: cfg.tls.clone(),
         ..Default::default()
     };
     let client = Client::connect(&cfg.addr, opts)

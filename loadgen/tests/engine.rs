@@ -13,6 +13,7 @@ use loadgen::workload::Workload;
 fn config(target: Target, proto: Proto, rate: Option<f64>, batch: BatchSpec) -> RunConfig {
     RunConfig {
         target,
+        tls: None,
         view: "echo".into(),
         proto,
         workload: Arc::new(Workload::new(10_000, 0.99, 3, batch, 0.0, None).unwrap()),

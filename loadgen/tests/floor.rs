@@ -68,6 +68,7 @@ fn loadgen_drives_it_without_errors() {
     let schema = rt.block_on(c.schema("user_features")).unwrap();
     let cfg = RunConfig {
         target: Target::Proxy(addr.to_string()),
+        tls: None,
         view: "user_features".into(),
         proto: Proto::Fp {
             view_id: schema.view_id(),

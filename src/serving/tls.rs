@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use featureproxy_protocol::{ProtocolError, Response};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ServerConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::tls::{ClientCert, ListenerTls, TlsVersion};
@@ -148,8 +148,16 @@ async fn tell_not_tls(mut tcp: TcpStream) {
     );
     let mut out = bytes::BytesMut::new();
     Response::Error(err).encode(&mut out, 0);
-    let _ = tokio::time::timeout(Duration::from_millis(100), tcp.write_all(&out)).await;
-    let _ = tcp.shutdown().await;
+    let linger = async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await?;
+        // Read what the peer sent (its request) until it closes: closing with unread bytes
+        // would send a reset, which can destroy the ERROR frame before the peer reads it.
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), linger).await;
 }
 
 /// What a failed handshake is counted as.

@@ -14,6 +14,7 @@ use featureproxy_protocol::{
 };
 
 pub mod cluster;
+pub mod tls;
 
 /// Wall-clock Unix milliseconds, as `computed_at` is written.
 pub fn now_ms() -> u64 {

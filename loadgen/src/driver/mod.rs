@@ -30,6 +30,7 @@ mod replies;
 mod run;
 mod sender;
 mod shared;
+mod tls;
 
 pub use self::run::run;
 
@@ -77,6 +78,9 @@ pub enum Proto {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub target: Target,
+    /// Connect to a featureproxy target over TLS with these settings (certificates already
+    /// read). RESP targets are always plaintext.
+    pub tls: Option<featureproxy_client::TlsConnector>,
     /// The view's name (for reports).
     pub view: String,
     pub proto: Proto,

@@ -1,5 +1,5 @@
 //! The receiver thread: a current-thread tokio runtime that opens its worker's connections
-//! (with HELLO for featureproxy), runs one read task per connection, times out stuck requests,
+//! (with HELLO for featureproxy, after a TLS handshake for a TLS target), runs one read task per connection, times out stuck requests,
 //! fails and reopens broken connections, and (in closed loop) sends the replacement requests.
 //! It is separate from `replies`, which says what each reply it reads counts for: this file is
 //! about connections, that one about bookkeeping.
@@ -8,15 +8,17 @@ use std::cell::RefCell;
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Barrier, PoisonError};
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use featureproxy_client::rustls::ClientConnection;
 use featureproxy_protocol::{decode_frame, Hello, Limits, Request, Response, VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::replies::{on_fp_frame, on_resp_reply};
 use super::shared::{Conn, Shared};
+use super::tls::{self, Session};
 use super::{Measured, Proto};
 use crate::resp::parse_reply;
 
@@ -64,19 +66,20 @@ pub(super) fn receiver_main(
         }
         // Install the write halves before the start line, so the senders find them.
         let mut readers = Vec::new();
-        for (c, (w, r, shard)) in conns.iter().zip(opened) {
-            if let Some(s) = shard {
+        for (c, o) in conns.iter().zip(opened) {
+            if let Some(s) = o.shard {
                 *worker.st.borrow_mut().shards.entry(s).or_insert(0) += 1;
             }
-            readers.push((c.clone(), r, install(c, w)));
+            let first_k = install(c, o.write, o.tls.clone());
+            readers.push((c.clone(), o.read, o.tls, first_k));
         }
         let _ = ready.send(Ok(()));
         go.wait();
         if shared.senders_done.load(Ordering::Acquire) >= usize::MAX / 2 {
             return;
         }
-        for (c, r, first_k) in readers {
-            tokio::task::spawn_local(conn_task(worker.clone(), c, r, first_k));
+        for (c, r, tls, first_k) in readers {
+            tokio::task::spawn_local(conn_task(worker.clone(), c, r, tls, first_k));
         }
         // Time out stuck requests, and finish once everything sent has been answered.
         let timeout_ns = shared.cfg.timeout.as_nanos() as u64;
@@ -125,9 +128,10 @@ pub(super) fn receiver_main(
 }
 
 /// Puts a freshly opened connection in place; returns the first request number it will carry.
-fn install(conn: &Conn, stream: std::net::TcpStream) -> u64 {
+fn install(conn: &Conn, stream: std::net::TcpStream, tls: Option<Session>) -> u64 {
     let mut w = conn.lock();
     w.stream = Some(stream);
+    w.tls = tls;
     w.buf.clear();
     *conn
         .close_reason
@@ -143,6 +147,7 @@ fn fail_conn(worker: &Worker, conn: &Conn, reason: &str) {
     if let Some(s) = w.stream.take() {
         let _ = s.shutdown(Shutdown::Both);
     }
+    w.tls = None;
     w.buf.clear();
     let now = sh.now_ns();
     let mut st = worker.st.borrow_mut();
@@ -168,55 +173,97 @@ fn fail_conn(worker: &Worker, conn: &Conn, reason: &str) {
     conn.wake.notify();
 }
 
-type Opened = (std::net::TcpStream, tokio::net::TcpStream, Option<u16>);
+/// One opened connection: the write half for the sender, the read half for the receiver, the
+/// TLS session both share (for a TLS target), and the proxy shard that serves it.
+struct Opened {
+    write: std::net::TcpStream,
+    read: tokio::net::TcpStream,
+    tls: Option<Session>,
+    shard: Option<u16>,
+}
 
-/// Opens one connection (with HELLO for featureproxy): the write half for the sender, the read
-/// half for the receiver, and the proxy shard that serves it.
+/// Opens one connection, with a TLS handshake for a TLS target and HELLO for featureproxy.
 async fn connect(shared: &Shared) -> Result<Opened, String> {
     let addr = shared.cfg.target.addr();
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+    let s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connecting to {addr}: timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     s.set_nodelay(true)
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let mut shard = None;
-    if let Proto::Fp { token, .. } = &shared.cfg.proto {
-        let mut out = BytesMut::new();
-        Request::Hello(Hello {
-            version: VERSION,
-            token: token.clone(),
-            client_name: "loadgen".into(),
-        })
-        .encode(&mut out, 0);
-        let hello = async {
-            s.write_all(&out).await.map_err(|e| e.to_string())?;
-            let mut buf = BytesMut::with_capacity(4096);
-            loop {
-                if let Some(f) = decode_frame(&mut buf, 1 << 20).map_err(|(_, e)| e.to_string())? {
-                    return match Response::decode(&f, &Limits::default()) {
-                        Ok(Response::Hello(h)) => Ok(h.shard),
-                        Ok(Response::Error(e)) => Err(format!("HELLO refused: {e}")),
-                        Ok(_) => Err("unexpected reply to HELLO".to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                }
-                if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("connection closed during HELLO".to_string());
-                }
-            }
-        };
-        shard = Some(
-            tokio::time::timeout(Duration::from_secs(2), hello)
+    let token = match &shared.cfg.proto {
+        Proto::Fp { token, .. } => Some(token.as_str()),
+        Proto::Resp { .. } => None,
+    };
+    let (s, tls, shard) = match (&shared.cfg.tls, token) {
+        (Some(connector), Some(token)) => {
+            let mut t = tokio::time::timeout(Duration::from_secs(2), connector.connect(s, addr))
                 .await
-                .map_err(|_| format!("{addr}: no HELLO reply within 2s"))?
-                .map_err(|e| format!("{addr}: {e}"))?,
-        );
-    }
+                .map_err(|_| format!("{addr}: no TLS handshake within 2s"))?
+                .map_err(|e| e.to_string())?;
+            let shard = hello(&mut t, token, addr, |e| {
+                connector.explain(e, addr).to_string()
+            })
+            .await?;
+            // The handshake and HELLO done, the engine drives the session by hand.
+            let (s, session) = t.into_inner();
+            (s, Some(Arc::new(Mutex::new(session))), Some(shard))
+        }
+        (None, Some(token)) => {
+            let mut s = s;
+            let shard = hello(&mut s, token, addr, |e| e.to_string()).await?;
+            (s, None, Some(shard))
+        }
+        (_, None) => (s, None, None),
+    };
     let std = s.into_std().map_err(|e| e.to_string())?;
-    let w = std.try_clone().map_err(|e| e.to_string())?;
-    let r = tokio::net::TcpStream::from_std(std).map_err(|e| e.to_string())?;
-    Ok((w, r, shard))
+    let write = std.try_clone().map_err(|e| e.to_string())?;
+    let read = tokio::net::TcpStream::from_std(std).map_err(|e| e.to_string())?;
+    Ok(Opened {
+        write,
+        read,
+        tls,
+        shard,
+    })
+}
+
+/// Sends HELLO and reads the reply: the proxy shard serving the connection. `io_err` explains an
+/// I/O failure (over TLS: a client certificate the proxy refused shows up at this first read).
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    token: &str,
+    addr: &str,
+    io_err: impl Fn(std::io::Error) -> String,
+) -> Result<u16, String> {
+    let mut out = BytesMut::new();
+    Request::Hello(Hello {
+        version: VERSION,
+        token: token.to_string(),
+        client_name: "loadgen".into(),
+    })
+    .encode(&mut out, 0);
+    let exchange = async {
+        s.write_all(&out).await.map_err(&io_err)?;
+        s.flush().await.map_err(&io_err)?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if let Some(f) = decode_frame(&mut buf, 1 << 20).map_err(|(_, e)| e.to_string())? {
+                return match Response::decode(&f, &Limits::default()) {
+                    Ok(Response::Hello(h)) => Ok(h.shard),
+                    Ok(Response::Error(e)) => Err(format!("HELLO refused: {e}")),
+                    Ok(_) => Err("unexpected reply to HELLO".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            if s.read_buf(&mut buf).await.map_err(&io_err)? == 0 {
+                return Err("connection closed during HELLO".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| format!("{addr}: no HELLO reply within 2s"))?
+        .map_err(|e| format!("{addr}: {e}"))
 }
 
 /// Reads one connection for the whole run, reopening it whenever it breaks.
@@ -224,6 +271,7 @@ async fn conn_task(
     worker: Rc<Worker>,
     conn: Arc<Conn>,
     mut stream: tokio::net::TcpStream,
+    mut tls: Option<Session>,
     mut first_k: u64,
 ) {
     let sh = worker.shared.clone();
@@ -231,7 +279,7 @@ async fn conn_task(
         if sh.closed() {
             fill_closed(&worker, &conn);
         }
-        let reason = read_loop(&worker, &conn, &mut stream, first_k).await;
+        let reason = read_loop(&worker, &conn, &mut stream, tls.as_deref(), first_k).await;
         let reason = conn
             .close_reason
             .lock()
@@ -245,9 +293,10 @@ async fn conn_task(
             if sh.now_ns() >= sh.end_ns {
                 return;
             }
-            if let Ok((w, r, _)) = connect(&sh).await {
-                first_k = install(&conn, w);
-                stream = r;
+            if let Ok(o) = connect(&sh).await {
+                first_k = install(&conn, o.write, o.tls.clone());
+                stream = o.read;
+                tls = o.tls;
                 break;
             }
         }
@@ -276,22 +325,43 @@ async fn read_loop(
     worker: &Worker,
     conn: &Conn,
     stream: &mut tokio::net::TcpStream,
+    tls: Option<&Mutex<ClientConnection>>,
     first_k: u64,
 ) -> &'static str {
     let sh = &worker.shared;
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Over TLS, what the socket gives is read here and decrypted into `buf`.
+    let mut raw = BytesMut::new();
     let mut next_k = first_k;
     let mut elems = Vec::new();
     let mut scratch = Vec::new();
     loop {
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => return "conn_closed",
-            Ok(_) => {}
-            Err(_) => return "conn_reset",
-        }
+        let peer_closed = match tls {
+            None => {
+                if buf.capacity() - buf.len() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) => return "conn_closed",
+                    Ok(_) => false,
+                    Err(_) => return "conn_reset",
+                }
+            }
+            Some(session) => {
+                if raw.capacity() - raw.len() < 16 * 1024 {
+                    raw.reserve(64 * 1024);
+                }
+                match stream.read_buf(&mut raw).await {
+                    Ok(0) => return "conn_closed",
+                    Ok(_) => {}
+                    Err(_) => return "conn_reset",
+                }
+                match tls::decrypt(session, &mut raw, &mut buf) {
+                    Ok(closed) => closed,
+                    Err(reason) => return reason,
+                }
+            }
+        };
         let now = sh.now_ns();
         match &sh.cfg.proto {
             Proto::Fp { .. } => loop {
@@ -312,6 +382,9 @@ async fn read_loop(
                     Err(_) => return "decode",
                 }
             },
+        }
+        if peer_closed {
+            return "conn_closed";
         }
         if sh.closed() {
             fill_closed(worker, conn);

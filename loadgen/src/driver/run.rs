@@ -69,6 +69,7 @@ pub fn run(cfg: RunConfig) -> Result<Measured, String> {
                 inflight: AtomicU32::new(0),
                 writer: Mutex::new(Writer {
                     stream: None,
+                    tls: None,
                     next_k: 0,
                     buf: BytesMut::with_capacity(64 * 1024),
                     keys: Vec::new(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use featureproxy_protocol::{FrameWriter, Limits, Op};
 
+use super::tls::{self, Session};
 use super::{Measured, Proto, RunConfig, LATE_NS};
 use crate::resp::encode_command;
 use crate::workload::write_entity_key;
@@ -42,6 +43,8 @@ impl Wake {
 
 pub(super) struct Writer {
     pub(super) stream: Option<std::net::TcpStream>,
+    /// The connection's TLS session, for a TLS target: what `stream` carries is encrypted.
+    pub(super) tls: Option<Session>,
     pub(super) next_k: u64,
     pub(super) buf: BytesMut,
     pub(super) keys: Vec<u8>,
@@ -230,6 +233,14 @@ impl Shared {
             w.buf.clear();
             return;
         };
+        if let Some(session) = &w.tls {
+            if let Err(reason) = tls::write(session, stream, &w.buf, self.cfg.timeout) {
+                conn.set_reason(reason);
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            w.buf.clear();
+            return;
+        }
         let mut off = 0;
         let mut blocked_since: Option<Instant> = None;
         let failed = loop {

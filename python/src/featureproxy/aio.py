@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
 from . import _common as c
-from . import _overload, _retry
+from . import _overload, _retry, _tls
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -16,6 +17,7 @@ from .errors import (
     ConnectionLost,
     ProtocolError,
     RequestTimeout,
+    TLSError,
     server_error,
 )
 from .schema import Schema
@@ -26,8 +28,10 @@ __all__ = ["AsyncClient"]
 class _Protocol(asyncio.Protocol):
     """The connection: frames in, each handed to the future registered under its request_id."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, hello: bytes | None = None):
         self.address = address
+        self._hello = hello  # the HELLO frame (request id 1), written by connection_made
+        self.hello_reply: asyncio.Future | None = None
         self.asm = p.FrameAssembler()
         self.pending: dict[int, tuple[asyncio.Future, str]] = {}  # request_id -> (future, what)
         self.transport: asyncio.Transport | None = None
@@ -35,6 +39,7 @@ class _Protocol(asyncio.Protocol):
         self.max_batch = p.DEFAULT_MAX_BATCH
         self._next = 0
         self._why: str | None = None
+        self.lost: Exception | None = None  # what connection_lost was given
         self._paused = False
         self._drained: asyncio.Future | None = None
         self._out: list[bytes] = []  # frames written in this turn of the loop, sent together
@@ -44,6 +49,17 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.alive = True
+        if self._hello is not None:
+            # Written here, not a turn of the loop later: over TLS, asyncio has not yet sent the
+            # client's last handshake flight, and the HELLO leaves in the same TCP write. A server
+            # refusing the client's certificate (which TLS 1.3 tells only after the client's
+            # handshake is done) has then read all the client sent when it closes, so its kernel
+            # sends FIN and not a RST that would destroy its alert.
+            self.hello_reply = asyncio.get_running_loop().create_future()
+            self.pending[1] = (self.hello_reply, "HELLO")
+            self._next = 1
+            transport.write(self._hello)
+            self._hello = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -68,6 +84,7 @@ class _Protocol(asyncio.Protocol):
             # else: a late reply to a request that timed out or was cancelled: dropped.
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
         why = self._why or (f"connection error: {exc}" if exc else "connection closed by the server")
         self._fail_all(why)
         if self._drained is not None and not self._drained.done():
@@ -133,10 +150,13 @@ class AsyncClient:
     """asyncio client of one featureproxy: all calls share one pipelined connection.
 
     Create it with ``await AsyncClient.connect(host, port, *, token=None, timeout=2.0,
-    retry_overloaded=True, overload_backoff=0.02)``. The operations and options mirror
-    :class:`featureproxy.Client` (the same default timeout, for the same reason, and the same
-    overload retries, counted in ``overload_retries`` and ``overload_retries_refused``) and are
-    coroutines, ``close()`` included. After a dropped connection the next call reconnects.
+    retry_overloaded=True, overload_backoff=0.02, tls=False, ca_file=None, client_cert=None,
+    client_key=None, server_hostname=None)``. The operations and options mirror
+    :class:`featureproxy.Client` (the same default timeout, for the same reason, the same
+    overload retries, counted in ``overload_retries`` and ``overload_retries_refused``, and the
+    same TLS options: a failed handshake or a refused client certificate raises
+    :class:`TLSError` from ``connect``) and are coroutines, ``close()`` included. After a
+    dropped connection the next call reconnects.
     """
 
     def __init__(
@@ -149,9 +169,15 @@ class AsyncClient:
         client_name: str = c.DEFAULT_CLIENT_NAME,
         retry_overloaded: bool = True,
         overload_backoff: float = 0.02,
+        tls: bool | ssl.SSLContext = False,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        server_hostname: str | None = None,
     ):
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
+        self._tls = _tls.config(tls, ca_file, client_cert, client_key, server_hostname, host, self.address)
         self.timeout = float(timeout)
         self.retry_overloaded = bool(retry_overloaded)
         self._overload = _overload.OverloadRetry(overload_backoff)
@@ -177,7 +203,14 @@ class AsyncClient:
         client_name: str = c.DEFAULT_CLIENT_NAME,
         retry_overloaded: bool = True,
         overload_backoff: float = 0.02,
+        tls: bool | ssl.SSLContext = False,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        server_hostname: str | None = None,
     ) -> "AsyncClient":
+        """Makes a client and opens its connection (so a wrong address or a failed TLS
+        handshake raises here). The arguments are the constructor's."""
         client = cls(
             host,
             port,
@@ -186,6 +219,11 @@ class AsyncClient:
             client_name=client_name,
             retry_overloaded=retry_overloaded,
             overload_backoff=overload_backoff,
+            tls=tls,
+            ca_file=ca_file,
+            client_cert=client_cert,
+            client_key=client_key,
+            server_hostname=server_hostname,
         )
         await client._connection()
         return client
@@ -203,16 +241,36 @@ class AsyncClient:
             if proto is not None and proto.alive:
                 return proto
             loop = asyncio.get_running_loop()
+            tls = self._tls
+            extra = {}
+            if tls is not None:
+                extra = dict(ssl=tls.context, server_hostname=tls.server_hostname)
+            hello = p.encode_request(1, p.Hello(p.VERSION, self._token or "", self._name))
             try:
                 async with asyncio.timeout(self.timeout):
-                    _, proto = await loop.create_connection(lambda: _Protocol(self.address), self.host, self.port)
+                    _, proto = await loop.create_connection(
+                        lambda: _Protocol(self.address, hello), self.host, self.port, **extra
+                    )
             except TimeoutError:
+                if tls is not None:
+                    raise TLSError(
+                        f"featureproxy {self.address}: cannot connect and finish the TLS handshake within "
+                        f"{self.timeout:g}s: is {self.address} the proxy's TLS port ([server.tls] listen), and "
+                        f"is it answering?",
+                        "timeout",
+                    ) from None
                 raise ConnectFailed(f"featureproxy {self.address}: cannot connect within {self.timeout:g}s") from None
             except OSError as e:
+                if tls is not None and isinstance(e, ssl.SSLError):  # the handshake failed
+                    raise tls.error(e, self.address) from e
                 raise ConnectFailed(f"featureproxy {self.address}: cannot connect: {e.strerror or e}") from e
             try:
-                hello = p.Hello(p.VERSION, self._token or "", self._name).encode_body()
-                frame = await self._send(proto, p.OP_HELLO, hello, "HELLO", self.timeout)
+                assert proto.hello_reply is not None
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        frame = await proto.hello_reply
+                except TimeoutError:
+                    raise RequestTimeout("HELLO") from None
                 resp = p.decode_response(frame)
             except RequestTimeout:
                 proto.abort("no answer to HELLO")
@@ -220,13 +278,19 @@ class AsyncClient:
                     f"featureproxy {self.address}: no answer to HELLO within {self.timeout:g}s"
                 ) from None
             except ConnectionLost as e:
+                if tls is not None and isinstance(proto.lost, ssl.SSLError):
+                    # TLS 1.3: a server refusing the client's certificate says so here, after the
+                    # client's side of the handshake is done.
+                    raise tls.error(proto.lost, self.address) from proto.lost
+                hint = _tls.PLAINTEXT_HINT if tls is None else tls.closed_hint()
                 raise ConnectFailed(
-                    f"featureproxy {self.address}: connection closed by the server during HELLO ({e})"
+                    f"featureproxy {self.address}: connection closed by the server during HELLO ({e}){hint}"
                 ) from None
             except ProtocolError as e:
                 proto.abort("bad HELLO reply")
+                hint = _tls.PLAINTEXT_HINT if tls is None else ""
                 raise ConnectFailed(
-                    f"featureproxy {self.address}: HELLO reply is not protocol v1: {e.message}"
+                    f"featureproxy {self.address}: HELLO reply is not protocol v1: {e.message}{hint}"
                 ) from None
             if isinstance(resp, p.ErrorReply):
                 proto.abort("HELLO refused")
@@ -373,7 +437,8 @@ class AsyncClient:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<featureproxy.AsyncClient {self.address}{' closed' if self._closed else ''}>"
+        tls = " tls" if self._tls is not None else ""
+        return f"<featureproxy.AsyncClient {self.address}{tls}{' closed' if self._closed else ''}>"
 
 
 class _Stale(Exception):

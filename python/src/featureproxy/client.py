@@ -6,19 +6,21 @@ import itertools
 import math
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
 from typing import Any
 
 from . import _common as c
-from . import _overload, _retry
+from . import _overload, _retry, _tls
 from . import protocol as p
 from .batch import Batch
 from .errors import (
     ClientClosed,
     ConnectFailed,
     ConnectionLost,
+    FeatureProxyError,
     ProtocolError,
     RequestTimeout,
     server_error,
@@ -69,15 +71,24 @@ class _Conn:
     A reply whose waiter timed out (and so was removed) is dropped.
     """
 
-    def __init__(self, sock: socket.socket, address: str, asm: p.FrameAssembler, hello: p.HelloReply):
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: str,
+        asm: p.FrameAssembler,
+        hello: p.HelloReply,
+        tls: _tls.Channel | None = None,
+        send_lock: threading.Lock | None = None,
+    ):
         self.sock = sock
+        self.tls = tls  # None: plaintext
         self.address = address
         self.asm = asm
         self.hello = hello
         self.max_batch = hello.max_batch
         self.alive = True
         self._lock = threading.Lock()  # guards everything below and the waiters' flags
-        self._send_lock = threading.Lock()
+        self._send_lock = send_lock or threading.Lock()
         self._pending: dict[int, _Waiter] = {}
         self._reading = False
         self._next = 1  # request id 1 was the HELLO
@@ -86,16 +97,44 @@ class _Conn:
         self._poll.register(sock.fileno(), select.POLLIN)
 
     @classmethod
-    def open(cls, host: str, port: int, address: str, token: str | None, name: str, timeout: float) -> "_Conn":
+    def open(
+        cls,
+        host: str,
+        port: int,
+        address: str,
+        token: str | None,
+        name: str,
+        timeout: float,
+        tls: _tls.TLSConfig | None = None,
+    ) -> "_Conn":
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
             raise ConnectFailed(f"featureproxy {address}: cannot connect: {e.strerror or e}") from e
+        chan = None
+        send_lock = threading.Lock()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            asm = p.FrameAssembler()
-            sock.sendall(p.encode_request(1, p.Hello(p.VERSION, token or "", name)))
             deadline = time.monotonic() + timeout
+            if tls is not None:
+                # TLS over memory BIOs (see _tls.Channel), not an SSLSocket: the connection's
+                # threads send while another reads, which an SSLSocket does not allow.
+                chan = _tls.Channel(sock, tls, send_lock)
+                try:
+                    chan.handshake(deadline)
+                except _tls.Closed:
+                    eof = ssl.SSLEOFError(8, "the server closed the connection")
+                    raise tls.error(eof, address) from None
+                except (ssl.SSLError, socket.timeout) as e:
+                    raise tls.error(e, address) from e
+                except OSError as e:
+                    raise ConnectFailed(f"featureproxy {address}: TLS handshake failed: {e.strerror or e}") from e
+            asm = p.FrameAssembler()
+            hello = p.encode_request(1, p.Hello(p.VERSION, token or "", name))
+            if chan is None:
+                sock.sendall(hello)
+            else:
+                chan.sendall(hello)
             frames: list[p.Frame] = []
             while not frames:
                 left = deadline - time.monotonic()
@@ -104,7 +143,19 @@ class _Conn:
                 sock.settimeout(left)
                 data = sock.recv(_RECV_SIZE)
                 if not data:
-                    raise ConnectFailed(f"featureproxy {address}: connection closed by the server during HELLO")
+                    hint = _tls.PLAINTEXT_HINT if tls is None else tls.closed_hint()
+                    raise ConnectFailed(f"featureproxy {address}: connection closed by the server during HELLO{hint}")
+                if chan is not None:
+                    try:
+                        # TLS 1.3: a server refusing the client's certificate says so here, after
+                        # the client's side of the handshake is done.
+                        data = chan.decrypt(data)
+                    except ssl.SSLError as e:
+                        raise tls.error(e, address) from e
+                    if chan.closed and not data:
+                        raise ConnectFailed(
+                            f"featureproxy {address}: connection closed by the server during HELLO{tls.closed_hint()}"
+                        )
                 frames = asm.feed(data)
             resp = p.decode_response(frames[0])
             if isinstance(resp, p.ErrorReply):
@@ -120,16 +171,21 @@ class _Conn:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
             except OSError:
                 pass
-            return cls(sock, address, asm, resp)
+            return cls(sock, address, asm, resp, chan, send_lock)
         except socket.timeout:
             sock.close()
             raise ConnectFailed(f"featureproxy {address}: no answer to HELLO within {timeout}s") from None
+        except FeatureProxyError:  # ConnectFailed and TLSError are OSErrors too: as they are
+            sock.close()
+            raise
         except OSError as e:
             sock.close()
-            raise ConnectFailed(f"featureproxy {address}: HELLO failed: {e.strerror or e}") from e
+            hint = _tls.PLAINTEXT_HINT if tls is None else tls.closed_hint()
+            raise ConnectFailed(f"featureproxy {address}: HELLO failed: {e.strerror or e}{hint}") from e
         except ProtocolError as e:
             sock.close()
-            raise ConnectFailed(f"featureproxy {address}: HELLO reply is not protocol v1: {e.message}") from e
+            hint = _tls.PLAINTEXT_HINT if tls is None else ""
+            raise ConnectFailed(f"featureproxy {address}: HELLO reply is not protocol v1: {e.message}{hint}") from e
         except BaseException:
             sock.close()
             raise
@@ -181,6 +237,12 @@ class _Conn:
             raise _Dead(self._dead_reason or f"connection error: {e.strerror or e}") from None
         if not data:
             raise _Dead(self._dead_reason or "connection closed by the server")
+        tls = self.tls
+        if tls is not None:
+            try:
+                data = tls.decrypt(data)
+            except OSError as e:  # ssl.SSLError, or sending what OpenSSL had to answer
+                raise _Dead(self._dead_reason or f"TLS error: {getattr(e, 'reason', None) or e}") from None
         try:
             frames = self.asm.feed(data)
         except ProtocolError as e:
@@ -199,6 +261,8 @@ class _Conn:
                         msg = f"bad ERROR frame: {e.message}"
                     raise _Dead(f"server error on the connection ({msg})")
                 # else: the reply to a request whose caller timed out: dropped.
+        if tls is not None and tls.closed:  # the server's close_notify, after the replies above
+            raise _Dead(self._dead_reason or "connection closed by the server")
 
     # ---- calls
 
@@ -223,8 +287,11 @@ class _Conn:
                     # An idle connection may have been closed by the server since its last
                     # call: find out before sending on it.
                     self._pump(None)
-                with self._send_lock:
-                    self.sock.sendall(p.encode_frame(op, rid, body))
+                if self.tls is None:
+                    with self._send_lock:
+                        self.sock.sendall(p.encode_frame(op, rid, body))
+                else:
+                    self.tls.sendall(p.encode_frame(op, rid, body))
             except (_Dead, OSError) as e:
                 stalled = isinstance(e, BlockingIOError)  # SO_SNDTIMEO: the server stopped reading
                 if isinstance(e, _Dead):
@@ -305,6 +372,8 @@ class _Conn:
         self._close_socket()
 
     def close(self) -> None:
+        if self.tls is not None:
+            self.tls.close_notify()
         self.kill("client closed")
 
     def inflight(self) -> int:
@@ -315,7 +384,8 @@ class Client:
     """Thread-safe client of one featureproxy.
 
     ``Client(host, port, *, token=None, timeout=2.0, pool_size=2, client_name=...,
-    retry_overloaded=True, overload_backoff=0.02)`` opens one connection at once (so a wrong
+    retry_overloaded=True, overload_backoff=0.02, tls=False, ca_file=None, client_cert=None,
+    client_key=None, server_hostname=None)`` opens one connection at once (so a wrong
     address fails here) and up to ``pool_size`` connections, used round-robin, each with many
     requests in flight matched by request_id. A dropped connection is replaced on the next call
     that lands on it.
@@ -335,6 +405,19 @@ class Client:
     ``Overloaded`` is raised at once. ``overload_retries`` and ``overload_retries_refused`` count
     what happened. PUTs are never retried: the server does not shed them, and a write sent again
     after others wrote the same keys would overwrite newer rows (the last PUT wins).
+
+    TLS (to the proxy's ``[server.tls]`` port): ``tls=True`` verifies the server's certificate
+    against the system's trusted roots, or against ``ca_file`` (a PEM file of CA certificates),
+    and against ``server_hostname`` (default: ``host``; an IP address is checked against the
+    certificate's IP names). ``client_cert`` and ``client_key`` (PEM files; the key may be in
+    the certificate's file) present a client certificate, which a proxy with ``client_ca_file``
+    requires. Passing ``ca_file``, ``client_cert`` or ``server_hostname`` implies ``tls=True``.
+    ``tls`` may instead be a ready ``ssl.SSLContext`` (``PROTOCOL_TLS_CLIENT``), used as is;
+    then give no files. The client offers ALPN ``featureproxy/1`` and TLS 1.2 or newer. A
+    handshake that fails, or a server that refuses the client's certificate, raises
+    :class:`TLSError` (a ``ConnectFailed``) from the constructor, saying what happened and what
+    to do; a client file that cannot be loaded raises it too. Tokens work over TLS as over
+    plaintext.
     """
 
     def __init__(
@@ -348,11 +431,17 @@ class Client:
         client_name: str = c.DEFAULT_CLIENT_NAME,
         retry_overloaded: bool = True,
         overload_backoff: float = 0.02,
+        tls: bool | ssl.SSLContext = False,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        server_hostname: str | None = None,
     ):
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
+        self._tls = _tls.config(tls, ca_file, client_cert, client_key, server_hostname, host, self.address)
         self.timeout = float(timeout)
         self.retry_overloaded = bool(retry_overloaded)
         self._overload = _overload.OverloadRetry(overload_backoff)
@@ -379,7 +468,9 @@ class Client:
                 raise ClientClosed(f"featureproxy {self.address}: client closed")
             conn = self._slots[i]
             if conn is None or not conn.alive:
-                conn = _Conn.open(self.host, self.port, self.address, self._token, self._name, self.timeout)
+                conn = _Conn.open(
+                    self.host, self.port, self.address, self._token, self._name, self.timeout, self._tls
+                )
                 self.max_frame, self.max_batch = conn.hello.max_frame, conn.hello.max_batch
                 self.server = conn.hello.server
                 self._slots[i] = conn
@@ -500,4 +591,5 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<featureproxy.Client {self.address} pool={len(self._slots)}{' closed' if self._closed else ''}>"
+        tls = " tls" if self._tls is not None else ""
+        return f"<featureproxy.Client {self.address}{tls} pool={len(self._slots)}{' closed' if self._closed else ''}>"

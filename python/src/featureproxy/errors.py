@@ -22,6 +22,8 @@ Everything the client raises on purpose derives from :class:`FeatureProxyError`:
     ├── ProtocolError(code, message)       bytes that do not follow protocol v1
     ├── ProxyConnectionError               also a builtin ConnectionError
     │   ├── ConnectFailed                  could not connect or say HELLO
+    │   │   └── TLSError                   the TLS handshake failed, or TLS files could not
+    │   │                                  be loaded; the message says what to do
     │   └── ConnectionLost                 the connection dropped while a call waited
     ├── RequestTimeout                     also a builtin TimeoutError: no reply in time
     ├── InvalidRequest                     also a ValueError: rejected before sending
@@ -53,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "ProxyConnectionError",
     "ConnectFailed",
+    "TLSError",
     "ConnectionLost",
     "RequestTimeout",
     "InvalidRequest",
@@ -238,6 +241,25 @@ class ProxyConnectionError(FeatureProxyError, ConnectionError):
 
 class ConnectFailed(ProxyConnectionError):
     """Connecting (TCP connect or the HELLO handshake) failed."""
+
+
+class TLSError(ConnectFailed):
+    """Connecting over TLS failed: the server's certificate was not trusted, had expired or did not
+    name the host; the server required or refused the client's certificate; the port does not
+    speak TLS; or the client's CA or certificate files could not be loaded. Raised by the
+    constructor (``AsyncClient.connect``) or by the call that reconnects.
+
+    The message names the proxy's address, what happened and what to do. ``reason`` is a short
+    tag of the case: ``"untrusted_server"``, ``"expired"``, ``"not_yet_valid"``,
+    ``"hostname_mismatch"``, ``"verification"``, ``"client_cert_required"``,
+    ``"client_cert_refused"``, ``"not_tls"``, ``"version"``, ``"alpn"``, ``"closed"``,
+    ``"timeout"``, ``"ca_file"``, ``"client_cert"`` or ``"other"``. The OpenSSL error, when there
+    is one, is the exception's ``__cause__``.
+    """
+
+    def __init__(self, message: str, reason: str = "other"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConnectionLost(ProxyConnectionError):
