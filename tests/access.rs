@@ -49,23 +49,6 @@ async fn client(proxy: &Proxy, token: &str) -> Client {
     Client::connect(proxy.addr(), opts).await.unwrap()
 }
 
-/// Waits until the proxy has applied (or refused) `n` reloads in all.
-fn reloads(proxy: &Proxy, result: &str, n: f64) {
-    eventually(
-        Duration::from_secs(5),
-        &format!("{n} {result} reloads"),
-        || {
-            let got = proxy.metric("featureproxy_reloads_total", &[("result", result)]);
-            (got >= n).then_some(())
-        },
-    );
-}
-
-fn sighup(proxy: &Proxy) {
-    // SAFETY: kill takes plain integers.
-    assert_eq!(unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) }, 0);
-}
-
 fn start(redis: &Redis, access: &Path) -> Proxy {
     Proxy::start(redis, 2, &format!("access_file = \"{}\"", access.display()))
 }
@@ -208,8 +191,8 @@ async fn a_token_is_rotated_with_sighup_under_load_without_a_failed_request() {
 
     // 1. The new token beside the old: both open connections.
     write_file(entry("ranker", &["old", "new"], "\"*\"", "\"*\""));
-    sighup(&proxy);
-    reloads(&proxy, "applied", 1.0);
+    proxy.sighup();
+    proxy.wait_reloads("applied", 1.0);
     let fresh = client(&proxy, "new").await;
     assert_eq!(
         fresh
@@ -223,8 +206,8 @@ async fn a_token_is_rotated_with_sighup_under_load_without_a_failed_request() {
 
     // 2. A broken file changes nothing: both tokens still open connections.
     write_file("[[access]]\nname = \"ranker\"\ntoken_sha256 = [\"not a hash\"]\n".into());
-    sighup(&proxy);
-    reloads(&proxy, "refused", 1.0);
+    proxy.sighup();
+    proxy.wait_reloads("refused", 1.0);
     assert!(
         proxy.logs().contains("access file refused"),
         "the refusal is logged"
@@ -239,8 +222,8 @@ async fn a_token_is_rotated_with_sighup_under_load_without_a_failed_request() {
 
     // 3. The old token removed: refused on new connections; the open one reads on.
     write_file(entry("ranker", &["new"], "\"*\"", "\"*\""));
-    sighup(&proxy);
-    reloads(&proxy, "applied", 2.0);
+    proxy.sighup();
+    proxy.wait_reloads("applied", 2.0);
     let mut c = RawConn::connect(proxy.port);
     assert!(
         matches!(hello(&mut c, "old"), Response::Error(e) if e.code == ErrorCode::Unauthorized)

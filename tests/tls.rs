@@ -444,8 +444,8 @@ async fn sighup_rotates_the_certificate_and_a_broken_one_changes_nothing() {
 
     // The renewed certificate, then SIGHUP: new connections get it.
     install("server");
-    sighup(&proxy);
-    reloads(&proxy, "applied", 1.0);
+    proxy.sighup();
+    proxy.wait_reloads("applied", 1.0);
     let c = Client::connect(addr.clone(), opts(ca())).await.unwrap();
     c.put("user_features", &[("r1", now_ms(), flat_row(3.0))])
         .await
@@ -458,8 +458,8 @@ async fn sighup_rotates_the_certificate_and_a_broken_one_changes_nothing() {
 
     // A key that does not go with the certificate: refused whole, the renewed one stays.
     std::fs::copy(fixture("other-server.key"), &key).unwrap();
-    sighup(&proxy);
-    reloads(&proxy, "refused", 1.0);
+    proxy.sighup();
+    proxy.wait_reloads("refused", 1.0);
     assert!(proxy.logs().contains("reload refused"), "{}", proxy.logs());
     let c = Client::connect(addr, opts(ca())).await.unwrap();
     assert_eq!(
@@ -469,22 +469,6 @@ async fn sighup_rotates_the_certificate_and_a_broken_one_changes_nothing() {
     assert_eq!(
         proxy.metric("featureproxy_reloads_total", &[("result", "applied")]),
         1.0
-    );
-}
-
-fn sighup(proxy: &Proxy) {
-    // SAFETY: kill takes plain integers.
-    assert_eq!(unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) }, 0);
-}
-
-fn reloads(proxy: &Proxy, result: &str, n: f64) {
-    eventually(
-        Duration::from_secs(5),
-        &format!("{n} {result} reloads"),
-        || {
-            let got = proxy.metric("featureproxy_reloads_total", &[("result", result)]);
-            (got >= n).then_some(())
-        },
     );
 }
 

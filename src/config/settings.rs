@@ -26,7 +26,7 @@ pub mod defaults {
     pub fn shards() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
-    /// Default: 16 MiB.
+    /// Default: 4 MiB.
     pub const MAX_FRAME: u32 = featureproxy_protocol::DEFAULT_MAX_FRAME;
     /// Default: 4096 entities per GET or PUT.
     pub const MAX_BATCH: u32 = featureproxy_protocol::DEFAULT_MAX_BATCH;

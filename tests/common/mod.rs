@@ -368,6 +368,24 @@ impl Proxy {
         (code, body)
     }
 
+    /// Sends the proxy SIGHUP (reload).
+    pub fn sighup(&self) {
+        // SAFETY: kill takes plain integers.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) }, 0);
+    }
+
+    /// Waits until the proxy has applied (or refused: `result`) `n` reloads in all.
+    pub fn wait_reloads(&self, result: &str, n: f64) {
+        eventually(
+            Duration::from_secs(5),
+            &format!("{n} {result} reloads"),
+            || {
+                let got = self.metric("featureproxy_reloads_total", &[("result", result)]);
+                (got >= n).then_some(())
+            },
+        );
+    }
+
     /// The sum of every sample of metric `name` whose labels include all of `labels`.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let (_, body) = self.http("/metrics");
