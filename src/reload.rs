@@ -4,6 +4,7 @@
 //! at once, open ones at their next request). A file that is unreadable or invalid changes
 //! nothing: the log says why, a counter counts it, and what was in force stays.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -13,7 +14,7 @@ use crate::config::access::{AccessError, AccessTable};
 use crate::config::registry::Registry;
 use crate::config::settings::Settings;
 use crate::serving::tls::{server_config, TlsSetupError};
-use crate::telemetry::counters::AccessCounters;
+use crate::telemetry::counters::ReloadCounters;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +46,13 @@ pub fn load(settings: &Settings, registry: &Registry) -> Result<Loaded, ReloadEr
 pub struct InForce {
     pub access: watch::Sender<Arc<AccessTable>>,
     pub tls: Option<watch::Sender<Arc<rustls::ServerConfig>>>,
-    pub counters: Arc<AccessCounters>,
+    pub counters: Arc<ReloadCounters>,
 }
 
 impl InForce {
     /// Puts what was loaded at start in force.
     pub fn new(loaded: Loaded) -> InForce {
-        let counters = Arc::new(AccessCounters::default());
+        let counters = Arc::new(ReloadCounters::default());
         counters.principals.set(loaded.access.len() as u64);
         InForce {
             access: watch::channel(Arc::new(loaded.access)).0,
@@ -62,10 +63,14 @@ impl InForce {
 
     /// Reads every reloadable file again and puts them in force, or none of them.
     pub fn reload(&self, settings: &Settings, registry: &Registry, signal: &str) {
+        let c = &self.counters;
+        c.last_unix_ms.set(crate::reading::freshness::now_ms());
         let loaded = match load(settings, registry) {
             Ok(l) => l,
             Err(e) => {
-                self.counters.refused.inc();
+                c.refused.inc();
+                c.last_ok.store(false, Relaxed);
+                *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
                 warn!(signal, error = %e, "reload refused: nothing changed, the credentials and certificates in force stay");
                 return;
             }
@@ -77,8 +82,14 @@ impl InForce {
         if let (Some(tx), Some(config)) = (&self.tls, loaded.tls) {
             tx.send_replace(config);
         }
-        self.counters.applied.inc();
-        self.counters.principals.set(principals as u64);
+        c.applied.inc();
+        c.principals.set(principals as u64);
+        c.generation.inc();
+        c.last_ok.store(true, Relaxed);
+        c.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         info!(
             signal,
             principals,

@@ -83,7 +83,7 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         registry: registry.clone(),
         histograms: aggregate,
         started_unix_s: now_ms() / 1000,
-        access: in_force.counters.clone(),
+        reloads: in_force.counters.clone(),
         access_table: in_force.access.subscribe(),
     };
     // The stats endpoint is up before the protocol port, so whoever sees the port open can

@@ -46,15 +46,15 @@ pub static METRICS: &[Metric] = &[
         "Reloads on SIGHUP of the access file and the TLS port's certificate, key and client CA, by result: applied, or refused (a file unreadable or invalid: nothing changes, what was in force stays, and the log says why).",
         &["result"],
         Read::Custom(|sc, out| {
-            out.sample(&["applied"], Value::Count(sc.src.access.applied.get()));
-            out.sample(&["refused"], Value::Count(sc.src.access.refused.get()));
+            out.sample(&["applied"], Value::Count(sc.src.reloads.applied.get()));
+            out.sample(&["refused"], Value::Count(sc.src.reloads.refused.get()));
         }),
     ),
     gauge(
         "featureproxy_access_principals",
         "Principals in the access table in force (the auth_token setting counts as one; 0 when no token is asked for).",
         &[],
-        Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.access.principals.get()))),
+        Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.reloads.principals.get()))),
     ),
     counter(
         "featureproxy_entities_total",

@@ -28,8 +28,8 @@ pub struct Sources {
     pub histograms: SharedAggregate,
     /// Unix seconds when the process started.
     pub started_unix_s: u64,
-    /// The access file's reloads and the principals in force.
-    pub access: Arc<crate::telemetry::counters::AccessCounters>,
+    /// Reloads, the configuration's generation and the principals in force.
+    pub reloads: Arc<crate::telemetry::counters::ReloadCounters>,
     /// The access table in force, for its principals' counters.
     pub access_table: tokio::sync::watch::Receiver<Arc<crate::config::access::AccessTable>>,
 }

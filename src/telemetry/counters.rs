@@ -439,15 +439,40 @@ impl ShardStats {
     }
 }
 
-/// The access file's reloads (SIGHUP), process-wide: written by the main thread only.
-#[derive(Debug, Default)]
-pub struct AccessCounters {
+/// Reloads of the configuration (SIGHUP, POST /admin/reload) and what they put in force, for
+/// the stats endpoint. Written by the thread that reloads, read by the stats threads.
+#[derive(Debug)]
+pub struct ReloadCounters {
     /// Reloads applied.
     pub applied: Counter,
-    /// Reloads refused (the file unreadable or invalid): the table before stays in force.
+    /// Reloads refused (a file unreadable or invalid): what was in force stays.
     pub refused: Counter,
-    /// Principals in the table in force.
+    /// Principals in the access table in force.
     pub principals: Counter,
+    /// The configuration's generation: 1 at start, one more per applied reload.
+    pub generation: Counter,
+    /// Whether the last reload was applied (true before any).
+    pub last_ok: AtomicBool,
+    /// When the last reload was tried, Unix milliseconds (0 before any).
+    pub last_unix_ms: Counter,
+    /// Why the last reload was refused (empty when it was applied).
+    pub last_error: std::sync::Mutex<String>,
+}
+
+impl Default for ReloadCounters {
+    fn default() -> Self {
+        let c = ReloadCounters {
+            applied: Counter::default(),
+            refused: Counter::default(),
+            principals: Counter::default(),
+            generation: Counter::default(),
+            last_ok: AtomicBool::new(true),
+            last_unix_ms: Counter::default(),
+            last_error: std::sync::Mutex::new(String::new()),
+        };
+        c.generation.set(1);
+        c
+    }
 }
 
 /// Slots of a principal's counters: a shard counts in slot `shard % PRINCIPAL_SLOTS`, on a cache
