@@ -8,6 +8,7 @@ use std::path::Path;
 use featureproxy::config::access::token_hash;
 use featureproxy::config::settings::Settings;
 use featureproxy::config::ConfigFile;
+use featureproxy::reload::ConfigSource;
 use featureproxy::store::redis::tls::RedisTls;
 use mimalloc::MiMalloc;
 
@@ -153,7 +154,9 @@ fn serve(config: &str, flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     settings.auth_token = flags.auth_token.or(settings.auth_token);
     settings.access_file = flags.access_file.or(settings.access_file);
     settings.resolve_files(config_folder(config));
-    featureproxy::server::run(settings, registry)?;
+    let text = std::fs::read_to_string(config)?;
+    let source = ConfigSource::new(config, &text);
+    featureproxy::server::run(settings, registry, Some(source))?;
     Ok(())
 }
 

@@ -6,11 +6,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::registry::Registry;
+use crate::config::registry::MAX_VIEW_IDS;
 use crate::config::settings::{Settings, SettingsError};
 use crate::ops;
 use crate::ops::Sources;
 use crate::reading::freshness::now_ms;
-use crate::reload::{self, InForce, ReloadError};
+use crate::reload::{self, ConfigSource, ReloadError, Reloader};
 use crate::serving::accept::{claim_port, reuseport_listener};
 use crate::shard::{self, ShardSpec, TlsSpec};
 use crate::store::redis::child::{RedisChild, RedisChildError};
@@ -43,12 +44,19 @@ pub enum StartError {
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns. Must be called on the main
 /// thread when `settings.redis` is unset: the private redis-server it starts is tied to the
 /// thread that starts it (see `store::redis::child`).
-pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
+///
+/// `source` is the config file a reload reads again (SIGHUP, `POST /admin/reload`); without it a
+/// reload re-reads only the access and TLS files.
+pub fn run(
+    settings: Settings,
+    registry: Registry,
+    source: Option<ConfigSource>,
+) -> Result<(), StartError> {
     settings.validate()?;
-    let in_force = InForce::new(reload::load(&settings, &registry)?);
+    let loaded = reload::load(&settings, &registry)?;
     if settings.access_file.is_some() {
         info!(
-            principals = in_force.counters.principals.get(),
+            principals = loaded.access.len(),
             "access file read: a token no entry holds is refused"
         );
     }
@@ -73,18 +81,31 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
     let settings = Arc::new(settings);
     let registry = Arc::new(registry);
     info!(views = %registry.names(), "registry loaded");
+    let (swaps, swapped): (Vec<_>, Vec<_>) = (0..settings.shards)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let reloader = Arc::new(Reloader::new(
+        source,
+        settings.clone(),
+        registry.clone(),
+        loaded,
+        swaps,
+    ));
 
+    // Per-view counters have a slot for every id a reload may give.
     let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
-        .map(|i| Arc::new(ShardStats::new(i as u16, registry.views().len())))
+        .map(|i| Arc::new(ShardStats::new(i as u16, MAX_VIEW_IDS)))
         .collect();
-    let (intervals, aggregate) = histograms::aggregator(settings.shards, registry.views().len());
+    let (intervals, aggregate) =
+        histograms::aggregator(settings.shards, registry.max_id() as usize);
     let sources = Sources {
         shards: stats.clone(),
         registry: registry.clone(),
         histograms: aggregate,
         started_unix_s: now_ms() / 1000,
-        reloads: in_force.counters.clone(),
-        access_table: in_force.access.subscribe(),
+        reloads: reloader.counters.clone(),
+        access_table: reloader.access(),
+        reloader: reloader.clone(),
     };
     // The stats endpoint is up before the protocol port, so whoever sees the port open can
     // watch the proxy.
@@ -125,11 +146,12 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
         .unwrap_or_default()
         .into_iter();
     let mut threads = Vec::new();
-    for (i, (peers, invalidations)) in peers.into_iter().zip(receivers).enumerate() {
-        let tls = match (&in_force.tls, tls_listeners.next(), &settings.tls) {
+    let per_shard = peers.into_iter().zip(receivers).zip(swapped);
+    for (i, ((peers, invalidations), swaps)) in per_shard.enumerate() {
+        let tls = match (reloader.tls(), tls_listeners.next(), &settings.tls) {
             (Some(config), Some(listener), Some(t)) => Some(TlsSpec {
                 listener,
-                config: config.subscribe(),
+                config,
                 handshake_timeout: t.handshake_timeout,
             }),
             _ => None,
@@ -144,10 +166,11 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
             redis_url: redis_url.clone(),
             redis_tls: redis_tls.clone(),
             shutdown: stop_rx.clone(),
-            access: in_force.access.subscribe(),
+            access: reloader.access(),
             peers,
             invalidations,
             intervals: intervals.clone(),
+            swaps,
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))
@@ -174,15 +197,10 @@ pub fn run(settings: Settings, registry: Registry) -> Result<(), StartError> {
                 info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down: no new connections, finishing requests in flight");
                 break;
             }
-            // Views and settings are not reloaded yet (the reload issue): the access file and the
-            // TLS port's files are.
-            Asked::Reload(signal) if settings.access_file.is_some() || settings.tls.is_some() => {
-                in_force.reload(&settings, &registry, signal)
+            // Logged and counted by the reloader, applied or refused.
+            Asked::Reload(signal) => {
+                let _ = reloader.reload(signal);
             }
-            Asked::Reload(signal) => warn!(
-                signal,
-                "nothing to reload (no access file, no [server.tls]); views and settings need a restart: serving on"
-            ),
             Asked::Nothing(signal) => warn!(
                 signal,
                 "this signal has no meaning for featureproxy: ignored, serving on"
@@ -253,7 +271,7 @@ impl Port {
 enum Asked {
     /// SIGTERM, SIGINT: no new connections, finish the requests in flight, exit 0.
     Stop(&'static str),
-    /// SIGHUP: read the configuration again (not built yet: logged, and the proxy serves on).
+    /// SIGHUP: read the configuration again (see `reload`).
     Reload(&'static str),
     /// SIGUSR1, SIGUSR2: no meaning; caught so that a stray one (log rotation tools send them to
     /// daemons) is logged instead of killing the proxy.

@@ -12,12 +12,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::config::access::AccessTable;
+use crate::config::current::Current;
 use crate::config::registry::Registry;
 use crate::config::settings::Settings;
 use crate::reading::cache::HotCache;
 use crate::reading::coalescer::Coalescer;
 use crate::reading::coherence::{Invalidation, Peers};
 use crate::reading::Reader;
+use crate::reload::Swap;
 use crate::serving::overload::Pressure;
 use crate::serving::{accept, Serving};
 use crate::store::redis;
@@ -46,6 +48,8 @@ pub struct ShardSpec {
     pub invalidations: mpsc::UnboundedReceiver<Invalidation>,
     /// Where the shard ships its histograms once a second.
     pub intervals: crossbeam::channel::Sender<Interval>,
+    /// New registries from reloads.
+    pub swaps: mpsc::UnboundedReceiver<Swap>,
 }
 
 /// The TLS port as a shard gets it.
@@ -81,8 +85,12 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         peers,
         mut invalidations,
         intervals,
+        swaps,
     } = spec;
-    let histograms = Rc::new(RefCell::new(ShardHistograms::new(registry.views().len())));
+    let histograms = Rc::new(RefCell::new(ShardHistograms::new(
+        registry.max_id() as usize
+    )));
+    let current = Rc::new(Current::new(registry.clone()));
     let ports = accept::Ports {
         plain: listener
             .map(tokio::net::TcpListener::from_std)
@@ -124,7 +132,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let cache = HotCache::new(settings.hot_cache_bytes / settings.shards.max(1));
     let reader = Rc::new(Reader::new(
         shard,
-        registry.clone(),
+        current.clone(),
         cache,
         coalescer,
         backend.clone(),
@@ -143,6 +151,14 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let on_change = reader.clone();
     store.on_change(move |change| on_change.apply(change));
 
+    // Reloads: a new registry between two turns.
+    tokio::task::spawn_local(take_swaps(
+        swaps,
+        current.clone(),
+        reader.clone(),
+        histograms.clone(),
+    ));
+
     // Telemetry: histograms to the stats thread once a second.
     tokio::task::spawn_local(ship_histograms(shard, histograms.clone(), intervals));
 
@@ -150,7 +166,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let serving = Rc::new(Serving {
         shard,
         settings: settings.clone(),
-        registry,
+        registry: current,
         stats,
         histograms,
         reader,
@@ -176,6 +192,27 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     accept::run(ports, serving, shutdown).await;
     backend.close().await;
     Ok(())
+}
+
+/// Puts each reload's registry in force: requests from the next turn on use it (those in flight
+/// finish on theirs), histograms grow for added views, and the hot cache goes when a view's rows
+/// moved or went.
+async fn take_swaps(
+    mut swaps: mpsc::UnboundedReceiver<Swap>,
+    current: Rc<Current>,
+    reader: Rc<Reader>,
+    histograms: Rc<RefCell<ShardHistograms>>,
+) {
+    while let Some(swap) = swaps.recv().await {
+        histograms
+            .borrow_mut()
+            .grow(swap.registry.max_id() as usize);
+        current.replace(swap.registry);
+        if swap.flush_cache {
+            reader.flush("a reload removed a view or moved its rows");
+        }
+        let _ = swap.done.send(());
+    }
 }
 
 /// Sends the shard's histograms to the stats thread once a second and starts a new interval. If

@@ -2,6 +2,8 @@
 //! [`registry`], from one parse of one TOML file.
 
 pub mod access;
+pub mod changes;
+pub mod current;
 mod layouts;
 pub mod registry;
 pub mod settings;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use featureproxy_protocol::{Dtype, FeatureSpec, SchemaReply};
 use serde::Deserialize;
 
+use super::changes::Changes;
 use super::layouts::{self, LayoutName, RawFeast};
 use super::parse_duration;
 use crate::store::layout::Layout;
@@ -31,7 +32,9 @@ pub struct Feature {
 /// A feature view: a named set of features served as one packed row per entity.
 #[derive(Debug, Clone)]
 pub struct View {
-    /// 1-based position in the registry file; what GET and PUT name the view by.
+    /// What GET and PUT name the view by: its 1-based position in the file at start; a view a
+    /// reload adds gets the next id never given (ids stay with their view and are never reused
+    /// while the process lives, so cached rows and counters never land on another view).
     pub id: ViewId,
     pub name: String,
     /// Older than this, a value is served as STALE.
@@ -49,6 +52,9 @@ pub struct View {
     pub default_row: Bytes,
     /// How the view's rows sit in the store.
     pub layout: Layout,
+    /// Where in the store its rows live, as far as a reload cares: the packed layout's version,
+    /// or the Feast project. Rows cached under one are not rows of another.
+    pub store_identity: String,
 }
 
 impl View {
@@ -73,11 +79,19 @@ impl View {
     }
 }
 
-/// All views, by id (index + 1) and by name.
+/// All views, in the file's order, found by id and by name.
 #[derive(Debug, Clone)]
 pub struct Registry {
     views: Vec<View>,
+    /// Index in `views` by view id (ids of removed views hold None).
+    slots: Vec<Option<usize>>,
+    /// The highest id ever given in this process, removed views' included.
+    max_id: ViewId,
 }
+
+/// The most view ids one process gives: counters are sized for them once, and a removed view's
+/// id is never given again. A reload past it is refused (a restart numbers views afresh).
+pub const MAX_VIEW_IDS: usize = 1024;
 
 /// Why a registry file could not be used. `Invalid` lists every problem found.
 #[derive(Debug, thiserror::Error)]
@@ -132,11 +146,58 @@ impl Registry {
                 problems,
             });
         }
-        Ok(Registry { views })
+        Ok(Registry::with_ids(views))
+    }
+
+    /// The registry of `views`, whose ids are set.
+    fn with_ids(views: Vec<View>) -> Registry {
+        let max_id = views.iter().map(|v| v.id).max().unwrap_or(0);
+        let mut slots = vec![None; max_id as usize + 1];
+        for (i, v) in views.iter().enumerate() {
+            slots[v.id as usize] = Some(i);
+        }
+        Registry {
+            views,
+            slots,
+            max_id,
+        }
+    }
+
+    /// This registry as a reload of `older` puts it in force: views that stay keep their ids,
+    /// new ones get ids never given before. Refused, with every problem, when a change would
+    /// make stored rows read wrong (see [`super::changes`]) or ids run out.
+    pub fn renumbered(self, older: &Registry) -> Result<(Registry, Changes), Vec<String>> {
+        let changes = Changes::between(older, &self)?;
+        let mut next = older.max_id;
+        let mut views = self.views;
+        for v in &mut views {
+            v.id = match older.by_name(&v.name) {
+                Some(old) => old.id,
+                None => {
+                    next += 1;
+                    next
+                }
+            };
+        }
+        if next as usize >= MAX_VIEW_IDS {
+            return Err(vec![format!(
+                "this process has given {next} view ids (at most {}; ids of removed views are not reused): restart the proxy to number views afresh",
+                MAX_VIEW_IDS - 1
+            )]);
+        }
+        let mut registry = Registry::with_ids(views);
+        registry.max_id = next.max(registry.max_id);
+        Ok((registry, changes))
+    }
+
+    /// The highest view id given so far in this process.
+    pub fn max_id(&self) -> ViewId {
+        self.max_id
     }
 
     pub fn by_id(&self, id: ViewId) -> Option<&View> {
-        self.views.get((id as usize).checked_sub(1)?)
+        let i = (*self.slots.get(id as usize)?)?;
+        self.views.get(i)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&View> {
@@ -301,6 +362,7 @@ fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Optio
     Some(View {
         id,
         schema_id: fingerprint(&layouts::identity(&layout, raw.version), &features),
+        store_identity: layouts::identity(&layout, raw.version),
         layout,
         name: raw.name,
         stale_after: stale_after?,

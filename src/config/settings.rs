@@ -337,36 +337,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tls_redis_url_is_refused_rather_than_used_in_plaintext() {
-        for url in [
-            "rediss://:secret@redis.internal:6380",
-            "rediss-cluster://10.0.0.1:6379?node=10.0.0.2:6379",
-        ] {
-            let s = Settings {
-                redis: Some(url.to_string()),
-                ..Settings::default()
-            };
-            let e = s.validate().unwrap_err();
-            assert_eq!(e.field, "redis");
-            assert!(e.message.contains("TLS"), "{}", e.message);
-            assert!(!e.to_string().contains("secret"), "{e}");
-        }
-        let s = Settings {
-            redis: Some("memcached://h:1".into()),
+    fn redis_urls_and_redis_tls_must_agree() {
+        use crate::config::tls::RedisTls;
+        let with = |url: &str, tls: Option<RedisTls>| Settings {
+            redis: Some(url.to_string()),
+            redis_tls: tls,
             ..Settings::default()
         };
-        assert!(s.validate().unwrap_err().message.contains("redis://"));
-        for ok in [
+        for url in [
             "redis://h:1",
             "redis://:pw@h:1/2",
             "redis-cluster://h:1?node=h:2",
+            "rediss://:secret@redis.internal:6380",
+            "rediss-cluster://10.0.0.1:6379?node=10.0.0.2:6379",
         ] {
-            let s = Settings {
-                redis: Some(ok.into()),
-                ..Settings::default()
-            };
-            s.validate().unwrap();
+            with(url, None).validate().unwrap();
         }
+        with("rediss://h:1", Some(RedisTls::default()))
+            .validate()
+            .unwrap();
+        // TLS settings for a plaintext URL: refused, never ignored.
+        let e = with("redis://h:1", Some(RedisTls::default()))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "redis_tls");
+        assert!(e.message.contains("rediss://"), "{}", e.message);
+        let half = RedisTls {
+            cert_file: Some("proxy.crt".into()),
+            ..RedisTls::default()
+        };
+        let e = with("rediss://h:1", Some(half)).validate().unwrap_err();
+        assert!(e.message.contains("go together"), "{}", e.message);
+        let e = with("memcached://:secret@h:1", None)
+            .validate()
+            .unwrap_err();
+        assert!(e.message.contains("redis://"), "{}", e.message);
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

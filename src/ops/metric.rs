@@ -134,7 +134,7 @@ impl Metric {
                 }
             }
             Read::PerView(f) => {
-                for view in scrape.src.registry.views() {
+                for view in scrape.src.registry().views() {
                     let v = scrape.sum(|s| s.view(view.id).map_or(0, f));
                     out.sample(&[&view.name], Value::Count(v));
                 }

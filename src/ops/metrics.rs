@@ -43,11 +43,35 @@ pub static METRICS: &[Metric] = &[
     ),
     counter(
         "featureproxy_reloads_total",
-        "Reloads on SIGHUP of the access file and the TLS port's certificate, key and client CA, by result: applied, or refused (a file unreadable or invalid: nothing changes, what was in force stays, and the log says why).",
+        "Reloads (SIGHUP or POST /admin/reload) of the config file's views, the access file and the TLS port's certificate, key and client CA, by result: applied, or refused (a file unreadable or invalid, or a change that needs a restart: nothing changes, what was in force stays, and the log says why).",
         &["result"],
         Read::Custom(|sc, out| {
             out.sample(&["applied"], Value::Count(sc.src.reloads.applied.get()));
             out.sample(&["refused"], Value::Count(sc.src.reloads.refused.get()));
+        }),
+    ),
+    gauge(
+        "featureproxy_config_generation",
+        "The configuration's generation: 1 at start, one more for each reload applied (SIGHUP or POST /admin/reload).",
+        &[],
+        Read::Custom(|sc, out| out.sample(&[], Value::Count(sc.src.reloads.generation.get()))),
+    ),
+    gauge(
+        "featureproxy_config_last_reload_successful",
+        "1 when the last reload was applied (or none was tried), 0 when it was refused: what was in force before still is, and the log and /stats say why.",
+        &[],
+        Read::Custom(|sc, out| {
+            let ok = sc.src.reloads.last_ok.load(Relaxed);
+            out.sample(&[], Value::Count(ok as u64))
+        }),
+    ),
+    gauge(
+        "featureproxy_config_last_reload_timestamp_seconds",
+        "Unix time of the last reload tried, applied or refused (0 before any).",
+        &[],
+        Read::Custom(|sc, out| {
+            let ms = sc.src.reloads.last_unix_ms.get();
+            out.sample(&[], Value::Real(ms as f64 / 1000.0))
         }),
     ),
     gauge(
@@ -61,7 +85,7 @@ pub static METRICS: &[Metric] = &[
         "Entities served by GET, by view and status.",
         &["view", "status"],
         Read::Custom(|sc, out| {
-            for view in sc.src.registry.views() {
+            for view in sc.src.registry().views() {
                 for st in Status::ALL {
                     let v = sc.sum(|s| {
                         s.view(view.id)
@@ -250,7 +274,7 @@ pub static METRICS: &[Metric] = &[
         "Each view's stale_after: older values are served as STALE.",
         &["view"],
         Read::Custom(|sc, out| {
-            for v in sc.src.registry.views() {
+            for v in sc.src.registry().views() {
                 out.sample(&[&v.name], Value::Real(v.stale_after.as_secs_f64()));
             }
         }),
@@ -260,7 +284,7 @@ pub static METRICS: &[Metric] = &[
         "Each view's max_staleness: older values are withheld (EXPIRED defaults).",
         &["view"],
         Read::Custom(|sc, out| {
-            for v in sc.src.registry.views() {
+            for v in sc.src.registry().views() {
                 out.sample(&[&v.name], Value::Real(v.max_staleness.as_secs_f64()));
             }
         }),
@@ -418,7 +442,7 @@ pub static METRICS: &[Metric] = &[
         &["op", "view"],
         |sc, out| {
             let total = sc.total();
-            for view in sc.src.registry.views() {
+            for view in sc.src.registry().views() {
                 let i = view.id as usize - 1;
                 out.histogram(&["get", &view.name], &total.get_us[i], 1e-6, &LATENCY_BOUNDS);
                 out.histogram(&["put", &view.name], &total.put_us[i], 1e-6, &LATENCY_BOUNDS);
@@ -431,7 +455,7 @@ pub static METRICS: &[Metric] = &[
         &["view"],
         |sc, out| {
             let total = sc.total();
-            for view in sc.src.registry.views() {
+            for view in sc.src.registry().views() {
                 let h = &total.age_ms[view.id as usize - 1];
                 out.histogram(&[&view.name], h, 1e-3, &AGE_BOUNDS);
             }
@@ -443,7 +467,7 @@ pub static METRICS: &[Metric] = &[
         &["view"],
         Read::Custom(|sc, out| {
             let last = sc.last();
-            for view in sc.src.registry.views() {
+            for view in sc.src.registry().views() {
                 let h = &last.age_ms[view.id as usize - 1];
                 out.sample(&[&view.name], Value::Real(h.max() as f64 / 1000.0));
             }

@@ -3,27 +3,28 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use featureproxy_protocol::Status;
+use featureproxy_protocol::{ErrorCode, Status};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::history::{thousandths, Sample};
 use super::Sources;
 use crate::config::registry::Registry;
 use crate::store::breaker::BreakerState;
 use crate::telemetry::counters::{ShardStats, OPS};
 use crate::telemetry::histograms::ShardHistograms;
 
-/// p50, p90, p99, p99.9 and max of a histogram, in its unit scaled by `scale`.
 fn sum(shards: &[std::sync::Arc<ShardStats>], f: impl Fn(&ShardStats) -> u64) -> u64 {
     shards.iter().map(|s| f(s)).sum()
 }
 
-fn percentiles(h: &Histogram<u64>, scale: f64) -> Value {
-    let q = |q: f64| h.value_at_quantile(q) as f64 * scale;
+/// p50, p90, p99, p99.9 and max of a histogram, in thousands of its unit (µs as ms, ms as s).
+fn percentiles(h: &Histogram<u64>) -> Value {
+    let q = |q: f64| thousandths(h.value_at_quantile(q));
     json!({
         "count": h.len(),
         "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-        "max": h.max() as f64 * scale,
+        "max": thousandths(h.max()),
     })
 }
 
@@ -34,13 +35,13 @@ fn histograms_json(h: &ShardHistograms, registry: &Registry) -> Value {
         views.insert(
             view.name.clone(),
             json!({
-                "get_ms": percentiles(&h.get_us[i], 1e-3),
-                "put_ms": percentiles(&h.put_us[i], 1e-3),
-                "age_s": percentiles(&h.age_ms[i], 1e-3),
+                "get_ms": percentiles(&h.get_us[i]),
+                "put_ms": percentiles(&h.put_us[i]),
+                "age_s": percentiles(&h.age_ms[i]),
             }),
         );
     }
-    json!({ "views": views, "redis_ms": percentiles(&h.redis_us, 1e-3) })
+    json!({ "views": views, "redis_ms": percentiles(&h.redis_us) })
 }
 
 fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
@@ -83,6 +84,8 @@ fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
         "cluster_nodes": nodes,
         "shard": s.shard,
         "redis_connected": s.redis_up(),
+        "tracking_armed": s.tracking_armed.load(Relaxed),
+        "requests_shed": s.requests_shed.get(),
         "breaker_state": breaker,
         "requests": ops,
         "entities": views,
@@ -103,31 +106,93 @@ fn shard_json(s: &ShardStats, registry: &Registry) -> Value {
 }
 
 /// Per shard and merged: counters, and latency/age percentiles over the last one-second interval
-/// and since start.
+/// and since start. Beside them, for the status page: the time, uptime, version and
+/// configuration generation, and per view its thresholds and a [`Sample`] (GET/s, p50, p99, age
+/// over the last interval; statuses and cache lookups since start, merged over shards).
 pub fn stats(src: &Sources) -> Value {
+    let registry = src.registry();
     let (total, last) = src.merged_histograms();
+    let sample = Sample::read(src, &last);
     let mut shards = Vec::new();
     if let Ok(agg) = src.histograms.lock() {
         for s in &src.shards {
             let i = s.shard as usize;
-            let mut v = shard_json(s, &src.registry);
+            let mut v = shard_json(s, &registry);
             if let (Some(l), Some(t)) = (agg.last.get(i), agg.total.get(i)) {
-                v["last_interval"] = histograms_json(l, &src.registry);
-                v["since_start"] = histograms_json(t, &src.registry);
+                v["last_interval"] = histograms_json(l, &registry);
+                v["since_start"] = histograms_json(t, &registry);
             }
             shards.push(v);
         }
     }
+    // ERROR frames by code, as featureproxy_errors_total has them.
+    let errors: serde_json::Map<String, Value> = ErrorCode::ALL
+        .iter()
+        .map(|&c| {
+            (
+                c.name().to_lowercase(),
+                sum(&src.shards, |s| s.errors(c).get()).into(),
+            )
+        })
+        .collect();
+    let mut merged = sample.merged_json();
+    merged.extend([
+        (
+            "entities_requested".into(),
+            sum(&src.shards, |s| s.entities_requested.get()).into(),
+        ),
+        (
+            "redis_commands".into(),
+            sum(&src.shards, |s| s.redis_commands.get()).into(),
+        ),
+        (
+            "connections_open".into(),
+            sum(&src.shards, |s| s.connections_open.get()).into(),
+        ),
+        (
+            "connections_refused".into(),
+            sum(&src.shards, |s| s.connections_refused.get()).into(),
+        ),
+        ("errors".into(), errors.into()),
+        (
+            "redis_errors".into(),
+            json!({
+                "timeout": sum(&src.shards, |s| s.redis_timeouts.get()),
+                "unavailable": sum(&src.shards, |s| s.redis_unavailable.get()),
+            }),
+        ),
+        ("last_interval".into(), histograms_json(&last, &registry)),
+        ("since_start".into(), histograms_json(&total, &registry)),
+    ]);
+    let views = sample.views_json(&registry, |m, id| {
+        if let Some(v) = registry.by_id(id) {
+            m.insert("stale_after_s".into(), v.stale_after.as_secs_f64().into());
+            m.insert(
+                "max_staleness_s".into(),
+                v.max_staleness.as_secs_f64().into(),
+            );
+            m.insert(
+                "hot_cache_ttl_s".into(),
+                v.hot_cache_ttl.as_secs_f64().into(),
+            );
+        }
+    });
+    let r = &src.reloads;
+    let config = json!({
+        "generation": r.generation.get(),
+        "last_reload_ok": r.last_ok.load(Relaxed),
+        "last_reload_unix_ms": r.last_unix_ms.get(),
+        "last_reload_error": r.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        "reloads_applied": r.applied.get(),
+        "reloads_refused": r.refused.get(),
+    });
     json!({
-        "merged": {
-            "requests_ok": sum(&src.shards, |s| s.requests_ok.total()),
-            "requests_failed": sum(&src.shards, |s| s.requests_failed.total()),
-            "entities_requested": sum(&src.shards, |s| s.entities_requested.get()),
-            "redis_commands": sum(&src.shards, |s| s.redis_commands.get()),
-            "connections_open": sum(&src.shards, |s| s.connections_open.get()),
-            "last_interval": histograms_json(&last, &src.registry),
-            "since_start": histograms_json(&total, &src.registry),
-        },
+        "now_ms": sample.now_ms,
+        "uptime_s": (sample.now_ms / 1000).saturating_sub(src.started_unix_s),
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": config,
+        "views": views,
+        "merged": merged,
         "shards": shards,
     })
 }

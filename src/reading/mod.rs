@@ -24,7 +24,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use featureproxy_protocol::{Keys, Status};
 
-use crate::config::registry::{Registry, View};
+use crate::config::current::Current;
+use crate::config::registry::View;
 use crate::store::{Backend, Change, KeyBlock, ReadKey, ViewId};
 use crate::telemetry::counters::{CacheGauges, Served, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
@@ -38,7 +39,7 @@ use spares::{Buffers, Spares};
 /// shard, so no lock is ever taken.
 pub struct Reader {
     shard: u16,
-    registry: Arc<Registry>,
+    registry: Rc<Current>,
     cache: RefCell<HotCache>,
     coalescer: Rc<Coalescer>,
     backend: Rc<dyn Backend>,
@@ -104,7 +105,7 @@ enum Source {
 impl Reader {
     pub fn new(
         shard: u16,
-        registry: Arc<Registry>,
+        registry: Rc<Current>,
         cache: HotCache,
         coalescer: Rc<Coalescer>,
         backend: Rc<dyn Backend>,
@@ -263,8 +264,9 @@ impl Reader {
     pub fn apply(&self, change: Change) {
         match change {
             Change::Keys(keys) => {
+                let registry = self.registry.pin();
                 for key in &keys {
-                    for (view, entity) in self.registry.locate(key) {
+                    for (view, entity) in registry.locate(key) {
                         let entity = match entity {
                             Cow::Borrowed(e) => key.slice_ref(e),
                             Cow::Owned(e) => Bytes::from(e),
@@ -280,7 +282,8 @@ impl Reader {
     /// Drops these entities of `view` from this shard's cache and from its reads in flight, so
     /// that a read which starts after a write sees the write.
     pub fn invalidate(&self, view: ViewId, entities: &[Bytes]) {
-        let Some(view) = self.registry.by_id(view) else {
+        let registry = self.registry.pin();
+        let Some(view) = registry.by_id(view) else {
             return;
         };
         let mut cache = self.cache.borrow_mut();
@@ -391,7 +394,7 @@ mod tests {
             let views = registry.views().len();
             let reader = Reader::new(
                 0,
-                registry,
+                Rc::new(crate::config::current::Current::new(registry)),
                 HotCache::new(1 << 20),
                 coalescer,
                 backend,

@@ -87,7 +87,7 @@ pub async fn serve(
                 Ok(Some(frame)) => {
                     let started = Instant::now();
                     let rid = frame.request_id;
-                    match session.admit(Request::decode(&frame, &limits), &serving.registry) {
+                    match session.admit(Request::decode(&frame, &limits), &serving.registry.pin()) {
                         Ok(req) => dispatch(&serving, &outbox, &mut inflight, req, rid, started),
                         Err(refusal) => {
                             if let Some(why) = refusal.auth {

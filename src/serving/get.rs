@@ -10,12 +10,15 @@ use featureproxy_protocol::{
     GET_FLAG_BYPASS_CACHE,
 };
 
-use super::Serving;
+use super::{checked_view, Serving};
+use crate::config::current::Pinned;
 use crate::reading::Lookup;
 use crate::store::ViewId;
 
-/// A checked GET whose read has started.
+/// A checked GET whose read has started. It holds the registry it started with: a reload that
+/// lands while it waits does not change the view it answers for.
 pub struct GetWork {
+    registry: Pinned,
     view: ViewId,
     entities: Keys,
     lookup: Lookup,
@@ -39,7 +42,8 @@ impl Serving {
     /// Checks the request and starts reading its entities. `started` is when the request was
     /// read: the deadline and the latency histogram count from there.
     pub fn begin_get(&self, req: GetRequest, started: Instant) -> Result<GetWork, ProtocolError> {
-        let view = self.view(req.view_id, req.schema_id)?;
+        let registry = self.registry.pin();
+        let view = checked_view(&registry, req.view_id, req.schema_id)?;
         let n = req.keys.len();
         let reply_len = get_response_len(n, view.row_bytes);
         if reply_len > self.settings.max_frame as usize {
@@ -63,6 +67,7 @@ impl Serving {
             .start(view, &req.keys, use_cache, started, deadline);
         Ok(GetWork {
             view: view.id,
+            registry: registry.clone(),
             entities: req.keys,
             lookup,
             deadline,
@@ -71,11 +76,10 @@ impl Serving {
     }
 
     /// Answers a started GET with what has arrived (what has not is DEGRADED) and encodes the
-    /// reply into `out`. The work keeps its view's id, not a borrow (it waits among the
-    /// connection's in-flight requests, past this call's borrow of `self`); the registry never
-    /// changes, so the id resolves.
+    /// reply into `out`, for the view of the registry the GET started with.
     pub fn finish_get(&self, work: GetWork, out: &mut BytesMut, request_id: u32) {
-        let Some(view) = self.registry.by_id(work.view) else {
+        let registry = work.registry.clone();
+        let Some(view) = registry.by_id(work.view) else {
             let err = ProtocolError::new(
                 ErrorCode::Internal,
                 format!("view id {} is no longer served", work.view),

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use featureproxy_protocol::{ErrorCode, HelloReply, ProtocolError, Response, VERSION};
 
 use crate::config::access::AccessTable;
+use crate::config::current::Current;
 use crate::config::registry::{Registry, View};
 use crate::config::settings::Settings;
 use crate::reading::coherence::Peers;
@@ -39,7 +40,8 @@ pub const SERVER_NAME: &str = concat!("featureproxy/", env!("CARGO_PKG_VERSION")
 pub struct Serving {
     pub shard: u16,
     pub settings: Arc<Settings>,
-    pub registry: Arc<Registry>,
+    /// The views served now (a reload replaces them between turns).
+    pub registry: Rc<Current>,
     pub stats: Arc<ShardStats>,
     pub histograms: Rc<RefCell<ShardHistograms>>,
     /// GETs go here.
@@ -67,38 +69,43 @@ impl Serving {
     }
 
     fn schema(&self, name: &str) -> Result<Response, ProtocolError> {
-        let view = self.registry.by_name(name).ok_or_else(|| {
+        let registry = self.registry.pin();
+        let view = registry.by_name(name).ok_or_else(|| {
             ProtocolError::new(
                 ErrorCode::UnknownView,
                 format!(
                     "unknown view {name:?}; this server serves: {}",
-                    self.registry.names()
+                    registry.names()
                 ),
             )
         })?;
         Ok(Response::Schema(view.schema_reply()))
     }
+}
 
-    /// The view a GET or PUT names, checked against the schema the client last saw.
-    fn view(&self, view_id: ViewId, schema_id: u32) -> Result<&View, ProtocolError> {
-        let view = self.registry.by_id(view_id).ok_or_else(|| {
-            ProtocolError::new(
-                ErrorCode::UnknownView,
-                format!(
-                    "no view has id {view_id}; ask SCHEMA by name for a view's id (views: {})",
-                    self.registry.names()
-                ),
-            )
-        })?;
-        if schema_id != 0 && schema_id != view.schema_id {
-            return Err(ProtocolError::new(
-                ErrorCode::SchemaMismatch,
-                format!(
-                    "view {}: request has schema_id {schema_id:#010x} but the view's schema is now {:#010x}; fetch SCHEMA again",
-                    view.name, view.schema_id
-                ),
-            ));
-        }
-        Ok(view)
+/// The view of `registry` a GET or PUT names, checked against the schema the client last saw.
+fn checked_view(
+    registry: &Registry,
+    view_id: ViewId,
+    schema_id: u32,
+) -> Result<&View, ProtocolError> {
+    let view = registry.by_id(view_id).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::UnknownView,
+            format!(
+                "no view has id {view_id}; ask SCHEMA by name for a view's id (views: {})",
+                registry.names()
+            ),
+        )
+    })?;
+    if schema_id != 0 && schema_id != view.schema_id {
+        return Err(ProtocolError::new(
+            ErrorCode::SchemaMismatch,
+            format!(
+                "view {}: request has schema_id {schema_id:#010x} but the view's schema is now {:#010x}; fetch SCHEMA again",
+                view.name, view.schema_id
+            ),
+        ));
     }
+    Ok(view)
 }

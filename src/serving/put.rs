@@ -8,12 +8,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use featureproxy_protocol::{ErrorCode, ProtocolError, PutRequest, Response};
 
-use super::Serving;
+use super::{checked_view, Serving};
 use crate::store::{StoreError, WriteItem};
 
 impl Serving {
     pub async fn put(&self, req: PutRequest, started: Instant) -> Result<Response, ProtocolError> {
-        let view = self.view(req.view_id, req.schema_id)?;
+        let registry = self.registry.pin();
+        let view = checked_view(&registry, req.view_id, req.schema_id)?;
         let entries = req.entries(&view.name, view.row_bytes)?;
         if entries.is_empty() {
             return Ok(Response::Put { written: 0 });

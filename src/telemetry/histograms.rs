@@ -51,6 +51,15 @@ impl ShardHistograms {
         }
     }
 
+    /// Makes room for views with ids up to `n_views` (a reload added views).
+    pub fn grow(&mut self, n_views: usize) {
+        while self.get_us.len() < n_views {
+            self.get_us.push(latency_histogram());
+            self.put_us.push(latency_histogram());
+            self.age_ms.push(age_histogram());
+        }
+    }
+
     fn view(v: &mut [Histogram<u64>], view_id: u16) -> Option<&mut Histogram<u64>> {
         v.get_mut((view_id as usize).checked_sub(1)?)
     }
@@ -84,8 +93,9 @@ impl ShardHistograms {
         std::mem::replace(self, ShardHistograms::new(n))
     }
 
-    /// Adds `other` into `self` (same shape).
+    /// Adds `other` into `self` (growing `self` for views `other` has and it has not yet).
     pub fn add(&mut self, other: &ShardHistograms) {
+        self.grow(other.get_us.len());
         let pairs = [
             (&mut self.get_us, &other.get_us),
             (&mut self.put_us, &other.put_us),

@@ -302,6 +302,11 @@ impl Proxy {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The config file the proxy was started with (a reload reads it again).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("features.toml")
+    }
+
     /// The proxy's process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the proxy runs").id()
