@@ -35,11 +35,11 @@ fn rewrite(proxy: &Proxy, server_toml: &str, registry: &str) {
 }
 
 /// HELLO, then SCHEMA of `view`, on a new connection: the shard it landed on, and the answer.
-fn schema_on_new_connection(proxy: &Proxy, view: &str) -> (u16, Response) {
+fn schema_on_new_connection(proxy: &Proxy, view: &str, token: &str) -> (u16, Response) {
     let mut c = RawConn::connect(proxy.port);
     let Response::Hello(h) = c.call(&Request::Hello(Hello {
         version: VERSION,
-        token: String::new(),
+        token: token.into(),
         client_name: "reload-test".into(),
     })) else {
         panic!("no HELLO reply")
@@ -139,7 +139,7 @@ fn views_reload_under_load_and_a_bad_file_changes_nothing() {
     // promo_features at once (no retry).
     let mut shards = std::collections::BTreeSet::new();
     for _ in 0..64 {
-        let (shard, answer) = schema_on_new_connection(&proxy, "promo_features");
+        let (shard, answer) = schema_on_new_connection(&proxy, "promo_features", "");
         let Response::Schema(s) = answer else {
             panic!("shard {shard}: {answer:?}")
         };
@@ -223,7 +223,7 @@ fn views_reload_under_load_and_a_bad_file_changes_nothing() {
         panic!("a removed view's id answers UNKNOWN_VIEW, got {answer:?}")
     };
     assert_eq!(e.code, ErrorCode::UnknownView);
-    let (_, answer) = schema_on_new_connection(&proxy, "promo_features");
+    let (_, answer) = schema_on_new_connection(&proxy, "promo_features", "");
     let Response::Schema(s) = answer else {
         panic!("{answer:?}")
     };
@@ -325,4 +325,73 @@ async fn a_get_in_flight_finishes_on_the_registry_it_started_with() {
     redis.thaw();
     let e = client.get("user_features", &["u1"]).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UnknownView), "{e}");
+}
+
+#[test]
+fn post_admin_reload_answers_what_changed_and_is_guarded() {
+    let redis = Redis::start();
+    let registry = common::example_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.toml");
+    let hex = |t: &str| -> String {
+        featureproxy::config::access::token_hash(t)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    std::fs::write(
+        &access,
+        format!(
+            "[[access]]\nname = \"ops\"\ntoken_sha256 = [\"{}\"]\nadmin = true\n\n[[access]]\nname = \"ranker\"\ntoken_sha256 = [\"{}\"]\nread = [\"*\"]\n",
+            hex("tok-ops"),
+            hex("tok-ranker")
+        ),
+    )
+    .unwrap();
+    let server_toml = format!("access_file = \"{}\"", access.display());
+    let proxy = Proxy::start_custom(&redis.url(), 2, &server_toml, &registry, &[]);
+    rewrite(&proxy, &server_toml, &with_promo(&registry));
+
+    let post = |headers: &[(&str, &str)]| proxy.http_with("POST", "/admin/reload", headers);
+    // The access file names an admin: its token is asked for, and no other.
+    let (code, body) = post(&[]);
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = post(&[("Authorization", "Bearer tok-ranker")]);
+    assert_eq!(code, 401);
+    // A browser's cross-site request is refused whatever it carries.
+    let (code, _) = post(&[
+        ("Authorization", "Bearer tok-ops"),
+        ("Origin", "http://evil.example"),
+    ]);
+    assert_eq!(code, 403);
+    let (code, _) = proxy.http("/admin/reload");
+    assert_eq!(code, 405);
+    assert_eq!(gen(&proxy), 1.0, "nothing reloaded so far");
+
+    let (code, body) = post(&[("Authorization", "Bearer tok-ops")]);
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["generation"], 2);
+    assert_eq!(answer["added"], serde_json::json!(["promo_features"]));
+    let (_, reply) = schema_on_new_connection(&proxy, "promo_features", "tok-ranker");
+    assert!(matches!(reply, Response::Schema(_)), "{reply:?}");
+
+    // A bad file: 422 with the reason, nothing changed.
+    rewrite(
+        &proxy,
+        &server_toml,
+        &registry.replace("max_staleness = \"5m\"", "max_staleness = \"1s\""),
+    );
+    let (code, body) = post(&[("Authorization", "Bearer tok-ops")]);
+    assert_eq!(code, 422, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["generation"], 2);
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_staleness"),
+        "{body}"
+    );
+    assert_eq!(
+        proxy.metric("featureproxy_config_last_reload_successful", &[]),
+        0.0
+    );
 }

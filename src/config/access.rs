@@ -88,6 +88,8 @@ pub struct Principal {
     cert_names: Vec<String>,
     /// What the principal did, for the metrics; the same counters after a reload that keeps it.
     pub counts: Arc<PrincipalCounts>,
+    /// May ask for `POST /admin/reload` on the stats port (with its token).
+    pub admin: bool,
 }
 
 impl Principal {
@@ -167,6 +169,7 @@ impl AccessTable {
                     write: all,
                     cert_names: Vec::new(),
                     counts: Arc::default(),
+                    admin: false,
                 },
                 &[token_hash(token)],
                 "the auth_token setting",
@@ -220,6 +223,7 @@ impl AccessTable {
                     .map_err(|why| bad(format!("write: {why}")))?,
                 cert_names: entry.cert_names.clone(),
                 counts: Arc::default(),
+                admin: entry.admin,
             };
             table.add(principal, &hashes, origin)?;
         }
@@ -302,6 +306,19 @@ impl AccessTable {
         }
     }
 
+    /// True when some principal may use the stats port's admin endpoints: they then ask for
+    /// one of its tokens.
+    pub fn has_admins(&self) -> bool {
+        self.principals.iter().any(|p| p.admin)
+    }
+
+    /// The admin principal `token` names, if any.
+    pub fn admin(&self, token: &str) -> Option<&Principal> {
+        let &i = self.by_token.get(&token_hash(token))?;
+        let p = &self.principals[i];
+        p.admin.then_some(p)
+    }
+
     /// Every principal, in the file's order.
     pub fn principals(&self) -> &[Principal] {
         &self.principals
@@ -346,6 +363,8 @@ struct RawEntry {
     token_sha256: Vec<String>,
     #[serde(default)]
     cert_names: Vec<String>,
+    #[serde(default)]
+    admin: bool,
     #[serde(default)]
     read: Vec<String>,
     #[serde(default)]

@@ -6,6 +6,7 @@
 //! relaxed atomic counters and the histogram aggregate (whose lock no shard ever takes) and adds
 //! them up per scrape.
 
+pub mod admin;
 pub mod health;
 pub mod history;
 pub mod metric;
@@ -206,6 +207,12 @@ pub fn route(req: &Request, ep: &Endpoint) -> Response {
         ("GET", "/stats/history") => json(ep.history.json(&src.registry())),
         ("GET", "/health") => health::health(&src.shards).into(),
         ("GET", "/ready") => health::ready(&src.shards).into(),
+        ("POST", "/admin/reload") => admin::reload(req, src),
+        (_, "/admin/reload") => {
+            let mut r = Response::new(405, "text/plain", "/admin/reload answers POST only\n");
+            r.headers.push(("Allow", "POST"));
+            r
+        }
         (_, path) if PATHS.contains(&path) => {
             let mut r = Response::new(405, "text/plain", format!("{path} answers GET only\n"));
             r.headers.push(("Allow", "GET"));

@@ -356,11 +356,20 @@ impl Proxy {
 
     /// GET on the stats endpoint: (status code, body).
     pub fn http(&self, path: &str) -> (u16, String) {
+        self.http_with("GET", path, &[])
+    }
+
+    /// A request with `method` and extra `headers` to the stats endpoint: (status code, body).
+    pub fn http_with(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.stats_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
