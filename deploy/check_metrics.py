@@ -5,8 +5,9 @@
     python3 deploy/check_metrics.py --scrape URL_OR_FILE  # also labels and label values,
                                                           # against a real /metrics answer
 
-1. Every `featureproxy_*` metric name in deploy/ (rules, dashboard, README) must be a family
-   declared in src/ops/metrics.rs, or `_bucket`/`_sum`/`_count` of a histogram family there.
+1. Every `featureproxy_*` metric name in deploy/ (rules, dashboard, README) and docs/*.md (the
+   runbooks) must be a family declared in src/ops/metrics.rs, or `_bucket`/`_sum`/`_count` of a
+   histogram family there.
    Recording-rule names (`level:featureproxy_x:op`) are not metric names and are skipped.
 2. With --scrape (a URL such as http://127.0.0.1:7071/metrics, or a saved file), every label
    matcher in a PromQL expression of the rules and dashboard must name a label that metric
@@ -50,6 +51,8 @@ def deploy_files():
     for p in sorted(DEPLOY.rglob("*")):
         if p.is_file() and p.resolve() != SELF and p.suffix in {".yml", ".yaml", ".json", ".md"}:
             yield p
+    # The runbooks name metrics too (docs/runbooks.md).
+    yield from sorted((ROOT / "docs").glob("*.md"))
 
 
 def expressions(path):
