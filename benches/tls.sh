@@ -142,5 +142,17 @@ for load, name in [("1e", "1 entity, open loop 20k req/s"), ("b100", "100 entiti
     g = lambda a, b: "NA" if a is None or b is None else f"{(b / a - 1) * 100:+.0f}%"
     print(f"| {name} | {f(p)} | {f(t)} | {g(p, t)} | {f(rp)} | {f(rt)} | {g(rp, rt)} |")
 print()
+# The steadier figure on a drifting box: TLS/plaintext within each round, then the median.
+rounds = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    load, tgt, r, cpu, errs = line.split("\t")
+    if cpu != "NA":
+        rounds[(load, r)][tgt] = float(cpu)
+for load in ("1e", "b100"):
+    for a, b, what in (("plain", "tls", "proxy"), ("redis-plain", "redis-tls", "Redis")):
+        ratios = [v[b] / v[a] for (l, _), v in sorted(rounds.items()) if l == load and a in v and b in v]
+        if ratios:
+            print(f"{load}: {what} CPU per request, TLS / plaintext within each round: median {statistics.median(ratios):.3f} {[round(x, 3) for x in ratios]}")
+print()
 print("runs per cell:", {f"{k[0]}/{k[1]}": [round(x, 2) for x in v] for k, v in sorted(runs.items())})
 EOF
