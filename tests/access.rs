@@ -209,7 +209,7 @@ async fn a_token_is_rotated_with_sighup_under_load_without_a_failed_request() {
     proxy.sighup();
     proxy.wait_reloads("refused", 1.0);
     assert!(
-        proxy.logs().contains("access file refused"),
+        proxy.logs().contains("reload refused"),
         "the refusal is logged"
     );
     for token in ["old", "new"] {

@@ -136,45 +136,29 @@ pub fn stats(src: &Sources) -> Value {
         })
         .collect();
     let mut merged = sample.merged_json();
-    merged.extend([
-        (
-            "entities_requested".into(),
-            sum(&src.shards, |s| s.entities_requested.get()).into(),
-        ),
-        (
-            "redis_commands".into(),
-            sum(&src.shards, |s| s.redis_commands.get()).into(),
-        ),
-        (
-            "connections_open".into(),
-            sum(&src.shards, |s| s.connections_open.get()).into(),
-        ),
-        (
-            "connections_refused".into(),
-            sum(&src.shards, |s| s.connections_refused.get()).into(),
-        ),
-        ("errors".into(), errors.into()),
-        (
-            "redis_errors".into(),
-            json!({
-                "timeout": sum(&src.shards, |s| s.redis_timeouts.get()),
-                "unavailable": sum(&src.shards, |s| s.redis_unavailable.get()),
-            }),
-        ),
-        ("last_interval".into(), histograms_json(&last, &registry)),
-        ("since_start".into(), histograms_json(&total, &registry)),
-    ]);
+    let more = json!({
+        "entities_requested": sum(&src.shards, |s| s.entities_requested.get()),
+        "redis_commands": sum(&src.shards, |s| s.redis_commands.get()),
+        "connections_open": sum(&src.shards, |s| s.connections_open.get()),
+        "connections_refused": sum(&src.shards, |s| s.connections_refused.get()),
+        "errors": errors,
+        "redis_errors": {
+            "timeout": sum(&src.shards, |s| s.redis_timeouts.get()),
+            "unavailable": sum(&src.shards, |s| s.redis_unavailable.get()),
+        },
+        "last_interval": histograms_json(&last, &registry),
+        "since_start": histograms_json(&total, &registry),
+    });
+    if let Value::Object(more) = more {
+        merged.extend(more);
+    }
+    // Per view: its thresholds beside the sample's figures.
     let views = sample.views_json(&registry, |m, id| {
         if let Some(v) = registry.by_id(id) {
-            m.insert("stale_after_s".into(), v.stale_after.as_secs_f64().into());
-            m.insert(
-                "max_staleness_s".into(),
-                v.max_staleness.as_secs_f64().into(),
-            );
-            m.insert(
-                "hot_cache_ttl_s".into(),
-                v.hot_cache_ttl.as_secs_f64().into(),
-            );
+            let secs = |d: std::time::Duration| Value::from(d.as_secs_f64());
+            m.insert("stale_after_s".into(), secs(v.stale_after));
+            m.insert("max_staleness_s".into(), secs(v.max_staleness));
+            m.insert("hot_cache_ttl_s".into(), secs(v.hot_cache_ttl));
         }
     });
     let r = &src.reloads;

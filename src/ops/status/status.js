@@ -113,6 +113,7 @@ function alertConditions(s, p, pt) {
     const what = open.map((sh) => `shard ${sh.shard} ${sh.breaker_state.replace("_", "-")}`).join(", ");
     out.push(["FeatureproxyBreakerOpen", "critical", `circuit breaker not closed: ${what}`]);
   }
+  if (!s.config.last_reload_ok) out.push(["FeatureproxyReloadRefused", "warning", `the last reload was refused: ${s.config.last_reload_error}`]);
   for (const [name, v] of Object.entries(pt ? pt.views : {})) {
     if (v.shares && v.shares.degraded > DEGRADED_MAX) out.push(["FeatureproxyDegradedServed", "critical", `${name}: ${fmtPct(v.shares.degraded)} of entities DEGRADED`]);
     if (v.gets > 1 && v.p99 > SLO_P99_MS) out.push(["FeatureproxyGetLatencyHigh", "warning", `${name}: GET p99 ${fmtMs(v.p99)} ms (SLO 1 ms)`]);
@@ -328,7 +329,9 @@ function renderAlerts(list) {
   for (const [name, severity, what] of list) {
     const li = el("li", "bad " + severity);
     li.dataset.alert = name;
-    li.append(el("strong", null, name), el("span", "severity", severity), el("span", null, what));
+    // Each alert's runbook_url in alerts.yml is its section of docs/runbooks.md.
+    const runbook = el("span", "runbook", `runbook: docs/runbooks.md#${name.toLowerCase()}`);
+    li.append(el("strong", null, name), el("span", "severity", severity), el("span", null, what), runbook);
     ul.append(li);
   }
   document.title = (list.length ? `(${list.length}) ` : "") + "featureproxy status";
