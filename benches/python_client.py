@@ -22,6 +22,23 @@ Needs: redis-server on PATH, numpy, redis (redis-py), and the featureproxy packa
 
     cargo build --release
     python benches/python_client.py [--proxy-bin target/release/featureproxy] [--quick]
+
+`--cores` measures instead the two cores of the sync client against each other and their
+baselines (needs the native core too: `pip install ./python/native`), every row in one process
+on the same 100 FRESH keys re-read from the proxy's hot cache, in interleaved rounds:
+
+  the floor: a PING on a raw Python socket (send + recv of one frame; no client at all)
+  PING, GET of 1 and of 100 entities + matrix(): featureproxy.Client on each core, and
+      redis-py (+ hiredis) GET / MGET + np.frombuffer of the same rows
+  16 threads sharing one client, GET of 1 entity: each core, and redis-py (one shared pool)
+  one caller beside a CPU-bound Python thread (a model running): p50 / p99 on each core
+
+Each row reports client CPU per call (time.process_time() of this process, the Rust runtime
+included: it runs on the calling threads), p50 / p99 and calls per second: the median over the
+rounds with the range in brackets. The targets of issue 27 are checked against the baselines of
+the same run and printed as met or not.
+
+    python benches/python_client.py --cores [--rounds 7] [--shards 1]
 """
 
 from __future__ import annotations
@@ -38,6 +55,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +64,7 @@ import redis
 import redis.asyncio as aredis
 
 import featureproxy
+from featureproxy import _impl
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEW = "user_features"
@@ -192,6 +211,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=5000, help="measured calls per 1-entity scenario")
     ap.add_argument("--callers", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="a tenth of the calls")
+    ap.add_argument("--cores", action="store_true", help="the native core against the Python one (see above)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of --cores")
     args = ap.parse_args()
     calls_1 = args.calls // (10 if args.quick else 1)
     calls_100 = max(100, calls_1 // 5)
@@ -229,7 +250,10 @@ def main() -> None:
             stderr=open(os.path.join(tmp, "proxy.log"), "wb"),
         )
         wait_port(pport, pproc, "featureproxy")
-        run(args, pport, rport, calls_1, calls_100)
+        if args.cores:
+            cores(args, pport, rport)
+        else:
+            run(args, pport, rport, calls_1, calls_100)
     finally:
         if pproc is not None:
             pproc.send_signal(signal.SIGTERM)
@@ -338,6 +362,259 @@ def run(args, pport: int, rport: int, calls_1: int, calls_100: int) -> None:
         print(
             f"| {mode} | {n} | {name} | {pct(lat, 0.50) * 1e6:.0f} | {pct(lat, 0.99) * 1e6:.0f} | {rate:,.0f} | {ratio} |"
         )
+
+
+# ---- --cores: the native core against the Python one, and both against their baselines
+
+
+def client_on(impl: str, port: int, **kw) -> featureproxy.Client:
+    """A featureproxy.Client on the chosen core, whatever FEATUREPROXY_IMPL picked (the Python core
+    is what a client gets when no native module is installed)."""
+    saved = _impl.native
+    if impl == "python":
+        _impl.native = None
+    try:
+        c = featureproxy.Client("127.0.0.1", port, **kw)
+    finally:
+        _impl.native = saved
+    assert c.impl == impl, (c.impl, impl)
+    return c
+
+
+class RawPing:
+    """The floor: one PING frame sent and its reply read on a plain Python socket."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(featureproxy.protocol.encode_request(1, featureproxy.protocol.Hello(1, "", "floor")))
+        self._read()
+        self.frame = featureproxy.protocol.encode_frame(featureproxy.protocol.OP_PING, 2)
+
+    def _read(self) -> None:
+        got = self.sock.recv(65536)
+        need = 4 + int.from_bytes(got[:4], "little")
+        while len(got) < need:
+            got += self.sock.recv(65536)
+
+    def ping(self, _=None) -> None:
+        self.sock.sendall(self.frame)
+        self._read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def one_round(fn, calls: int) -> tuple[float, float, float, float]:
+    """(client CPU µs per call, p50 µs, p99 µs, calls/s) of ``calls`` sequential calls."""
+    lat = []
+    c0, t_start = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t_start, time.process_time() - c0
+    return cpu / calls * 1e6, pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6, calls / wall
+
+
+def threads_round(fn, threads: int, seconds: float) -> tuple[float, float, float, float]:
+    """``threads`` threads calling ``fn`` for ``seconds``: (CPU µs per call, p50, p99, calls/s)."""
+    stop = threading.Event()
+    lats: list[list[float]] = [[] for _ in range(threads)]
+
+    def worker(i: int) -> None:
+        mine = lats[i]
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            fn()
+            mine.append(time.perf_counter() - t0)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in ts:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    lat = [x for one in lats for x in one]
+    return cpu / len(lat) * 1e6, pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6, len(lat) / wall
+
+
+def beside_a_busy_thread(fn, seconds: float) -> tuple[float, float, float, float]:
+    """Sequential calls while another Python thread spins (a model holding the GIL)."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                x += 1
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    lat = []
+    c0, t_start = time.process_time(), time.perf_counter()
+    try:
+        while time.perf_counter() - t_start < seconds:
+            t0 = time.perf_counter()
+            fn()
+            lat.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        busy.join()
+    wall = time.perf_counter() - t_start
+    # The spinning thread's CPU is in process_time too: report the callers' rate and latency only.
+    return float("nan"), pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6, len(lat) / wall
+
+
+def med(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def cores(args, pport: int, rport: int) -> None:
+    if _impl.native is None:
+        sys.exit("--cores needs the native core: pip install ./python/native (and FEATUREPROXY_IMPL unset)")
+    now = int(time.time() * 1000)
+    rng = random.Random(7)
+    keys = [f"user:{i}".encode() for i in range(100)]
+    one_key = [[k] for k in keys]
+    py = client_on("python", pport, timeout=5, pool_size=2)
+    nat = client_on("native", pport, timeout=5, pool_size=2)
+    py.put(VIEW, {k: (now, [rng.random() for _ in range(16)]) for k in keys})
+    schema = py.schema(VIEW)
+    r = redis.Redis(host="127.0.0.1", port=rport)
+    floor = RawPing(pport)
+
+    # Every path reads the same rows: check before timing (and warm the hot cache).
+    for c in (py, nat):
+        for _ in range(3):
+            b = c.get(VIEW, keys)
+        assert b.statuses == [featureproxy.Status.FRESH] * 100
+    want = py.get(VIEW, keys).matrix()
+    assert np.array_equal(nat.get(VIEW, keys).matrix(), want)
+    assert np.array_equal(redis_mget_frombuffer(r, keys), want)
+    assert np.array_equal(redis_get_frombuffer(r, keys[:1]), want[:1])
+
+    it = {"i": 0}
+
+    def next_key() -> list[bytes]:
+        it["i"] = (it["i"] + 1) % 100
+        return one_key[it["i"]]
+
+    def fp_get1(c):
+        return lambda: c.get(VIEW, next_key()).matrix()
+
+    def fp_get100(c):
+        return lambda: c.get(VIEW, keys).matrix()
+
+    def fp_ping(c):
+        return c.ping
+
+    sync_rows = [
+        ("PING", "raw Python socket (the floor)", floor.ping),
+        ("PING", "featureproxy.Client, python", fp_ping(py)),
+        ("PING", "featureproxy.Client, native", fp_ping(nat)),
+        ("GET 1", "featureproxy.Client + matrix(), python", fp_get1(py)),
+        ("GET 1", "featureproxy.Client + matrix(), native", fp_get1(nat)),
+        ("GET 1", "redis-py+hiredis GET + frombuffer", lambda: redis_get_frombuffer(r, next_key())),
+        ("GET 100", "featureproxy.Client + matrix(), python", fp_get100(py)),
+        ("GET 100", "featureproxy.Client + matrix(), native", fp_get100(nat)),
+        ("GET 100", "redis-py+hiredis MGET + frombuffer", lambda: redis_mget_frombuffer(r, keys)),
+    ]
+    rpool = redis.Redis(host="127.0.0.1", port=rport, max_connections=args.callers)
+    thread_rows = [
+        ("16 threads, GET 1", "one shared featureproxy.Client, python", fp_get1(py)),
+        ("16 threads, GET 1", "one shared featureproxy.Client, native", fp_get1(nat)),
+        ("16 threads, GET 1", "redis-py+hiredis GET, one shared pool", lambda: redis_get_frombuffer(rpool, next_key())),
+    ]
+    busy_rows = [
+        ("GET 1 beside a busy thread", "featureproxy.Client, python", fp_get1(py)),
+        ("GET 1 beside a busy thread", "featureproxy.Client, native", fp_get1(nat)),
+    ]
+    calls = max(200, args.calls // (10 if args.quick else 1))
+    results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    for rnd in range(args.rounds):
+        order = sync_rows[:] if rnd % 2 == 0 else sync_rows[::-1]  # interleaved, both directions
+        for mode, name, fn in order:
+            for _ in range(50):
+                fn()
+            results.setdefault((mode, name), []).append(one_round(fn, calls if mode != "GET 100" else calls // 5))
+        for mode, name, fn in thread_rows if rnd % 2 == 0 else thread_rows[::-1]:
+            results.setdefault((mode, name), []).append(threads_round(fn, args.callers, 1.0 if not args.quick else 0.3))
+        for mode, name, fn in busy_rows if rnd % 2 == 0 else busy_rows[::-1]:
+            results.setdefault((mode, name), []).append(beside_a_busy_thread(fn, 1.0 if not args.quick else 0.3))
+        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(
+        f"featureproxy sync client, native core vs Python core: {platform.python_implementation()} "
+        f"{platform.python_version()}, numpy {np.__version__}, redis-py {redis.__version__} (hiredis: "
+        f"{redis.utils.HIREDIS_AVAILABLE}), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, proxy "
+        f"{args.proxy_bin} --shards {args.shards}, 100 FRESH keys of {VIEW} (16 x f32) re-read from the hot "
+        f"cache, {args.rounds} interleaved rounds; medians, [min-max] over the rounds; switch interval "
+        f"{sys.getswitchinterval() * 1e3:g} ms"
+    )
+    print()
+    print("| scenario | client | CPU/call µs | p50 µs | p99 µs | calls/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    m: dict[tuple[str, str], float] = {}
+    for (mode, name), rs in results.items():
+        cpu, p50, p99, rate = (sorted(x[i] for x in rs) for i in range(4))
+        m[(mode, name, "cpu")] = med(cpu)
+        m[(mode, name, "p99")] = med(p99)
+        m[(mode, name, "rate")] = med(rate)
+        cpu_s = "-" if cpu[0] != cpu[0] else f"{med(cpu):.1f} [{cpu[0]:.1f}-{cpu[-1]:.1f}]"
+        print(
+            f"| {mode} | {name} | {cpu_s} | {med(p50):.0f} [{p50[0]:.0f}-{p50[-1]:.0f}] | "
+            f"{med(p99):.0f} [{p99[0]:.0f}-{p99[-1]:.0f}] | {med(rate):,.0f} |"
+        )
+
+    def get(mode, name, what):
+        return m[(mode, name, what)]
+
+    nat1 = get("GET 1", "featureproxy.Client + matrix(), native", "cpu")
+    redis1 = get("GET 1", "redis-py+hiredis GET + frombuffer", "cpu")
+    floor_cpu = get("PING", "raw Python socket (the floor)", "cpu")
+    nat100 = get("GET 100", "featureproxy.Client + matrix(), native", "cpu")
+    redis100 = get("GET 100", "redis-py+hiredis MGET + frombuffer", "cpu")
+    t_nat = get("16 threads, GET 1", "one shared featureproxy.Client, native", "rate")
+    t_py = get("16 threads, GET 1", "one shared featureproxy.Client, python", "rate")
+    t_cpu = get("16 threads, GET 1", "one shared featureproxy.Client, native", "cpu")
+    b_nat = get("GET 1 beside a busy thread", "featureproxy.Client, native", "p99")
+    b_py = get("GET 1 beside a busy thread", "featureproxy.Client, python", "p99")
+    targets = [
+        ("T1 GET 1: native CPU/call <= 0.5x redis-py GET", nat1 / redis1, 0.5, f"{nat1:.1f} vs {redis1:.1f} µs"),
+        ("T1 GET 1: native CPU/call <= 2x the raw-socket floor", nat1 / floor_cpu, 2.0, f"{nat1:.1f} vs {floor_cpu:.1f} µs"),
+        ("T2 GET 100: native CPU/call <= 0.3x redis-py MGET", nat100 / redis100, 0.3, f"{nat100:.1f} vs {redis100:.1f} µs"),
+        ("T3 16 threads: native req/s >= 3x the Python core's", t_nat / t_py, -3.0, f"{t_nat:,.0f} vs {t_py:,.0f} /s"),
+        ("T3 16 threads: native CPU/call <= 20 µs", t_cpu / 20, 1.0, f"{t_cpu:.1f} µs"),
+        ("T4 beside a busy thread: native p99 <= Python's", b_nat / b_py, 1.0, f"{b_nat:,.0f} vs {b_py:,.0f} µs"),
+    ]
+    print()
+    print("| target | ratio | figures | met |")
+    print("|---|---:|---|---|")
+    for name, ratio, limit, figures in targets:
+        met = ratio >= -limit if limit < 0 else ratio <= limit
+        print(f"| {name} | {ratio:.2f}x | {figures} | {'met' if met else 'NOT met'} |")
+    for c in (py, nat):
+        c.close()
+    floor.close()
+    r.close()
+    rpool.close()
+
+
+def redis_get_frombuffer(r: redis.Redis, keys: list[bytes]) -> np.ndarray:
+    """redis-py GET of one key, its row viewed in place (format byte and computed_at skipped)."""
+    v = r.get(PREFIX + keys[0])
+    return np.frombuffer(v, dtype="<f4", count=16, offset=9).reshape(1, 16)
+
+
+def redis_mget_frombuffer(r: redis.Redis, keys: list[bytes]) -> np.ndarray:
+    """redis-py MGET, the rows viewed through one structured dtype over the joined values."""
+    rec = np.frombuffer(b"".join(r.mget([PREFIX + k for k in keys])), dtype=RECORD)
+    return rec["row"]
 
 
 if __name__ == "__main__":

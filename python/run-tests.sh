@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Tests of the Python client (python/): installs the package into a venv with pytest, numpy and
-# feast[redis] (pinned, with all their dependencies, by python/requirements-feast.txt), then runs
-# python/tests against the real proxy binary, a real redis-server and the real feast SDK.
+# feast[redis] (pinned, with all their dependencies, by python/requirements-feast.txt), builds the
+# native core (python/native, the Rust client under PyO3) from source into the same venv, then
+# runs python/tests twice, once per core (FEATUREPROXY_IMPL=native, then python), against the
+# real proxy binary, a real redis-server and the real feast SDK.
 # Run from anywhere; exits non-zero on any failure, including "no tests collected".
+#
+# FEATUREPROXY_NATIVE_PROFILE (default dev) is the cargo profile of the native build: dev reuses
+# what `cargo test --workspace` built in target/debug (CI runs that first); release is what
+# `pip install ./python/native` gives users and what benches/python_client.py measures.
+# FEATUREPROXY_IMPLS (default "native python") says which passes to run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -24,16 +31,35 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest numpy \
-  -r "$here/requirements-feast.txt"
+  "maturin>=1.9.4,<2" -r "$here/requirements-feast.txt"
 rm -rf "$here/build" "$here"/src/*.egg-info  # left by the in-tree build
+
+# The native core, from source: maturin (in the venv, so no build isolation and no download)
+# runs cargo on the workspace member python/native. MATURIN_NO_INSTALL_RUST: fail rather than
+# fetch a toolchain.
+profile="${FEATUREPROXY_NATIVE_PROFILE:-dev}"
+echo "python/run-tests.sh: building the native core (python/native, cargo profile $profile)"
+t0=$(date +%s)
+PATH="$venv/bin:$PATH" MATURIN_NO_INSTALL_RUST=1 MATURIN_PEP517_ARGS="--profile $profile" \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+  --force-reinstall --no-deps "$here/native"
+echo "python/run-tests.sh: native core built and installed in $(($(date +%s) - t0)) s"
 
 # Run from the tests' directory so `import featureproxy` resolves to the installed package.
 cd "$here/tests"
-set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$here" -c "$here/pyproject.toml" . "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  echo "python/run-tests.sh: pytest collected no tests" >&2
-fi
+rc=0
+for impl in ${FEATUREPROXY_IMPLS:-native python}; do
+  echo "python/run-tests.sh: python/tests with FEATUREPROXY_IMPL=$impl"
+  set +e
+  FEATUREPROXY_IMPL="$impl" "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$here" \
+    -c "$here/pyproject.toml" . "$@"
+  one=$?
+  set -e
+  if [ "$one" -eq 5 ]; then
+    echo "python/run-tests.sh: pytest collected no tests (FEATUREPROXY_IMPL=$impl)" >&2
+  fi
+  if [ "$one" -ne 0 ] && [ "$rc" -eq 0 ]; then
+    rc=$one
+  fi
+done
 exit "$rc"

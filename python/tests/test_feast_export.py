@@ -260,7 +260,10 @@ def test_missing_feast_exits_2_with_the_install_hint(tmp_path):
     venv = tmp_path / "nofeast"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    # FEATUREPROXY_IMPL too: that interpreter has only the copied pure-Python package, so a forced
+    # native core (python/run-tests.sh's first pass) would fail its import.
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "FEATUREPROXY_IMPL")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = str(lib)
     probe = subprocess.run([python, "-c", "import feast"], env=env, capture_output=True, text=True, cwd="/")
     assert probe.returncode == 1 and "No module named 'feast'" in probe.stderr  # the premise

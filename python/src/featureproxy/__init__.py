@@ -8,8 +8,13 @@
         batch.statuses, batch.ages_ms, batch.defaulted
 
 The protocol core uses the standard library only; numpy is needed only for ``Batch.matrix()``.
+
+``featureproxy.__impl__`` says which core runs the sync ``Client``: ``"native"`` when the native
+core (``pip install ./python/native``, the Rust client under PyO3) is installed, else
+``"python"``; ``FEATUREPROXY_IMPL=auto|python|native`` chooses (see ``featureproxy._impl``).
 """
 
+from . import _impl
 from .aio import AsyncClient
 from .batch import Batch, EntityStatus, Status
 from .client import Client
@@ -42,7 +47,8 @@ from .errors import (
 )
 from .schema import DType, Feature, Schema
 
-__version__ = "0.1.0"
+__version__ = _impl.VERSION
+__impl__ = _impl.name
 
 __all__ = [
     "Client",

@@ -100,11 +100,23 @@ def encode_put(schema: Schema, items: list[tuple[Any, Any, Any]]) -> p.PutReques
     return p.PutRequest.new(schema.view_id, schema.schema_id, entries)
 
 
+def key_list(keys: Any) -> list:
+    """``keys`` as a list, unchecked (the native codec checks each key); a lone key is refused
+    as ``keys_bytes`` refuses it."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"keys must be a list of keys, not a single {type(keys).__name__}: pass [{keys!r}]")
+    return keys if type(keys) is list else list(keys)
+
+
 def check_get_limits(schema: Schema, keys: list[bytes], max_frame: int, max_batch: int) -> None:
     n = len(keys)
+    check_get_sizes(schema, n, 8 + 16 + sum(len(k) for k in keys) + 2 * n, max_frame, max_batch)
+
+
+def check_get_sizes(schema: Schema, n: int, req_len: int, max_frame: int, max_batch: int) -> None:
+    """``check_get_limits`` for a GET of ``n`` keys whose frame's len field is ``req_len``."""
     if n > max_batch:
         raise InvalidRequest(f"GET {schema.view!r} of {n} keys exceeds the server's max_batch of {max_batch}")
-    req_len = 8 + 16 + sum(len(k) for k in keys) + 2 * n
     if req_len > max_frame:
         raise InvalidRequest(
             f"GET {schema.view!r} of {n} keys is a {req_len}-byte frame, over the server's max_frame of {max_frame}"

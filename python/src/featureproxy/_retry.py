@@ -101,7 +101,7 @@ class Plan(Generic[T]):
             self.step, self.done, self.result = None, True, stop.value
 
 
-def _refetch(e: Exception, refetches: int, cached: bool) -> bool:
+def refetch(e: Exception, refetches: int, cached: bool) -> bool:
     # A schema fetched for this very call names the view the server has now, so UNKNOWN_VIEW
     # means the view is gone: refetching would not help. A cached one may predate a reload.
     return refetches == 0 and (cached or isinstance(e, SchemaMismatch))
@@ -116,15 +116,23 @@ def get(
     *,
     cached: bool,
     overload: OverloadRetry | None = None,
+    codec=None,
 ) -> Steps[Batch]:
     """The steps of ``Client.get``; ``cached``: the view's schema was cached when the call began;
-    ``overload``: the client's overload retries (None: OVERLOADED is raised at once)."""
-    keys, kb = c.keys_bytes(keys)
+    ``overload``: the client's overload retries (None: OVERLOADED is raised at once); ``codec``:
+    the native module, whose ``encode_get_body`` checks and encodes the keys in one call (None:
+    the Python codec, which checks them before the first step)."""
+    if codec is None:
+        keys, kb = c.keys_bytes(keys)
+        n = len(kb)
+    else:
+        keys = c.key_list(keys)
+        n = len(keys)
     dl = c.deadline_us(deadline)
     flags = p.GET_BYPASS_CACHE if bypass_cache else 0
     # The server may take the whole deadline; the client must not give up before it answers.
     wait = client.timeout if deadline is None else max(client.timeout, float(deadline))
-    what = f"GET {view!r} ({len(kb)} key{'' if len(kb) == 1 else 's'})"
+    what = f"GET {view!r} ({n} key{'' if n == 1 else 's'})"
     schema: Schema = yield FetchSchema(view, refresh=False)
     if overload is not None:
         now = overload.clock()
@@ -134,12 +142,16 @@ def get(
     shed_retried = False
     while True:
         # Read the limits anew: the refetch may have reconnected to a server with others.
-        c.check_get_limits(schema, kb, client.max_frame, client.max_batch)
-        body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
+        if codec is None:
+            c.check_get_limits(schema, kb, client.max_frame, client.max_batch)
+            body = p.GetRequest(schema.view_id, flags, schema.schema_id, dl, kb).encode_body()
+        else:
+            body = codec.encode_get_body(schema.view_id, flags, schema.schema_id, dl, keys)
+            c.check_get_sizes(schema, n, 8 + len(body), client.max_frame, client.max_batch)
         try:
             reply = yield Call(p.OP_GET, body, what, wait)
         except (SchemaMismatch, UnknownView) as e:
-            if _refetch(e, refetches, cached):
+            if refetch(e, refetches, cached):
                 refetches += 1
                 schema = yield FetchSchema(view, refresh=True)
                 continue
@@ -151,7 +163,7 @@ def get(
             if pause is None:
                 raise
         else:
-            if c.check_get_reply(reply, schema, len(kb)):
+            if c.check_get_reply(reply, schema, n):
                 return Batch(schema, keys, reply)
             if refetches == 0:
                 refetches += 1
@@ -175,7 +187,7 @@ def put(client: Limits, view: str, rows, *, cached: bool) -> Steps[int]:
         try:
             reply = yield Call(p.OP_PUT, req.encode_body(), f"PUT {view!r} ({req.n} row{'' if req.n == 1 else 's'})")
         except (SchemaMismatch, UnknownView) as e:
-            if _refetch(e, attempt, cached):
+            if refetch(e, attempt, cached):
                 schema = yield FetchSchema(view, refresh=True)
                 continue
             raise

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from . import _common as c
-from . import _overload, _retry, _tls
+from . import _impl, _overload, _retry, _tls
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -157,6 +157,10 @@ class AsyncClient:
     same TLS options: a failed handshake or a refused client certificate raises
     :class:`TLSError` from ``connect``) and are coroutines, ``close()`` included. After a
     dropped connection the next call reconnects.
+
+    Its transport is the event loop's own on either core; with the native core installed, a
+    GET's keys are checked and encoded by the native codec (the same messages; a bad key is
+    then reported after the view's schema is at hand rather than before).
     """
 
     def __init__(
@@ -181,6 +185,9 @@ class AsyncClient:
         self.timeout = float(timeout)
         self.retry_overloaded = bool(retry_overloaded)
         self._overload = _overload.OverloadRetry(overload_backoff)
+        # The native codec when the native core is installed: it checks and encodes a GET's keys
+        # (its transport stays the event loop's own).
+        self._codec = _impl.native
         self._token = token
         self._name = client_name
         self._proto: _Protocol | None = None
@@ -388,7 +395,16 @@ class AsyncClient:
         """See :meth:`featureproxy.Client.get`."""
         overload = self._overload if self.retry_overloaded else None
         return await self._run(
-            _retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas, overload=overload)
+            _retry.get(
+                self,
+                view,
+                keys,
+                deadline,
+                bypass_cache,
+                cached=view in self._schemas,
+                overload=overload,
+                codec=self._codec,
+            )
         )
 
     async def put(self, view: str, rows) -> int:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import _common as c
-from . import _overload, _retry, _tls
+from . import _impl, _overload, _retry, _tls
 from . import protocol as p
 from .batch import Batch
 from .errors import (
@@ -23,6 +23,8 @@ from .errors import (
     FeatureProxyError,
     ProtocolError,
     RequestTimeout,
+    SchemaMismatch,
+    UnknownView,
     server_error,
 )
 from .schema import Schema
@@ -418,6 +420,16 @@ class Client:
     :class:`TLSError` (a ``ConnectFailed``) from the constructor, saying what happened and what
     to do; a client file that cannot be loaded raises it too. Tokens work over TLS as over
     plaintext.
+
+    Cores (``impl``): with the native core installed (``featureproxy.__impl__ == "native"``), a
+    plaintext client runs on the Rust client (``featureproxy_native``): each call releases the
+    GIL once, for encoding, the round trip and decoding; threads share its pool as they share
+    this one; after ``os.fork`` a child's first call connects anew without touching the
+    parent's sockets. There ``timeout`` also bounds a reconnect within a call, and all
+    ``pool_size`` connections are opened by the constructor. A TLS client runs on the
+    pure-Python core (OpenSSL, as documented above) either way. ``impl`` says which core serves
+    this client. A blocked call returns within ``timeout`` (or a GET's longer ``deadline``); on
+    the main thread Ctrl-C ends it within about 50 ms with KeyboardInterrupt.
     """
 
     def __init__(
@@ -439,6 +451,7 @@ class Client:
     ):
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        self._core = None  # the native core, when it serves this client
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self._tls = _tls.config(tls, ca_file, client_cert, client_key, server_hostname, host, self.address)
@@ -454,8 +467,57 @@ class Client:
         self._closed = False
         self.max_frame = p.DEFAULT_MAX_FRAME
         self.max_batch = p.DEFAULT_MAX_BATCH
-        self.server: str | None = None
+        self.server = None
+        if _impl.native is not None and self._tls is None:
+            self._core = _impl.native.Core(
+                host,
+                port,
+                token,
+                client_name,
+                self.timeout,
+                pool_size,
+                self.retry_overloaded,
+                self._overload.backoff,
+            )
+            return
         self._connection(0)
+
+    # ---- what the native core knows (plain attributes on the Python core)
+
+    @property
+    def impl(self) -> str:
+        """The core serving this client: ``"native"`` or ``"python"`` (see the class's docs)."""
+        return "native" if self._core is not None else "python"
+
+    @property
+    def max_frame(self) -> int:
+        """The server's max_frame (from HELLO)."""
+        core = self._core
+        return core.max_frame if core is not None else self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._max_frame = value
+
+    @property
+    def max_batch(self) -> int:
+        """The server's max_batch (from HELLO)."""
+        core = self._core
+        return core.max_batch if core is not None else self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        self._max_batch = value
+
+    @property
+    def server(self) -> str | None:
+        """The server's name and version (from HELLO), e.g. ``featureproxy/0.1.0``."""
+        core = self._core
+        return core.server if core is not None else self._server
+
+    @server.setter
+    def server(self, value: str | None) -> None:
+        self._server = value
 
     # ---- connections
 
@@ -497,29 +559,42 @@ class Client:
 
     def _inflight(self) -> int:
         """Requests waiting for replies, over all connections (for tests and monitoring)."""
+        if self._core is not None:
+            return self._core.inflight()
         return sum(conn.inflight() for conn in self._slots if conn is not None)
 
     @property
     def overload_retries(self) -> int:
         """GETs sent again after the server shed them (OVERLOADED), since the client was made."""
-        return self._overload.retries
+        core = self._core
+        return core.overload_retries if core is not None else self._overload.retries
 
     @property
     def overload_retries_refused(self) -> int:
         """Shed GETs not retried because the retry budget had no token left (they raised
         ``Overloaded``). A shed GET whose retry would not fit in its timeout is counted in neither."""
-        return self._overload.refused
+        core = self._core
+        return core.overload_retries_refused if core is not None else self._overload.refused
 
     # ---- operations
 
     def ping(self) -> float:
         """Round trip of one PING, in seconds."""
+        if self._core is not None:
+            return self._core.ping()
         t0 = time.perf_counter()
         self._call(p.OP_PING, b"", "PING")
         return time.perf_counter() - t0
 
     def schema(self, view: str, *, refresh: bool = False) -> Schema:
         """The view's schema, cached per client (``refresh=True`` refetches it)."""
+        core = self._core
+        if core is not None:
+            if not refresh:
+                s = self._schemas.get(view)
+                if s is not None and core.cached_schema_id(view) == s.schema_id:
+                    return s
+            return self._adopt_schema(view, core.schema(view, refresh), fresh=refresh)
         if not refresh:
             s = self._schemas.get(view)
             if s is not None:
@@ -529,6 +604,16 @@ class Client:
         self._schemas[view] = s
         return s
 
+    def _adopt_schema(self, view: str, t: tuple, fresh: bool = False) -> Schema:
+        """The Schema for the native core's schema tuple of ``view``: the cached one when it has
+        the same schema_id, unless ``fresh`` (a refetch gives a new object, as on the Python core)."""
+        s = self._schemas.get(view)
+        if fresh or s is None or s.schema_id != t[1]:
+            feats = tuple(p.FeatureSpec(dtype, name, default) for dtype, name, default in t[5])
+            s = Schema.from_reply(view, p.SchemaReply(t[0], t[1], t[2], t[3], t[4], feats))
+            self._schemas[view] = s
+        return s
+
     def get(self, view: str, keys, *, deadline: float | None = None, bypass_cache: bool = False) -> Batch:
         """Reads the rows of ``keys`` (str or bytes each) in ``view``.
 
@@ -536,6 +621,15 @@ class Client:
         DEGRADED with the defaults. ``bypass_cache`` skips the proxy's hot cache. A GET the server
         sheds is retried once (see the class's ``retry_overloaded``).
         """
+        core = self._core
+        if core is not None:
+            if type(keys) is not list:
+                keys = c.key_list(keys)
+            reply = core.get(view, keys, deadline, bypass_cache)
+            schema = self._schemas.get(view)
+            if schema is None or schema.schema_id != reply.schema_id:
+                schema = self._adopt_schema(view, reply.schema())
+            return Batch(schema, keys, reply)
         overload = self._overload if self.retry_overloaded else None
         return self._run(
             _retry.get(self, view, keys, deadline, bypass_cache, cached=view in self._schemas, overload=overload)
@@ -549,7 +643,27 @@ class Client:
         Returns the number of rows written, after Redis acknowledged all of them. Never retried
         on OVERLOADED (see the class's docstring).
         """
+        core = self._core
+        if core is not None:
+            return self._native_put(core, view, rows)
         return self._run(_retry.put(self, view, rows, cached=view in self._schemas))
+
+    def _native_put(self, core, view: str, rows) -> int:
+        """``put`` on the native core, with ``_retry.put``'s policy: rows encoded here for the
+        cached schema, refetched and re-encoded once when the server says it changed."""
+        items = c.put_items(rows)
+        cached = core.cached_schema_id(view) is not None
+        schema = self.schema(view)
+        for attempt in (0, 1):
+            entries = [(k, c.computed_at_ms(t), schema.encode_row(v)) for k, t, v in items]
+            try:
+                return core.put(view, entries)
+            except (SchemaMismatch, UnknownView) as e:
+                if _retry.refetch(e, attempt, cached):
+                    schema = self.schema(view, refresh=True)
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     def _run(self, steps: _retry.Steps):
         """Carries out a GET or PUT whose retries ``_retry`` decides, with blocking calls."""
@@ -574,6 +688,9 @@ class Client:
     def close(self) -> None:
         """Closes every connection; calls waiting for replies raise ClientClosed."""
         self._closed = True
+        if self._core is not None:
+            self._core.close()
+            return
         for i, lock in enumerate(self._slot_locks):
             with lock:
                 conn, self._slots[i] = self._slots[i], None
@@ -592,4 +709,8 @@ class Client:
 
     def __repr__(self) -> str:
         tls = " tls" if self._tls is not None else ""
-        return f"<featureproxy.Client {self.address}{tls} pool={len(self._slots)}{' closed' if self._closed else ''}>"
+        return (
+            f"<featureproxy.Client {self.address}{tls} pool={len(self._slots)} {self.impl}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
