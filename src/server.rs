@@ -19,6 +19,7 @@ use crate::store::redis::tls::{RedisTls, RedisTlsError};
 use crate::store::redis::{self, url};
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms;
+use crate::telemetry::value_window::ValueWindows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -96,8 +97,11 @@ pub fn run(
     let stats: Vec<Arc<ShardStats>> = (0..settings.shards)
         .map(|i| Arc::new(ShardStats::new(i as u16, MAX_VIEW_IDS)))
         .collect();
-    let (intervals, aggregate) =
-        histograms::aggregator(settings.shards, registry.max_id() as usize);
+    let (intervals, aggregate) = histograms::aggregator(
+        settings.shards,
+        registry.max_id() as usize,
+        ValueWindows::new(settings.value_window, settings.value_metrics_max_features),
+    );
     let sources = Sources {
         shards: stats.clone(),
         registry: registry.clone(),

@@ -26,6 +26,8 @@ use crate::store::redis;
 use crate::store::redis::tls::RedisTls;
 use crate::telemetry::counters::ShardStats;
 use crate::telemetry::histograms::{Interval, ShardHistograms};
+use crate::telemetry::values::ShardValues;
+use crate::telemetry::Recorders;
 
 /// What a shard thread needs to start.
 pub struct ShardSpec {
@@ -90,6 +92,7 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let histograms = Rc::new(RefCell::new(ShardHistograms::new(
         registry.max_id() as usize
     )));
+    let values = Rc::new(RefCell::new(ShardValues::default()));
     let current = Rc::new(Current::new(registry.clone()));
     let ports = accept::Ports {
         plain: listener
@@ -137,7 +140,10 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         coalescer,
         backend.clone(),
         stats.clone(),
-        histograms.clone(),
+        Recorders {
+            histograms: histograms.clone(),
+            values: values.clone(),
+        },
     ));
 
     // Coherence: writes on other shards, and writes behind the proxy's back.
@@ -159,8 +165,14 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         histograms.clone(),
     ));
 
-    // Telemetry: histograms to the stats thread once a second.
-    tokio::task::spawn_local(ship_histograms(shard, histograms.clone(), intervals));
+    // Telemetry: histograms and value tallies to the stats thread once a second.
+    tokio::task::spawn_local(ship_intervals(
+        shard,
+        histograms.clone(),
+        values,
+        stats.clone(),
+        intervals,
+    ));
 
     // Serving.
     let serving = Rc::new(Serving {
@@ -215,21 +227,27 @@ async fn take_swaps(
     }
 }
 
-/// Sends the shard's histograms to the stats thread once a second and starts a new interval. If
-/// the stats thread falls behind, an interval is dropped rather than queued without bound.
-async fn ship_histograms(
+/// Sends the shard's histograms and value tallies to the stats thread once a second and starts
+/// a new interval. If the stats thread falls behind, an interval is dropped rather than queued
+/// without bound, and counted (`intervals_dropped`).
+async fn ship_intervals(
     shard: u16,
     histograms: Rc<RefCell<ShardHistograms>>,
+    values: Rc<RefCell<ShardValues>>,
+    stats: Arc<ShardStats>,
     intervals: crossbeam::channel::Sender<Interval>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let taken = histograms.borrow_mut().take();
-        let _ = intervals.try_send(Interval {
+        let interval = Interval {
             shard,
-            histograms: taken,
-        });
+            histograms: histograms.borrow_mut().take(),
+            values: values.borrow_mut().take(),
+        };
+        if intervals.try_send(interval).is_err() {
+            stats.intervals_dropped.inc();
+        }
     }
 }

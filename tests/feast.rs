@@ -340,6 +340,34 @@ async fn old_broken_and_foreign_rows_get_defaults_with_the_right_status() {
     }
     assert!(got.age(0).unwrap() > Duration::from_secs(86_400));
     assert!(latest.contains_key(&("driver_hourly_stats".into(), "1001".into())));
+    // Each INVALID row is counted on the field that made it so (issue 26): 1002's removed
+    // field and 1003's double; the foreign string names no field.
+    let removed = r1002["features"][1]["name"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), "INVALID counted per field", || {
+        let (_, body) = proxy.http("/stats");
+        let stats: Json = serde_json::from_str(&body).unwrap();
+        let view = stats["values"]
+            .as_array()?
+            .iter()
+            .find(|v| v["view"] == "driver_hourly_stats")?
+            .clone();
+        let invalid = |name: &str| {
+            view["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["feature"] == name)
+                .map(|f| f["invalid_total"].as_u64().unwrap())
+        };
+        let total: u64 = view["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["invalid_total"].as_u64().unwrap())
+            .sum();
+        (invalid("conv_rate") == Some(1) && invalid(&removed) == Some(1) && total == 2)
+            .then_some(())
+    });
 
     // A view whose join key is declared int32 where Feast wrote int64: the keys differ, so
     // nothing is found (MISSING), never another entity's row.

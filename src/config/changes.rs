@@ -52,7 +52,8 @@ impl Changes {
                     new.name, old.store_identity
                 ));
             }
-            if moved || new.hot_cache_ttl < old.hot_cache_ttl {
+            // A row cached while NaN was served must not outlive a switch to INVALID.
+            if moved || new.hot_cache_ttl < old.hot_cache_ttl || what.contains(&"non_finite") {
                 changes.flush_cache = true;
             }
             changes.changed.push((new.name.clone(), what));
@@ -116,6 +117,18 @@ fn differences(old: &View, new: &View) -> Vec<&'static str> {
     if old.hot_cache_ttl != new.hot_cache_ttl {
         what.push("hot_cache_ttl");
     }
+    let non_finite =
+        |v: &View| -> Vec<_> { v.watch.features.iter().map(|f| f.non_finite).collect() };
+    if non_finite(old) != non_finite(new) {
+        what.push("non_finite");
+    }
+    if old.watch.sample_rate != new.watch.sample_rate {
+        what.push("sample_rate");
+    }
+    let baseline = |v: &View| v.watch.baseline.as_ref().map(|b| b.sha256.clone());
+    if baseline(old) != baseline(new) {
+        what.push("baseline");
+    }
     what
 }
 
@@ -165,6 +178,27 @@ mod tests {
             [("a".to_string(), vec!["version", "features"])]
         );
         assert!(changes.flush_cache);
+    }
+
+    #[test]
+    fn a_switch_to_invalid_nan_flushes_and_sampling_does_not() {
+        let start = registry(V);
+        let text = V.replace(
+            "max_staleness",
+            "non_finite = \"serve\"\nsample_rate = 0.5\nmax_staleness",
+        );
+        let (_, changes) = registry(&text).renumbered(&start).unwrap();
+        assert_eq!(
+            changes.changed,
+            [("a".to_string(), vec!["non_finite", "sample_rate"])]
+        );
+        assert!(
+            changes.flush_cache,
+            "no NaN row cached under serve outlives it"
+        );
+        let rate = V.replace("max_staleness", "sample_rate = 0.5\nmax_staleness");
+        let (_, changes) = registry(&rate).renumbered(&start).unwrap();
+        assert!(!changes.flush_cache);
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! [`registry`], from one parse of one TOML file.
 
 pub mod access;
+pub mod baseline;
 pub mod changes;
 pub mod current;
 mod layouts;
 pub mod registry;
 pub mod settings;
 pub mod tls;
+pub mod watch;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

@@ -8,15 +8,18 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use featureproxy_protocol::{Dtype, FeatureSpec, SchemaReply};
 use serde::Deserialize;
 
+use super::baseline;
 use super::changes::Changes;
 use super::layouts::{self, LayoutName, RawFeast};
 use super::parse_duration;
+use super::watch::{NonFinite, Watch, DEFAULT_SAMPLE_RATE};
 use crate::store::layout::Layout;
 use crate::store::ViewId;
 
@@ -55,6 +58,8 @@ pub struct View {
     /// Where in the store its rows live, as far as a reload cares: the packed layout's version,
     /// or the Feast project. Rows cached under one are not rows of another.
     pub store_identity: String,
+    /// How its served values are watched: non-finite handling, sampling, baseline.
+    pub watch: Arc<Watch>,
 }
 
 impl View {
@@ -136,7 +141,7 @@ impl Registry {
                     raw.name
                 ));
             }
-            if let Some(v) = validate_view(i as u16 + 1, raw, &mut problems) {
+            if let Some(v) = validate_view(i as u16 + 1, raw, origin, &mut problems) {
                 views.push(v);
             }
         }
@@ -243,6 +248,13 @@ pub(super) struct RawView {
     hot_cache_ttl: String,
     #[serde(default)]
     features: Vec<RawFeature>,
+    /// The view's training baseline (JSON), relative to the config file's folder.
+    baseline: Option<String>,
+    /// Share of served rows sampled for value statistics, 0 to 1.
+    sample_rate: Option<f64>,
+    /// What a stored NaN or infinity becomes, for features that do not say.
+    #[serde(default)]
+    non_finite: NonFinite,
 }
 
 fn default_hot_cache_ttl() -> String {
@@ -255,9 +267,16 @@ struct RawFeature {
     name: String,
     dtype: String,
     default: toml::Value,
+    /// Overrides the view's `non_finite` for this feature.
+    non_finite: Option<NonFinite>,
 }
 
-fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Option<View> {
+fn validate_view(
+    id: u16,
+    mut raw: RawView,
+    origin: &str,
+    problems: &mut Vec<String>,
+) -> Option<View> {
     let before = problems.len();
     let vname = raw.name.clone();
     let mut bad =
@@ -313,7 +332,15 @@ fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Optio
             format!("{} features; at most 65535", raw.features.len()),
         );
     }
+    let sample_rate = raw.sample_rate.unwrap_or(DEFAULT_SAMPLE_RATE);
+    if !(0.0..=1.0).contains(&sample_rate) {
+        bad(
+            "sample_rate",
+            format!("{sample_rate} is not a share; use 0 (off) to 1 (every row)"),
+        );
+    }
     let mut features = Vec::with_capacity(raw.features.len());
+    let mut non_finite = Vec::with_capacity(raw.features.len());
     let mut seen = HashSet::new();
     for f in std::mem::take(&mut raw.features) {
         let field = format!("feature {:?}", f.name);
@@ -328,11 +355,14 @@ fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Optio
             continue;
         };
         match encode_default(dtype, &f.default) {
-            Ok(default) => features.push(Feature {
-                name: f.name,
-                dtype,
-                default,
-            }),
+            Ok(default) => {
+                non_finite.push(f.non_finite.unwrap_or(raw.non_finite));
+                features.push(Feature {
+                    name: f.name,
+                    dtype,
+                    default,
+                })
+            }
             Err(msg) => bad(&field, format!("default {}: {msg}", f.default)),
         }
     }
@@ -359,9 +389,25 @@ fn validate_view(id: u16, mut raw: RawView, problems: &mut Vec<String>) -> Optio
         default_row.extend_from_slice(&f.default[..f.dtype.width()]);
     }
     let layout = layout?;
+    let schema_id = fingerprint(&layouts::identity(&layout, raw.version), &features);
+    let baseline = match &raw.baseline {
+        Some(file) => {
+            let path = baseline::resolve(origin, file);
+            match baseline::load(&raw.name, &path, &features, schema_id) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    let watch = Watch::new(&features, &non_finite, sample_rate, baseline, schema_id);
     Some(View {
         id,
-        schema_id: fingerprint(&layouts::identity(&layout, raw.version), &features),
+        schema_id,
+        watch: Arc::new(watch),
         store_identity: layouts::identity(&layout, raw.version),
         layout,
         name: raw.name,

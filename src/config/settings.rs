@@ -61,6 +61,12 @@ pub mod defaults {
     pub const BREAKER_RESET_TIMEOUT: Duration = Duration::from_millis(500);
     /// Default: 3 probes.
     pub const BREAKER_PROBES: u32 = 3;
+    /// Default: 10 minutes, as training-vs-serving checks usually look at; at the 1% default
+    /// sample rate a view needs ~170 entities/s for the window to hold the 1,000 samples PSI
+    /// is published from.
+    pub const VALUE_WINDOW: Duration = Duration::from_secs(600);
+    /// Default: 500 (view, feature) pairs, 2,500 series at five each: 10 views of 50 features.
+    pub const VALUE_METRICS_MAX_FEATURES: usize = 500;
 }
 
 /// Everything a running proxy needs besides the registry.
@@ -141,6 +147,13 @@ pub struct Settings {
     pub breaker_reset_timeout: Duration,
     /// Probe calls allowed while half-open; all must succeed to close it.
     pub breaker_probes: u32,
+    /// The sliding window served-value statistics and drift are computed over (cut into at
+    /// most 60 slots of whole seconds).
+    #[serde(deserialize_with = "duration")]
+    pub value_window: Duration,
+    /// Most (view, feature) pairs whose value metrics `/metrics` shows (in registry order), so
+    /// that series stay bounded; `/stats` shows every feature.
+    pub value_metrics_max_features: usize,
 }
 
 impl Default for Settings {
@@ -172,6 +185,8 @@ impl Default for Settings {
             breaker_failure_ratio: defaults::BREAKER_FAILURE_RATIO,
             breaker_reset_timeout: defaults::BREAKER_RESET_TIMEOUT,
             breaker_probes: defaults::BREAKER_PROBES,
+            value_window: defaults::VALUE_WINDOW,
+            value_metrics_max_features: defaults::VALUE_METRICS_MAX_FEATURES,
         }
     }
 }
@@ -285,6 +300,9 @@ impl Settings {
         }
         if self.breaker_probes == 0 {
             return Err(bad("breaker_probes", "must be at least 1"));
+        }
+        if self.value_window < std::time::Duration::from_secs(1) {
+            return Err(bad("value_window", "must be at least 1s"));
         }
         let tls_url = match self.redis.as_deref() {
             Some(url) => check_redis_scheme(url)?,

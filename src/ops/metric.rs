@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use super::Sources;
 use crate::telemetry::counters::{NodeStats, ShardStats, ViewStats};
 use crate::telemetry::histograms::ShardHistograms;
+use crate::telemetry::value_report::Reports;
 
 /// A Prometheus metric kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,7 @@ pub trait Samples {
 pub struct Scrape<'a> {
     pub src: &'a Sources,
     merged: OnceCell<(ShardHistograms, ShardHistograms)>,
+    values: OnceCell<Reports>,
 }
 
 impl<'a> Scrape<'a> {
@@ -64,6 +66,7 @@ impl<'a> Scrape<'a> {
         Scrape {
             src,
             merged: OnceCell::new(),
+            values: OnceCell::new(),
         }
     }
 
@@ -75,6 +78,11 @@ impl<'a> Scrape<'a> {
     /// Histograms summed over shards: the last one-second interval.
     pub fn last(&self) -> &ShardHistograms {
         &self.merged().1
+    }
+
+    /// The served values' reports, read once per scrape.
+    pub fn values(&self) -> &Reports {
+        self.values.get_or_init(|| self.src.value_reports())
     }
 
     fn merged(&self) -> &(ShardHistograms, ShardHistograms) {

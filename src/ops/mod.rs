@@ -46,6 +46,19 @@ impl Sources {
         self.reloader.registry()
     }
 
+    /// What the served values look like, view by view (see [`crate::telemetry::value_report`]).
+    pub fn value_reports(&self) -> crate::telemetry::value_report::Reports {
+        let registry = self.registry();
+        let now = crate::telemetry::histograms::unix_secs();
+        match self.histograms.lock() {
+            Ok(agg) => crate::telemetry::value_report::report(&agg.values, &registry, now),
+            Err(_) => crate::telemetry::value_report::Reports {
+                views: Vec::new(),
+                max_features: 0,
+            },
+        }
+    }
+
     /// Histograms summed over shards: (since start, last interval).
     pub fn merged_histograms(&self) -> (ShardHistograms, ShardHistograms) {
         let n = self.registry().max_id() as usize;

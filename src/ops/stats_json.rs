@@ -176,6 +176,7 @@ pub fn stats(src: &Sources) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "config": config,
         "views": views,
+        "values": serde_json::to_value(&src.value_reports().views).unwrap_or_default(),
         "merged": merged,
         "shards": shards,
     })

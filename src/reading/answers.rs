@@ -11,10 +11,12 @@ use std::rc::Rc;
 use featureproxy_protocol::{EntityStatus, Status, AGE_UNKNOWN};
 
 use super::coalescer::{BatchResult, Pending};
+use super::finite;
 use super::freshness;
 use super::spares::Buffers;
 use crate::config::registry::View;
 use crate::store::{Fetched, Stored};
+use crate::telemetry::values::ViewTally;
 
 /// The answers to one GET.
 pub struct Answers {
@@ -146,13 +148,16 @@ impl Answers {
     }
 
     /// What the store answered for entity `i`, judged; its row stays where the store put it
-    /// (or, decoded into a form of the layout's own, is copied into the block).
+    /// (or, decoded into a form of the layout's own, is copied into the block). Its NaN and
+    /// infinities are counted into `tally` (by feature) and, where the view says so, make it
+    /// INVALID; so is the feature that made a Feast row INVALID.
     pub(super) fn judge_fetched(
         &mut self,
         view: &View,
         i: usize,
         p: &Pending,
         now_ms: u64,
+        tally: &mut ViewTally,
     ) -> Judged {
         // Not landed by the deadline: its node has not answered (the batch's others may have).
         let Some(result) = p.batch.result() else {
@@ -165,11 +170,21 @@ impl Answers {
             Fetched::Failed(_) => return Judged::defaults(Status::Degraded),
             fetched => match view.layout.decode(fetched) {
                 Stored::Absent => return Judged::defaults(Status::Missing),
-                Stored::Invalid => return Judged::defaults(Status::Invalid),
+                Stored::Invalid => {
+                    if let Some(f) = view.layout.invalid_field(fetched) {
+                        if let Some(n) = tally.invalid_by_field.get_mut(f) {
+                            *n += 1;
+                        }
+                    }
+                    return Judged::defaults(Status::Invalid);
+                }
                 Stored::Row {
                     computed_at_ms,
                     row,
                 } => {
+                    if finite::check(&view.watch, &row, &mut tally.non_finite) {
+                        return Judged::defaults(Status::Invalid);
+                    }
                     let in_place = matches!(row, Cow::Borrowed(_));
                     if let Cow::Owned(row) = row {
                         let rb = self.row_bytes;

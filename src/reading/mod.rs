@@ -9,7 +9,9 @@ mod answers;
 pub mod cache;
 pub mod coalescer;
 pub mod coherence;
+mod finite;
 pub mod freshness;
+mod sampler;
 mod spares;
 #[cfg(test)]
 mod test_store;
@@ -29,10 +31,13 @@ use crate::config::registry::View;
 use crate::store::{Backend, Change, KeyBlock, ReadKey, ViewId};
 use crate::telemetry::counters::{CacheGauges, Served, ShardStats};
 use crate::telemetry::histograms::ShardHistograms;
+use crate::telemetry::values::ShardValues;
+use crate::telemetry::Recorders;
 pub use answers::Answers;
 use answers::{put_row, Judged};
 use cache::{HotCache, KeyList, Probe};
 use coalescer::{Coalescer, Pending};
+use sampler::Sampler;
 use spares::{Buffers, Spares};
 
 /// One shard's reading stage. Owned by the shard's thread: nothing here is shared with another
@@ -45,6 +50,10 @@ pub struct Reader {
     backend: Rc<dyn Backend>,
     stats: Arc<ShardStats>,
     histograms: Rc<RefCell<ShardHistograms>>,
+    /// Tallies of served values, shipped with the histograms.
+    values: Rc<RefCell<ShardValues>>,
+    /// Picks the served entities whose values are tallied.
+    sampler: RefCell<Sampler>,
     /// Buffers every lookup needs, reused so that a lookup allocates only what it hands on.
     scratch: RefCell<Scratch>,
     /// What a read hands on (its sources, rows and answers), kept once its reply is encoded.
@@ -110,8 +119,9 @@ impl Reader {
         coalescer: Rc<Coalescer>,
         backend: Rc<dyn Backend>,
         stats: Arc<ShardStats>,
-        histograms: Rc<RefCell<ShardHistograms>>,
+        recorders: Recorders,
     ) -> Reader {
+        let Recorders { histograms, values } = recorders;
         Reader {
             shard,
             registry,
@@ -120,6 +130,8 @@ impl Reader {
             backend,
             stats,
             histograms,
+            values,
+            sampler: RefCell::new(Sampler::seeded()),
             scratch: RefCell::new(Scratch::default()),
             spares: RefCell::new(Spares::default()),
         }
@@ -197,6 +209,8 @@ impl Reader {
 
     /// Answers a started read with whatever has arrived: what is still missing is DEGRADED.
     /// Judges what each entity got, fills the cache with what the store answered, and counts.
+    /// This is where served values are tapped: every entity served (cache hits included) is
+    /// a candidate for the view's sample, and its row, as served, is tallied.
     pub fn finish(&self, view: &View, entities: &Keys, lookup: Lookup) -> Answers {
         let Lookup { mut bufs } = lookup;
         let mut sources = std::mem::take(&mut bufs.sources);
@@ -212,13 +226,17 @@ impl Reader {
         keys.clear();
         hits.clear();
         let mut histograms = self.histograms.borrow_mut();
+        let mut values = self.values.borrow_mut();
+        let tally = values.view(view);
+        let mut sampler = self.sampler.borrow_mut();
+        let rate = view.watch.sample_rate;
         for (i, (entity, source)) in entities.iter().zip(&sources).enumerate() {
             let judged = match source {
                 Source::Cached { computed_at_ms } => {
                     Answers::judge_cached(view, *computed_at_ms, now_ms)
                 }
                 Source::Store(p) => {
-                    let judged = answers.judge_fetched(view, i, p, now_ms);
+                    let judged = answers.judge_fetched(view, i, p, now_ms, tally);
                     if matches!(judged.status, Status::Fresh | Status::Stale)
                         && p.batch.cacheable(p.index)
                     {
@@ -236,7 +254,16 @@ impl Reader {
                 histograms.record_age(view.id, judged.age);
             }
             answers.push(&judged, cached);
+            if sampler.due(view.id, rate) {
+                if judged.status.is_default() {
+                    tally.record_default();
+                } else {
+                    tally.record_row(answers.row(view, i));
+                }
+            }
         }
+        drop(sampler);
+        drop(values);
         if let Some(vs) = self.stats.view(view.id) {
             vs.add_served(&served);
         }
@@ -399,7 +426,10 @@ mod tests {
                 coalescer,
                 backend,
                 stats,
-                Rc::new(RefCell::new(ShardHistograms::new(views))),
+                Recorders {
+                    histograms: Rc::new(RefCell::new(ShardHistograms::new(views))),
+                    values: Rc::new(RefCell::new(ShardValues::default())),
+                },
             );
             test(reader).await
         });

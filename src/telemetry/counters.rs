@@ -334,6 +334,9 @@ pub struct ShardStats {
     pub inflight_requests: Counter,
     /// GETs answered OVERLOADED because their connection's queue was too long.
     pub requests_shed: Counter,
+    /// Seconds of histograms and value tallies dropped because the stats thread fell behind
+    /// (its channel was full): counted, so a gap in the statistics is never silent.
+    pub intervals_dropped: Counter,
     /// The hot cache's own counts, published by the shard after each request.
     pub cache: CacheGauges,
     /// The Redis Cluster nodes the shard uses (empty on a standalone Redis). The lock is taken
@@ -387,6 +390,7 @@ impl ShardStats {
             requests_failed: Default::default(),
             inflight_requests: Counter::default(),
             requests_shed: Counter::default(),
+            intervals_dropped: Counter::default(),
             cache: CacheGauges::default(),
             nodes: std::sync::Mutex::new(Vec::new()),
         }

@@ -10,6 +10,10 @@ use std::time::Duration;
 use crossbeam::channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 
+use super::value_window::ValueWindows;
+use super::values::ViewTally;
+use crate::store::ViewId;
+
 /// Request and Redis latencies are recorded in microseconds, 1 µs to 60 s.
 const LATENCY_MAX_US: u64 = 60_000_000;
 /// Feature ages are recorded in milliseconds, 1 ms to 49 days (what a u32 age can say).
@@ -114,34 +118,52 @@ impl ShardHistograms {
 pub struct Interval {
     pub shard: u16,
     pub histograms: ShardHistograms,
+    /// The second's tallies of served values, by view (views with none left out).
+    pub values: Vec<(ViewId, ViewTally)>,
 }
 
-/// What the stats endpoint reads: per shard, the last complete interval and the sum since start.
+/// What the stats endpoint reads: per shard, the last complete interval and the sum since start;
+/// and the served values' windows, all shards together.
 pub struct Aggregate {
     pub last: Vec<ShardHistograms>,
     pub total: Vec<ShardHistograms>,
+    pub values: ValueWindows,
 }
 
 pub type SharedAggregate = Arc<Mutex<Aggregate>>;
 
-/// The channel shards ship intervals on, and the aggregate it feeds. The aggregate's lock is
-/// shared only by the aggregator and the HTTP thread, never by a shard.
-pub fn aggregator(shards: usize, n_views: usize) -> (Sender<Interval>, SharedAggregate) {
+/// The channel shards ship intervals on, and the aggregate it feeds, with `values`' windows.
+/// The aggregate's lock is shared only by the aggregator and the HTTP thread, never by a shard.
+pub fn aggregator(
+    shards: usize,
+    n_views: usize,
+    values: ValueWindows,
+) -> (Sender<Interval>, SharedAggregate) {
     let (tx, rx): (Sender<Interval>, Receiver<Interval>) = crossbeam::channel::bounded(shards * 64);
     let agg = Arc::new(Mutex::new(Aggregate {
         last: (0..shards).map(|_| ShardHistograms::new(n_views)).collect(),
         total: (0..shards).map(|_| ShardHistograms::new(n_views)).collect(),
+        values,
     }));
     let shared = agg.clone();
     let spawned = std::thread::Builder::new()
         .name("stats-agg".into())
         .spawn(move || {
-            for Interval { shard, histograms } in rx {
+            for Interval {
+                shard,
+                histograms,
+                values,
+            } in rx
+            {
                 let Ok(mut a) = shared.lock() else { return };
                 let i = shard as usize;
                 if i < a.total.len() {
                     a.total[i].add(&histograms);
                     a.last[i] = histograms;
+                }
+                let now = unix_secs();
+                for (view, tally) in &values {
+                    a.values.add(*view, tally, now);
                 }
             }
         });
@@ -151,6 +173,13 @@ pub fn aggregator(shards: usize, n_views: usize) -> (Sender<Interval>, SharedAgg
         );
     }
     (tx, agg)
+}
+
+/// Seconds since the Unix epoch: value windows are cut on the wall clock.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 const STATUSES = ["fresh", "stale", "missing", "expired", "degraded", "invalid"];
 const DEFAULTS = ["missing", "expired", "degraded", "invalid"];
 const KEEP = 300; // points kept and drawn: five minutes at one a second
+const VALUES_PER_VIEW = 5; // the worst-drifting features shown per view
 
 // The thresholds of deploy/prometheus/alerts.yml.
+const PSI_MAX = 0.2; // FeatureproxyFeatureDrift
+const SHARE_JUMP_MAX = 0.05; // FeatureproxyFeatureZeroShareJump, FeatureproxyFeatureDefaultShareJump
 const SLO_P99_MS = 1; // FeatureproxyGetLatencyHigh, for views above 1 GET/s
 const DEFAULTS_MAX = 0.05; // FeatureproxyDefaultsServedHigh
 const DEGRADED_MAX = 0.01; // FeatureproxyDegradedServed
@@ -119,6 +122,17 @@ function alertConditions(s, p, pt) {
     if (v.gets > 1 && v.p99 > SLO_P99_MS) out.push(["FeatureproxyGetLatencyHigh", "warning", `${name}: GET p99 ${fmtMs(v.p99)} ms (SLO 1 ms)`]);
     if (v.defaults > DEFAULTS_MAX) out.push(["FeatureproxyDefaultsServedHigh", "warning", `${name}: ${fmtPct(v.defaults)} of entities served with defaults`]);
     if (v.shares && v.shares.invalid > 0) out.push(["FeatureproxyInvalidValues", "warning", `${name}: unreadable values in Redis (${fmtPct(v.shares.invalid)} INVALID)`]);
+  }
+  for (const v of s.values || []) {
+    for (const f of v.features) {
+      const w = f.window, name = `${v.view}.${f.feature}`;
+      if (w.psi != null && w.psi > PSI_MAX) out.push(["FeatureproxyFeatureDrift", "warning", `${name}: PSI ${w.psi.toFixed(2)} against its training baseline`]);
+      if (w.zero_share != null && f.baseline_zero_share != null && w.zero_share - f.baseline_zero_share > SHARE_JUMP_MAX) out.push(["FeatureproxyFeatureZeroShareJump", "warning", `${name}: ${fmtPct(w.zero_share)} zeros, ${fmtPct(f.baseline_zero_share)} in training`]);
+      if (!f.default_is_zero && w.default_share != null && f.baseline_default_share != null && w.default_share - f.baseline_default_share > SHARE_JUMP_MAX) out.push(["FeatureproxyFeatureDefaultShareJump", "warning", `${name}: ${fmtPct(w.default_share)} equal the default, ${fmtPct(f.baseline_default_share)} in training`]);
+      const pf = p && (p.values || []).find((q) => q.view === v.view);
+      const before = pf && pf.features.find((q) => q.feature === f.feature);
+      if (before && f.non_finite_total > before.non_finite_total) out.push(["FeatureproxyFeatureNonFinite", "warning", `${name}: NaN or infinity read from Redis`]);
+    }
   }
   if (p && s.now_ms > p.now_ms) {
     const dt = (s.now_ms - p.now_ms) / 1000;
@@ -322,6 +336,34 @@ function renderNodes(s) {
   }
 }
 
+// Per view, the features furthest from their baseline: by PSI, then by zero-share jump.
+function renderValues(s) {
+  const tbody = document.querySelector("#values tbody");
+  tbody.replaceChildren();
+  for (const v of s.values || []) {
+    const jump = (f) => (f.window.zero_share != null && f.baseline_zero_share != null ? f.window.zero_share - f.baseline_zero_share : 0);
+    const worst = [...v.features].sort((a, b) => (b.window.psi || 0) - (a.window.psi || 0) || jump(b) - jump(a)).slice(0, VALUES_PER_VIEW);
+    for (const f of worst) {
+      const w = f.window;
+      const share = (x, base) => (x == null ? "–" : fmtPct(x)) + " / " + (base == null ? "–" : fmtPct(base));
+      const tr = el("tr");
+      tr.dataset.view = v.view;
+      tr.dataset.feature = f.feature;
+      tr.append(
+        el("td", "view", v.view),
+        el("td", "feature", f.feature),
+        el("td", "num" + (w.psi != null && w.psi > PSI_MAX ? " bad" : ""), w.psi == null ? "–" : w.psi.toFixed(3)),
+        el("td", "num" + (jump(f) > SHARE_JUMP_MAX ? " bad" : ""), share(w.zero_share, f.baseline_zero_share)),
+        el("td", "num", share(w.default_share, f.baseline_default_share)),
+        el("td", "num" + (f.non_finite_total ? " warn" : ""), fmtCount(f.non_finite_total)),
+        el("td", "num", fmtCount(w.n)),
+      );
+      tr.title = f.psi_absent || "";
+      tbody.append(tr);
+    }
+  }
+}
+
 function renderAlerts(list) {
   const ul = document.getElementById("alerts");
   ul.replaceChildren();
@@ -354,6 +396,7 @@ function render(s, p) {
   setText("updated", fmtClock(s.now_ms)).dataset.nowMs = s.now_ms;
   renderAlerts(alertConditions(s, p, pt));
   renderViews(s, pt);
+  renderValues(s);
   renderShards(s);
   renderNodes(s);
   spark(document.getElementById("spark-gets"), points.map((q) => q.gets));

@@ -53,6 +53,16 @@ impl Layout {
         }
     }
 
+    /// Which feature made a row [`Stored::Invalid`], where the layout stores features apart (a
+    /// Feast hash: the first field null, missing or of another kind); None for a packed row
+    /// (it is whole or not). Asked only on that rare path, so decoding stays as it was.
+    pub fn invalid_field(&self, fetched: &Fetched) -> Option<usize> {
+        match self {
+            Layout::Packed(_) => None,
+            Layout::Feast(f) => f.invalid_field(fetched),
+        }
+    }
+
     /// The write that stores `row` for `entity`. Keys go into `keys`, values into `values`.
     pub fn write(
         &self,

@@ -137,6 +137,20 @@ impl Feast {
         }
     }
 
+    /// The first feature field that is null, missing or does not decode as its dtype.
+    pub(super) fn invalid_field(&self, fetched: &Fetched) -> Option<usize> {
+        let Fetched::Fields(values) = fetched else {
+            return None;
+        };
+        let mut one = [0u8; 8];
+        self.dtypes.iter().enumerate().position(|(i, &dtype)| {
+            match values.get(i).and_then(|v| v.as_ref()) {
+                Some(v) => decode_value(v, dtype, &mut one).is_err(),
+                None => true,
+            }
+        })
+    }
+
     /// HSET of every feature and `_ts`, exactly as Feast's writer encodes them, then the EXPIRE.
     pub(super) fn write(
         &self,

@@ -282,6 +282,15 @@ fn what_is_missing_or_of_the_wrong_kind_decodes_as_the_spec_says() {
     );
     assert_eq!(d.decode(&Fetched::WrongType), Stored::Invalid);
     assert_eq!(d.decode(&Fetched::Absent), Stored::Absent);
+    // Which feature made the row INVALID, for the per-field counts.
+    assert_eq!(d.invalid_field(&with(0, None)), Some(0));
+    assert_eq!(d.invalid_field(&with(1, Some(&[0x20]))), Some(1));
+    assert_eq!(d.invalid_field(&with(2, Some(&[]))), Some(2));
+    assert_eq!(
+        d.invalid_field(&with(3, Some(&[0x08]))),
+        None,
+        "_ts is no feature"
+    );
     assert!(matches!(
         d.decode(&Fetched::Fields(good)),
         Stored::Row {
