@@ -26,13 +26,7 @@ if [ -z "${FEATUREPROXY_BIN:-}" ]; then
   export FEATUREPROXY_BIN="$bin"
 fi
 
-venv="${FEATUREPROXY_VENV:-$root/target/python-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest numpy \
-  "maturin>=1.9.4,<2" -r "$here/requirements-feast.txt"
-rm -rf "$here/build" "$here"/src/*.egg-info  # left by the in-tree build
+venv="$(dirname "$(dirname "$("$here/venv.sh")")")"
 
 # The native core, from source: maturin (in the venv, so no build isolation and no download)
 # runs cargo on the workspace member python/native. MATURIN_NO_INSTALL_RUST: fail rather than

@@ -21,11 +21,22 @@ fn python() -> String {
     if let Ok(p) = std::env::var("FEATUREPROXY_PYTHON") {
         return p;
     }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/python-venv/bin/python");
-    if Path::new(venv).exists() {
-        return venv.to_string();
-    }
-    "python3".to_string()
+    // The Python tests' virtualenv, made or brought up to date once per test process (cargo
+    // test runs before python/run-tests.sh, so on a fresh machine it does not exist yet).
+    static VENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/venv.sh"))
+            .output()
+            .expect("run python/venv.sh");
+        assert!(
+            out.status.success(),
+            "python/venv.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
 }
 
 /// Writes `dir/watched.json` with the baseline helper, from 200k draws of the training
@@ -53,7 +64,7 @@ sys.exit(baseline.main(["--registry", sys.argv[2], "--view", "watched",
         .expect("run python");
     assert!(
         out.status.success(),
-        "the baseline helper failed (needs numpy, pandas, pyarrow: set FEATUREPROXY_PYTHON or run python/run-tests.sh once): {}",
+        "the baseline helper failed (its Python, with numpy, pandas and pyarrow, comes from python/venv.sh, or FEATUREPROXY_PYTHON): {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
