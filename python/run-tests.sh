@@ -18,7 +18,7 @@ cd "$root"
 # The proxy binary under test: $FEATUREPROXY_BIN, else the debug build, rebuilt when missing or
 # older than the sources (after `cargo test --workspace` it is already up to date).
 if [ -z "${FEATUREPROXY_BIN:-}" ]; then
-  bin="$root/target/debug/featureproxy"
+  bin="${CARGO_TARGET_DIR:-$root/target}/debug/featureproxy"
   if [ ! -x "$bin" ] || [ -n "$(find src protocol/src Cargo.toml Cargo.lock -newer "$bin" -print -quit 2>/dev/null)" ]; then
     echo "python/run-tests.sh: building target/debug/featureproxy"
     cargo build --bin featureproxy
