@@ -104,7 +104,6 @@ pub fn run(
     );
     let sources = Sources {
         shards: stats.clone(),
-        registry: registry.clone(),
         histograms: aggregate,
         started_unix_s: now_ms() / 1000,
         reloads: reloader.counters.clone(),

@@ -550,10 +550,14 @@ pub static METRICS: &[Metric] = &[
         &["op", "view"],
         |sc, out| {
             let total = sc.total();
+            // A view a reload added after the histograms were read shows from the next scrape.
             for view in sc.src.registry().views() {
                 let i = view.id as usize - 1;
-                out.histogram(&["get", &view.name], &total.get_us[i], 1e-6, &LATENCY_BOUNDS);
-                out.histogram(&["put", &view.name], &total.put_us[i], 1e-6, &LATENCY_BOUNDS);
+                let (Some(get), Some(put)) = (total.get_us.get(i), total.put_us.get(i)) else {
+                    continue;
+                };
+                out.histogram(&["get", &view.name], get, 1e-6, &LATENCY_BOUNDS);
+                out.histogram(&["put", &view.name], put, 1e-6, &LATENCY_BOUNDS);
             }
         },
     ),
@@ -564,7 +568,9 @@ pub static METRICS: &[Metric] = &[
         |sc, out| {
             let total = sc.total();
             for view in sc.src.registry().views() {
-                let h = &total.age_ms[view.id as usize - 1];
+                let Some(h) = total.age_ms.get(view.id as usize - 1) else {
+                    continue;
+                };
                 out.histogram(&[&view.name], h, 1e-3, &AGE_BOUNDS);
             }
         },
@@ -576,7 +582,9 @@ pub static METRICS: &[Metric] = &[
         Read::Custom(|sc, out| {
             let last = sc.last();
             for view in sc.src.registry().views() {
-                let h = &last.age_ms[view.id as usize - 1];
+                let Some(h) = last.age_ms.get(view.id as usize - 1) else {
+                    continue;
+                };
                 out.sample(&[&view.name], Value::Real(h.max() as f64 / 1000.0));
             }
         }),

@@ -28,7 +28,6 @@ use crate::telemetry::histograms::{ShardHistograms, SharedAggregate};
 /// Everything the endpoint reads.
 pub struct Sources {
     pub shards: Vec<Arc<ShardStats>>,
-    pub registry: Arc<Registry>,
     pub histograms: SharedAggregate,
     /// Unix seconds when the process started.
     pub started_unix_s: u64,

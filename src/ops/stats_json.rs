@@ -32,12 +32,17 @@ fn histograms_json(h: &ShardHistograms, registry: &Registry) -> Value {
     let mut views = serde_json::Map::new();
     for view in registry.views() {
         let i = view.id as usize - 1;
+        // A view a reload added after the histograms were read shows from the next answer.
+        let (Some(get), Some(put), Some(age)) = (h.get_us.get(i), h.put_us.get(i), h.age_ms.get(i))
+        else {
+            continue;
+        };
         views.insert(
             view.name.clone(),
             json!({
-                "get_ms": percentiles(&h.get_us[i]),
-                "put_ms": percentiles(&h.put_us[i]),
-                "age_s": percentiles(&h.age_ms[i]),
+                "get_ms": percentiles(get),
+                "put_ms": percentiles(put),
+                "age_s": percentiles(age),
             }),
         );
     }
