@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, flat_row, now_ms, Proxy, RawConn, Redis};
@@ -85,42 +84,15 @@ fn views_reload_under_load_and_a_bad_file_changes_nothing() {
         }))
         .unwrap();
     assert_eq!(seeded.written, 1000);
-    let cfg = loadgen::driver::RunConfig {
-        target: loadgen::spec::Target::Proxy(target),
-        tls: None,
-        view: "user_features".into(),
-        proto: loadgen::driver::Proto::Fp {
-            view_id: user_schema.view_id(),
-            schema_id: user_schema.schema_id(),
-            get_flags: 0,
-            deadline_us: 0,
-            dtypes: user_schema.features().iter().map(|f| f.dtype).collect(),
-            token: String::new(),
-        },
-        workload: Arc::new(
-            loadgen::workload::Workload::new(
-                1000,
-                0.99,
-                1,
-                loadgen::spec::BatchSpec { min: 1, max: 10 },
-                0.0,
-                None,
-            )
-            .unwrap(),
-        ),
-        key_prefix: b"u:".to_vec(),
-        rate: Some(1000.0),
-        burst: None,
-        connections: 4,
-        inflight: 32,
-        threads: 1,
-        warmup: Duration::from_millis(100),
-        duration: Duration::from_secs(4),
-        timeout: Duration::from_secs(2),
-        verify_every: 1,
-        progress: false,
-        server_pids: Vec::new(),
-    };
+    let cfg = common::user_features_load(
+        &target,
+        None,
+        &user_schema,
+        1000,
+        1000.0,
+        4,
+        Duration::from_secs(4),
+    );
     let load = std::thread::spawn(move || loadgen::driver::run(cfg).unwrap());
 
     // Add promo_features; give fraud_features a new default and a shorter stale_after.

@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls::toml_path;
@@ -198,42 +197,15 @@ fn loadgen_over_tls_reads_what_seed_wrote() {
                 .await
         })
         .unwrap();
-    let cfg = loadgen::driver::RunConfig {
-        target: loadgen::spec::Target::Proxy(target.clone()),
-        tls: Some(tls.connector(&target).unwrap()),
-        view: "user_features".into(),
-        proto: loadgen::driver::Proto::Fp {
-            view_id: schema.view_id(),
-            schema_id: schema.schema_id(),
-            get_flags: 0,
-            deadline_us: 0,
-            dtypes: schema.features().iter().map(|f| f.dtype).collect(),
-            token: String::new(),
-        },
-        workload: Arc::new(
-            loadgen::workload::Workload::new(
-                2000,
-                0.99,
-                1,
-                loadgen::spec::BatchSpec { min: 1, max: 10 },
-                0.0,
-                None,
-            )
-            .unwrap(),
-        ),
-        key_prefix: b"u:".to_vec(),
-        rate: Some(1000.0),
-        burst: None,
-        connections: 2,
-        inflight: 32,
-        threads: 1,
-        warmup: Duration::from_millis(200),
-        duration: Duration::from_secs(1),
-        timeout: Duration::from_secs(2),
-        verify_every: 1,
-        progress: false,
-        server_pids: Vec::new(),
-    };
+    let cfg = common::user_features_load(
+        &target,
+        Some(tls.connector(&target).unwrap()),
+        &schema,
+        2000,
+        1000.0,
+        2,
+        Duration::from_secs(1),
+    );
     let m = loadgen::driver::run(cfg).unwrap();
     assert_eq!(m.error_count(), 0, "{:?}", m.errors);
     assert_eq!(m.responses, m.sends);

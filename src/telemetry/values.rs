@@ -178,11 +178,11 @@ impl ShardValues {
             self.views.resize_with(i + 1, || None);
         }
         let slot = &mut self.views[i];
-        match slot {
-            Some(t) if Arc::ptr_eq(&t.watch, &view.watch) => {}
-            _ => *slot = Some(ViewTally::new(view.watch.clone())),
+        // A reload gave the view another watch: its tallies start afresh.
+        if !matches!(slot, Some(t) if Arc::ptr_eq(&t.watch, &view.watch)) {
+            *slot = None;
         }
-        slot.as_mut().expect("set above")
+        slot.get_or_insert_with(|| ViewTally::new(view.watch.clone()))
     }
 
     /// What was counted this second (views with nothing counted left out), leaving fresh

@@ -515,3 +515,53 @@ impl RawConn {
         self.recv().is_none()
     }
 }
+
+/// A loadgen open-loop read of `user_features` (keys `u:N`, Zipf 0.99 over `entities`, 1 to 10
+/// entities per GET) at `rate` GETs/s for `duration`, verifying every reply: the load that
+/// tests run beside what they change (a reload, TLS).
+pub fn user_features_load(
+    target: &str,
+    tls: Option<featureproxy_client::TlsConnector>,
+    schema: &featureproxy_client::Schema,
+    entities: u64,
+    rate: f64,
+    connections: usize,
+    duration: Duration,
+) -> loadgen::driver::RunConfig {
+    loadgen::driver::RunConfig {
+        target: loadgen::spec::Target::Proxy(target.to_string()),
+        tls,
+        view: "user_features".into(),
+        proto: loadgen::driver::Proto::Fp {
+            view_id: schema.view_id(),
+            schema_id: schema.schema_id(),
+            get_flags: 0,
+            deadline_us: 0,
+            dtypes: schema.features().iter().map(|f| f.dtype).collect(),
+            token: String::new(),
+        },
+        workload: std::sync::Arc::new(
+            loadgen::workload::Workload::new(
+                entities,
+                0.99,
+                1,
+                loadgen::spec::BatchSpec { min: 1, max: 10 },
+                0.0,
+                None,
+            )
+            .unwrap(),
+        ),
+        key_prefix: b"u:".to_vec(),
+        rate: Some(rate),
+        burst: None,
+        connections,
+        inflight: 32,
+        threads: 1,
+        warmup: Duration::from_millis(100),
+        duration,
+        timeout: Duration::from_secs(2),
+        verify_every: 1,
+        progress: false,
+        server_pids: Vec::new(),
+    }
+}
