@@ -14,6 +14,11 @@
 # over 1,000,000 seeded entities of user_features, Zipf 0.99, the hot cache on, default shards.
 # PROXY_EXTRA adds arguments to both proxies (e.g. PROXY_EXTRA="--shards 1"); LOAD_EXTRA to every
 # loadgen run (e.g. LOAD_EXTRA="--bypass-cache").
+# OPEN=1 runs both loads open loop at a fixed rate instead (RATE_ONE, default 20000 req/s;
+# RATE_BATCH, default 2000 req/s), below what either build sustains: the proxy then does the same
+# work per second in both arms, and its CPU per request does not swing with how the closed loop's
+# scheduling happens to batch requests into reads (+-15% between rounds on this box). The figure
+# for changes of a few percent.
 # Needs redis-server on PATH and a release loadgen (cargo build --release -p loadgen).
 set -euo pipefail
 
@@ -53,7 +58,7 @@ RESULTS="$WORK/results.tsv"
 measure() {
   local build=$1 bin=$2 load=$3; shift 3
   start_proxy "$bin"
-  "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" --closed \
+  "$LOADGEN" run --target "127.0.0.1:$PORT" --entities "$ENTITIES" \
     --duration "${DUR}s" --warmup "${WARM}s" --no-timeline --json "$WORK/run.json" "$@" \
     ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} >/dev/null &
   local lg=$!
@@ -79,8 +84,13 @@ for r in $(seq 1 "$ROUNDS"); do
   for b in $order; do
     bin=$OLD; [ "$b" = new ] && bin=$NEW
     echo "round $r: $b" >&2
-    measure "$b" "$bin" one --connections 50 --inflight 1 --batch 1
-    measure "$b" "$bin" batch --connections 16 --inflight 1 --batch 100
+    if [ "${OPEN:-0}" = 1 ]; then
+      measure "$b" "$bin" one --rate "${RATE_ONE:-20000}" --connections 50 --batch 1
+      measure "$b" "$bin" batch --rate "${RATE_BATCH:-2000}" --connections 16 --batch 100
+    else
+      measure "$b" "$bin" one --closed --connections 50 --inflight 1 --batch 1
+      measure "$b" "$bin" batch --closed --connections 16 --inflight 1 --batch 100
+    fi
   done
 done
 

@@ -228,12 +228,109 @@ return {
     defaults: cell(tr, "defaults"), hit: cell(tr, "hit"), limits: cell(tr, "limits"),
     spark_gets: points(tr, "spark-gets"), spark_p99: points(tr, "spark-p99"),
   })),
+  values: [...document.querySelectorAll("#values tbody tr")].map(tr => ({
+    view: tr.dataset.view, feature: tr.dataset.feature,
+    psi: cell(tr, "psi"), zero: cell(tr, "zero"), samples: cell(tr, "samples"),
+  })),
   shards: [...document.querySelectorAll("#shards tbody tr")].map(tr => ({
     shard: Number(tr.dataset.shard), redis: cell(tr, "redis"), breaker: cell(tr, "breaker"),
   })),
   requests: performance.getEntriesByType("navigation").concat(performance.getEntriesByType("resource")).map(e => e.name),
 };
 "##;
+
+/// The training baseline of two of user_features's features (see the chromium test).
+const BASELINE: &str = r#"{"version": 1, "views": {"user_features": {"features": {
+  "f0": {"dtype": "f32", "edges": [4096, 8192, 12288], "expected": [0.25, 0.25, 0.25, 0.25],
+         "zero_share": 0.0, "default_share": 0.0},
+  "f1": {"dtype": "f32", "edges": [1024, 2048], "expected": [0.98, 0.01, 0.01],
+         "zero_share": 0.0, "default_share": 0.0}}}}}"#;
+
+/// The feature-values table: per view its five worst-drifting features, the drifting one first
+/// and red, with the PSI and sample counts /stats has, and the drift among the alerts.
+fn check_value_table(browser: &Browser, proxy: &Proxy) {
+    let page = eventually(
+        Duration::from_secs(20),
+        "the value table to show f1's PSI",
+        || {
+            let p = browser.eval(READ_PAGE);
+            let psi_shown = p["values"].as_array().unwrap().iter().any(|r| {
+                r["feature"] == "f1" && number(r["psi"]["text"].as_str().unwrap()).is_some()
+            });
+            psi_shown.then_some(p)
+        },
+    );
+    let stats = stats(proxy);
+    let rows = |v: &str| -> Vec<&Value> {
+        page["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["view"] == v)
+            .collect()
+    };
+    let features = |v: &str| -> Vec<&str> {
+        rows(v)
+            .iter()
+            .map(|r| r["feature"].as_str().unwrap())
+            .collect()
+    };
+    // By PSI, then (all without a baseline at 0) in registry order.
+    assert_eq!(features("user_features"), ["f1", "f0", "f2", "f3", "f4"]);
+    assert_eq!(rows("fraud_features").len(), 5, "{}", page["values"]);
+    let watched = |feature: &str| {
+        stats["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["view"] == "user_features")
+            .and_then(|v| {
+                v["features"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["feature"] == feature)
+            })
+            .unwrap_or_else(|| panic!("/stats has no values for user_features.{feature}"))
+            .clone()
+    };
+    for r in rows("user_features") {
+        let feature = r["feature"].as_str().unwrap();
+        let psi = number(r["psi"]["text"].as_str().unwrap());
+        let in_stats = watched(feature)["window"]["psi"].as_f64();
+        match feature {
+            "f1" => {
+                let (shown, served) = (psi.unwrap(), in_stats.unwrap());
+                assert!(shown > 1.0 && r["psi"]["bad"] == true, "f1 drifts: {r}");
+                assert!(
+                    (shown - served).abs() <= 0.1 * served,
+                    "f1's PSI: page {shown}, /stats {served}"
+                );
+            }
+            "f0" => {
+                let shown = psi.unwrap();
+                assert!(shown < 0.2 && r["psi"]["bad"] == false, "f0 does not: {r}");
+            }
+            _ => assert_eq!((psi, in_stats), (None, None), "no baseline, no PSI: {r}"),
+        }
+        // Every entity is watched (sample_rate 1.0) and a PSI is shown only from 1,000.
+        let samples = number(r["samples"]["text"].as_str().unwrap()).unwrap();
+        assert!(samples >= 1000.0, "{r}");
+        // Seeded values are uniform over [0, 16384): almost never exactly 0.
+        assert_eq!(r["zero"]["bad"], false, "{r}");
+    }
+    for r in rows("fraud_features") {
+        assert_eq!(r["psi"]["text"], "–", "fraud_features has no baseline: {r}");
+    }
+    assert!(
+        page["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "FeatureproxyFeatureDrift"),
+        "{}",
+        page["alerts"]
+    );
+}
 
 /// A number as the page prints it ("412", "0.204", "12.3k", "4,629", "5%"); None for "–".
 fn number(text: &str) -> Option<f64> {
@@ -358,7 +455,22 @@ fn the_status_page_in_chromium_follows_the_proxy_and_turns_red_when_redis_dies()
     let mut redis = Redis::start();
     // A patient deadline: while chromium starts, two busy cores can hold a GET past the default
     // 50 ms, and its entities would be served DEGRADED before Redis is touched.
-    let mut proxy = Proxy::start(&redis, 2, "default_deadline = \"5s\"");
+    // user_features is watched at every entity against a baseline made so that f1 drifts (the
+    // baseline puts 98% of f1 below 1024, the seeded values are uniform over [0, 16384)) and f0
+    // does not (quartiles); its other features have no baseline, so no PSI.
+    let baseline_dir = tempfile::tempdir().unwrap();
+    let baseline = baseline_dir.path().join("user_features.json");
+    std::fs::write(&baseline, BASELINE).unwrap();
+    let registry = common::example_registry().replacen(
+        "hot_cache_ttl = \"1s\"",
+        &format!(
+            "hot_cache_ttl = \"1s\"\nsample_rate = 1.0\nbaseline = {:?}",
+            baseline.display().to_string()
+        ),
+        1,
+    );
+    let mut proxy =
+        Proxy::start_custom(&redis.url(), 2, "default_deadline = \"5s\"", &registry, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     seed(&rt, &proxy, "user_features", "u:");
     seed(&rt, &proxy, "fraud_features", "f:");
@@ -469,6 +581,7 @@ fn the_status_page_in_chromium_follows_the_proxy_and_turns_red_when_redis_dies()
         };
         assert_eq!(limits, want, "stale_after / max_staleness of {name}");
     }
+    check_value_table(&browser, &proxy);
     for s in after["shards"].as_array().unwrap() {
         assert!(
             s["requests"]["get"]["ok"].as_u64().unwrap() > 100,

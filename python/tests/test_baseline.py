@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -94,6 +95,29 @@ def test_the_proxy_accepts_the_file_and_refuses_a_broken_one(tmp_path, proxy_bin
     bad = subprocess.run([str(proxy_binary), "check", "--config", str(config)], capture_output=True, text=True)
     assert bad.returncode != 0
     assert 'view "watched": baseline' in bad.stderr and 'feature "d"' in bad.stderr and "bins" in bad.stderr, bad.stderr
+
+
+def test_a_schema_id_ties_the_file_to_the_view_it_was_made_for(tmp_path, proxy_binary):
+    config = tmp_path / "features.toml"
+    config.write_text(REGISTRY)
+    out = tmp_path / "watched.json"
+    (tmp_path / "train.csv").write_text(frame(2000).to_csv(index=False))
+    bl.main(["--registry", str(config), "--view", "watched", "--data", str(tmp_path / "train.csv"), "--out", str(out)])
+    check = subprocess.run([str(proxy_binary), "check", "--config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    schema_id = re.search(r"view watched .* schema_id (0x[0-9a-f]{8})", check.stdout).group(1)
+
+    args = ["--registry", str(config), "--view", "watched", "--data", str(tmp_path / "train.csv"), "--out", str(out)]
+    assert bl.main(args + ["--schema-id", schema_id]) == 0
+    assert json.loads(out.read_text())["views"]["watched"]["schema_id"] == int(schema_id, 16)
+    ok = subprocess.run([str(proxy_binary), "check", "--config", str(config)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+    # The view's default for c changes: the baseline made for the old schema is refused.
+    config.write_text(REGISTRY.replace("default = 1.5", "default = 2.5"))
+    bad = subprocess.run([str(proxy_binary), "check", "--config", str(config)], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert f"made for schema_id {int(schema_id, 16)}" in bad.stderr and "make the baseline again" in bad.stderr, bad.stderr
 
 
 def test_an_unknown_view_is_named(tmp_path):

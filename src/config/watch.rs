@@ -5,6 +5,7 @@
 //! Built once per registry load, shared read-only by every shard: the reading stage asks it
 //! which features to check and how to read a value out of a packed row.
 
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
 use featureproxy_protocol::Dtype;
@@ -72,6 +73,10 @@ pub struct Watch {
     /// Indexes in `features` of the float features, checked for NaN/inf on every row read from
     /// the store (rows of views without float features are never scanned).
     pub floats: Vec<usize>,
+    /// Byte ranges of a packed row holding runs of adjacent f32 (and f64) features: the first
+    /// pass of that check tests their bits alone, a run at a time ([`crate::reading::finite`]).
+    pub f32_runs: Box<[Range<usize>]>,
+    pub f64_runs: Box<[Range<usize>]>,
     pub baseline: Option<Arc<Baseline>>,
     /// Changes when the bins or what they are scored against change: the stats thread keeps a
     /// view's window across reloads only while this stays.
@@ -111,9 +116,21 @@ impl Watch {
             offset += f.dtype.width();
             watched.push(w);
         }
-        let floats = (0..watched.len())
+        let floats: Vec<usize> = (0..watched.len())
             .filter(|&i| watched[i].can_be_non_finite())
             .collect();
+        let runs = |dtype: Dtype| {
+            let mut runs: Vec<Range<usize>> = Vec::new();
+            for w in watched.iter().filter(|w| w.dtype == dtype) {
+                let end = w.offset + dtype.width();
+                match runs.last_mut() {
+                    Some(run) if run.end == w.offset => run.end = end,
+                    _ => runs.push(w.offset..end),
+                }
+            }
+            runs.into_boxed_slice()
+        };
+        let (f32_runs, f64_runs) = (runs(Dtype::F32), runs(Dtype::F64));
         let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ schema_id as u64;
         for b in baseline.iter().flat_map(|b| b.sha256.bytes()) {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
@@ -122,6 +139,8 @@ impl Watch {
             sample_rate,
             features: watched,
             floats,
+            f32_runs,
+            f64_runs,
             baseline: baseline.map(Arc::new),
             fingerprint: h,
         }

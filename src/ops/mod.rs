@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod prom;
 pub mod stats_json;
 pub mod status;
+pub mod value_metrics;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

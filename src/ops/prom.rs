@@ -1,18 +1,18 @@
-//! `/metrics`: the metric table ([`super::metrics::METRICS`]) in the Prometheus
+//! `/metrics`: the metric tables ([`super::metrics::all`]) in the Prometheus
 //! text exposition format (version 0.0.4), through a small writer of that format.
 
 use std::fmt::{Display, Write as _};
 
 use hdrhistogram::Histogram;
 
-use super::metrics::{Samples, Scrape, Value, METRICS};
+use super::metrics::{self, Samples, Scrape, Value};
 use super::Sources;
 
 /// One scrape of every metric, in the table's order.
 pub fn metrics(src: &Sources) -> String {
     let scrape = Scrape::new(src);
     let mut p = Prom::default();
-    for m in METRICS {
+    for m in metrics::all() {
         p.family(m.name, m.kind.name(), m.help);
         m.read(
             &scrape,

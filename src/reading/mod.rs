@@ -9,9 +9,9 @@ mod answers;
 pub mod cache;
 pub mod coalescer;
 pub mod coherence;
-mod finite;
+pub mod finite;
 pub mod freshness;
-mod sampler;
+pub mod sampler;
 mod spares;
 #[cfg(test)]
 mod test_store;

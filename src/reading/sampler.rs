@@ -17,6 +17,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler whose draws follow from `seed` (tests and benchmarks repeat them).
     pub fn new(seed: u64) -> Sampler {
         Sampler {
             state: seed | 1,

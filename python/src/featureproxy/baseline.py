@@ -120,9 +120,18 @@ def registry_view(registry_path: str, view: str) -> list[dict[str, Any]]:
     raise BaselineError(f"{registry_path}: no view {view!r} (views: {names})")
 
 
-def build(frame, registry_path: str, view: str, weights: str | None = None, source: str | None = None) -> dict[str, Any]:
+def build(
+    frame,
+    registry_path: str,
+    view: str,
+    weights: str | None = None,
+    source: str | None = None,
+    schema_id: int | None = None,
+) -> dict[str, Any]:
     """The baseline file (as a dict) for ``view`` from the training DataFrame ``frame``: one
-    entry per feature of the view that is a column of the frame."""
+    entry per feature of the view that is a column of the frame. With ``schema_id`` (the view's,
+    as ``featureproxy check`` prints it) the proxy refuses the file once the view's version,
+    features or defaults change, instead of comparing traffic with a stale training set."""
     features = registry_view(registry_path, view)
     w = None
     if weights is not None:
@@ -142,13 +151,27 @@ def build(frame, registry_path: str, view: str, weights: str | None = None, sour
     out: dict[str, Any] = {"version": FORMAT_VERSION, "weighting": weights or "training rows"}
     if source:
         out["source"] = source
-    out["views"] = {view: {"features": entries}}
+    entry: dict[str, Any] = {}
+    if schema_id is not None:
+        if not 1 <= schema_id < 2**32:
+            raise BaselineError(f"schema_id {schema_id} is not a view's schema_id (1 to 2^32-1)")
+        entry["schema_id"] = schema_id
+    entry["features"] = entries
+    out["views"] = {view: entry}
     return out
 
 
-def write(frame, registry_path: str, view: str, out_path: str, weights: str | None = None, source: str | None = None) -> dict[str, Any]:
+def write(
+    frame,
+    registry_path: str,
+    view: str,
+    out_path: str,
+    weights: str | None = None,
+    source: str | None = None,
+    schema_id: int | None = None,
+) -> dict[str, Any]:
     """Builds the baseline and writes it to ``out_path``; returns it."""
-    baseline = build(frame, registry_path, view, weights, source)
+    baseline = build(frame, registry_path, view, weights, source, schema_id)
     with open(out_path, "w") as f:
         json.dump(baseline, f, indent=1, allow_nan=False)
         f.write("\n")
@@ -174,9 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="training rows, .parquet or .csv, after the pipeline's fillna")
     p.add_argument("--weights", help="a column of row weights, when training weights rows")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--schema-id",
+        type=lambda x: int(x, 0),
+        help="the view's schema_id as `featureproxy check --config FILE` prints it (e.g. 0x1a2b3c4d): "
+        "the proxy then refuses the file once the view's version, features or defaults change",
+    )
     a = p.parse_args(argv)
     try:
-        b = write(_read_frame(a.data), a.registry, a.view, a.out, a.weights, source=a.data)
+        b = write(_read_frame(a.data), a.registry, a.view, a.out, a.weights, source=a.data, schema_id=a.schema_id)
     except (BaselineError, OSError) as e:
         print(f"featureproxy.baseline: {e}", file=sys.stderr)
         return 1

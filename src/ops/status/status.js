@@ -352,11 +352,11 @@ function renderValues(s) {
       tr.append(
         el("td", "view", v.view),
         el("td", "feature", f.feature),
-        el("td", "num" + (w.psi != null && w.psi > PSI_MAX ? " bad" : ""), w.psi == null ? "–" : w.psi.toFixed(3)),
-        el("td", "num" + (jump(f) > SHARE_JUMP_MAX ? " bad" : ""), share(w.zero_share, f.baseline_zero_share)),
-        el("td", "num", share(w.default_share, f.baseline_default_share)),
-        el("td", "num" + (f.non_finite_total ? " warn" : ""), fmtCount(f.non_finite_total)),
-        el("td", "num", fmtCount(w.n)),
+        el("td", "num psi" + (w.psi != null && w.psi > PSI_MAX ? " bad" : ""), w.psi == null ? "–" : w.psi.toFixed(3)),
+        el("td", "num zero" + (jump(f) > SHARE_JUMP_MAX ? " bad" : ""), share(w.zero_share, f.baseline_zero_share)),
+        el("td", "num default", share(w.default_share, f.baseline_default_share)),
+        el("td", "num nonfinite" + (f.non_finite_total ? " warn" : ""), fmtCount(f.non_finite_total)),
+        el("td", "num samples", fmtCount(w.n)),
       );
       tr.title = f.psi_absent || "";
       tbody.append(tr);
