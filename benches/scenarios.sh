@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark scenarios for featureproxy, side by side with Redis directly and twemproxy.
 #
-#   benches/scenarios.sh            full run (about 20 minutes): writes benches/RESULTS.md and
-#                                   benches/results/ (per-run text, JSON, SVG plots, logs)
+#   benches/scenarios.sh            full run (about 20 minutes): writes benches/results/ (per-run
+#                                   text, JSON, SVG plots, logs, the report as report.md) and puts
+#                                   the report into benches/RESULTS.md between the lines
+#                                   <!-- benches/scenarios.sh report: begin --> and
+#                                   <!-- benches/scenarios.sh report: end -->, leaving the rest
+#                                   of that file as it is (it stops, before running anything, if
+#                                   the two lines are not there)
 #   benches/scenarios.sh --quick    CI smoke (about 2 minutes): every scenario once, small and short,
 #                                   into a temporary directory; asserts that everything ran and
 #                                   that the Redis-kill run answered every request, never timings
@@ -27,11 +32,47 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --out) OUT="$2"; shift ;;
     --no-nice) NICE=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
+
+log() { printf '[scenarios %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# A full run's report is one part of benches/RESULTS.md, the lines between these two markers; the
+# rest of the file (the current figures at the top, the sections of other scripts and of each
+# issue below) is not this script's to rewrite. The markers are checked before anything runs, so
+# that a file without them fails now and not after twenty minutes of measuring, and nothing of
+# the last run's results is deleted on the way.
+MD="$ROOT/benches/RESULTS.md"
+REPORT_BEGIN='<!-- benches/scenarios.sh report: begin -->'
+REPORT_END='<!-- benches/scenarios.sh report: end -->'
+# report_markers_ok FILE: each marker is a line of its own, there once, the begin before the end.
+report_markers_ok() {
+  awk -v b="$REPORT_BEGIN" -v e="$REPORT_END" '
+    $0 == b { nb++; if (ne) bad = 1 }
+    $0 == e { ne++; if (!nb) bad = 1 }
+    END { exit !(nb == 1 && ne == 1 && !bad) }' "$1" 2>/dev/null
+}
+# splice_report REPORT FILE: FILE with the lines between its markers replaced by REPORT's (the
+# markers stay). Written beside FILE and renamed over it, so that FILE is always either the old
+# or the new one, never half written; on any failure FILE is left as it was.
+splice_report() {
+  local tmp="$2.scenarios.$$"
+  [ -s "$1" ] && report_markers_ok "$2" || return 1
+  awk -v b="$REPORT_BEGIN" -v e="$REPORT_END" -v report="$1" '
+    $0 == e { skip = 0 }
+    !skip { print }
+    $0 == b { while ((getline line < report) > 0) print line; close(report); skip = 1 }' "$2" >"$tmp" \
+    && mv "$tmp" "$2" || { rm -f "$tmp"; return 1; }
+}
+MARKERS_MISSING="$MD must hold the lines '$REPORT_BEGIN' and '$REPORT_END', once each and in that order, around the place of this script's report; not writing it"
+if [ $QUICK = 0 ] && ! report_markers_ok "$MD"; then
+  die "$MARKERS_MISSING"
+fi
+
 if [ -z "$OUT" ]; then
   if [ $QUICK = 1 ]; then OUT=$(mktemp -d /tmp/fp-scenarios.XXXXXX); else OUT="$ROOT/benches/results"; fi
 fi
@@ -41,9 +82,6 @@ RUN_DIR=$(mktemp -d /tmp/fp-scenarios-run.XXXXXX)
 TSV="$OUT/runs.tsv"
 CMDS="$OUT/commands.txt"
 rm -f "$TSV" "$CMDS" "$OUT"/*.json "$OUT"/*.svg "$OUT"/*.txt "$OUT"/*.err "$OUT"/*.log 2>/dev/null
-
-log() { printf '[scenarios %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
 
 command -v redis-server >/dev/null || die "redis-server is not installed (apt-get install redis-server)"
 NUTCRACKER=$(command -v nutcracker || { [ -x /usr/sbin/nutcracker ] && echo /usr/sbin/nutcracker; } || true)
@@ -319,8 +357,10 @@ http_get "$SP" /metrics >"$OUT/proxy-metrics-final.txt" 2>/dev/null
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ------------------------------------------------------------------------------------
-MD="$ROOT/benches/RESULTS.md"
-[ $QUICK = 1 ] && MD="$OUT/RESULTS-quick.md"
+# Written to a file of its own first: a quick run's report is that whole file; a full run's is
+# then put into RESULTS.md, and stays in $OUT if that fails, so no run is lost.
+REPORT="$OUT/report.md"
+[ $QUICK = 1 ] && REPORT="$OUT/RESULTS-quick.md"
 REL=${OUT#$ROOT/benches/}
 [ "$REL" = "$OUT" ] && REL="$OUT"
 
@@ -383,9 +423,14 @@ ratio() { # scenario column: proxy/direct and twem/direct of the medians
 }
 
 {
-  echo "# Benchmark results"
-  echo
-  if [ $QUICK = 1 ]; then echo "**Quick smoke run (--quick): tiny and short, not a measurement.**"; echo; fi
+  # A full run's report sits under RESULTS.md's own title and current figures, so only the quick
+  # run's whole file has a title.
+  if [ $QUICK = 1 ]; then
+    echo "# Benchmark results"
+    echo
+    echo "**Quick smoke run (--quick): tiny and short, not a measurement.**"
+    echo
+  fi
   echo "Generated by \`benches/scenarios.sh$([ $QUICK = 1 ] && echo ' --quick')\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')."
   echo
   echo "## Machine"
@@ -463,8 +508,15 @@ ratio() { # scenario column: proxy/direct and twem/direct of the medians
   echo '```'
   echo
   echo "Per-run reports (text with the per-second timeline, JSON, SVG) are in \`$REL/\`."
-} >"$MD"
-log "wrote $MD"
+} >"$REPORT"
+if [ $QUICK = 1 ]; then
+  log "wrote $REPORT"
+else
+  # Checked again: the file may have been edited by hand during the run.
+  report_markers_ok "$MD" || die "$MARKERS_MISSING (the report is in $REPORT)"
+  splice_report "$REPORT" "$MD" || die "could not put $REPORT into $MD; $MD is as it was"
+  log "wrote $REPORT and put it into $MD, between its report markers"
+fi
 
 if [ $FAILS -gt 0 ]; then
   die "$FAILS run(s) failed (see $OUT)"
