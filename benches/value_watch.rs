@@ -56,10 +56,15 @@ fn bench(c: &mut Criterion) {
         g.bench_function(
             format!("sample at {rate} and tally (per served entity)"),
             |b| {
+                // As the reader does it, in GETs of 100: each batch's sampled positions, one
+                // call per sample.
                 b.iter(|| {
-                    for row in &rows {
-                        if sampler.due(view.id, rate) {
-                            tally.record_row(black_box(row));
+                    for batch in rows.chunks(100) {
+                        let n = batch.len();
+                        let mut next = sampler.next_in(view.id, rate, 0, n);
+                        while let Some(i) = next {
+                            tally.record_row(black_box(&batch[i]));
+                            next = sampler.next_in(view.id, rate, i + 1, n);
                         }
                     }
                 })

@@ -151,6 +151,7 @@ impl Answers {
     /// (or, decoded into a form of the layout's own, is copied into the block). Its NaN and
     /// infinities are counted into `tally` (by feature) and, where the view says so, make it
     /// INVALID; so is the feature that made a Feast row INVALID.
+    #[inline]
     pub(super) fn judge_fetched(
         &mut self,
         view: &View,

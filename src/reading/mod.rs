@@ -230,6 +230,8 @@ impl Reader {
         let tally = values.view(view);
         let mut sampler = self.sampler.borrow_mut();
         let rate = view.watch.sample_rate;
+        let n = entities.len();
+        let mut next_sample = sampler.next_in(view.id, rate, 0, n);
         for (i, (entity, source)) in entities.iter().zip(&sources).enumerate() {
             let judged = match source {
                 Source::Cached { computed_at_ms } => {
@@ -254,12 +256,13 @@ impl Reader {
                 histograms.record_age(view.id, judged.age);
             }
             answers.push(&judged, cached);
-            if sampler.due(view.id, rate) {
+            if next_sample == Some(i) {
                 if judged.status.is_default() {
                     tally.record_default();
                 } else {
                     tally.record_row(answers.row(view, i));
                 }
+                next_sample = sampler.next_in(view.id, rate, i + 1, n);
             }
         }
         drop(sampler);

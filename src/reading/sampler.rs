@@ -1,5 +1,5 @@
 //! Which served entities are sampled for value statistics: random occurrences at each view's
-//! rate, by a geometric skip (one random draw and one logarithm per sample, one decrement per
+//! rate, by a geometric skip (one random draw and one logarithm per sample, one comparison per
 //! entity).
 //!
 //! Never entities by hash: under skewed traffic a fixed subset of entities is not the
@@ -32,22 +32,27 @@ impl Sampler {
         Sampler::new(u64::from_le_bytes(b))
     }
 
-    /// Whether this occurrence of an entity of `view` is sampled, at `rate` (0 to 1).
+    /// The position of the next sampled entity of `view` at `rate` (0 to 1) among positions
+    /// `from..n` of a batch, passing over the ones before it; `None` (and all of them passed
+    /// over) when it falls beyond the batch. A batch thus costs one comparison per entity and
+    /// one call per sample, not a countdown per entity: every served entity pays for this.
     #[inline]
-    pub fn due(&mut self, view: ViewId, rate: f64) -> bool {
-        if rate <= 0.0 {
-            return false;
+    pub fn next_in(&mut self, view: ViewId, rate: f64, from: usize, n: usize) -> Option<usize> {
+        if rate <= 0.0 || from >= n {
+            return None;
         }
         let i = (view as usize).saturating_sub(1);
         if self.left.len() <= i {
             self.left.resize(i + 1, 0);
         }
-        if self.left[i] > 0 {
-            self.left[i] -= 1;
-            return false;
+        let ahead = (n - from) as u64;
+        if self.left[i] >= ahead {
+            self.left[i] -= ahead;
+            return None;
         }
+        let at = from + self.left[i] as usize;
         self.left[i] = self.gap(rate);
-        true
+        Some(at)
     }
 
     /// Entities to skip before the next sample: Geometric(rate), floor(ln U / ln(1 - rate)).
@@ -71,18 +76,33 @@ mod tests {
 
     #[test]
     fn samples_at_the_rate_and_every_position_of_a_batch() {
+        // Batches of 100, as a GET of 100 entities; the samples of each batch, position by
+        // position, as the reader asks for them.
         let mut s = Sampler::new(42);
         let mut hits = 0;
         let mut by_position = [0u32; 100];
-        for i in 0..1_000_000 {
-            if s.due(1, 0.01) {
+        for _ in 0..10_000 {
+            let mut next = s.next_in(1, 0.01, 0, 100);
+            while let Some(i) = next {
                 hits += 1;
-                by_position[i % 100] += 1;
+                by_position[i] += 1;
+                next = s.next_in(1, 0.01, i + 1, 100);
             }
         }
         assert!((9_500..10_500).contains(&hits), "{hits}");
         assert!(by_position.iter().all(|&c| c > 50), "{by_position:?}");
-        assert!((0..10).all(|_| s.due(2, 1.0)));
-        assert!((0..10).all(|_| !s.due(3, 0.0)));
+        // The countdown carries across batches of any size, 1 included.
+        let mut ones = 0;
+        for _ in 0..100_000 {
+            ones += s.next_in(1, 0.01, 0, 1).is_some() as u32;
+        }
+        assert!((900..1_100).contains(&ones), "{ones}");
+        // Every entity at rate 1, none at 0; views keep countdowns of their own.
+        let all: Vec<usize> =
+            std::iter::successors(s.next_in(2, 1.0, 0, 5), |&i| s.next_in(2, 1.0, i + 1, 5))
+                .collect();
+        assert_eq!(all, [0, 1, 2, 3, 4]);
+        assert_eq!(s.next_in(3, 0.0, 0, 1000), None);
+        assert_eq!(s.next_in(1, 0.5, 7, 7), None);
     }
 }
