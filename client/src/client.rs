@@ -27,7 +27,10 @@ pub struct ClientOptions {
     pub client_name: String,
     /// Upper bound on each call (`get`, `put`, `schema`, `ping`, ...), everything included:
     /// reconnecting, fetching a schema, the request itself, a schema-mismatch retry and an
-    /// overload retry.
+    /// overload retry. [`Duration::MAX`] (or any timeout too large to add to the clock) means
+    /// none: no timer is armed, for callers that bound their calls themselves (such as the
+    /// Python client's native core, which bounds each call by its own rules and would otherwise
+    /// pay for two timers per call).
     ///
     /// Default 2 s, to leave room for the proxy's own answer to a PUT: the proxy waits up to its
     /// `write_timeout` (1 s by default) for Redis to acknowledge a write, and then answers
@@ -324,11 +327,17 @@ impl Client {
             }
             match self.get_on(self.pick(), view, keys, opts).await {
                 Err(e) if retry && e.code() == Some(ErrorCode::Overloaded) => {
+                    let now = tokio::time::Instant::now().into_std();
+                    // No deadline: any pause fits (30 years stand in for forever, as before).
+                    let until = deadline.map_or_else(
+                        || now + Duration::from_secs(86_400 * 365 * 30),
+                        |d| d.into_std(),
+                    );
                     let pause = self.inner.overload.pause(
                         self.inner.opts.overload_backoff,
                         overload::jitter(),
-                        tokio::time::Instant::now().into_std(),
-                        deadline.into_std(),
+                        now,
+                        until,
                     );
                     let Some(pause) = pause else {
                         return Err(e);
@@ -480,22 +489,23 @@ impl Client {
         self.timed_until(self.deadline(), fut).await
     }
 
-    /// When a call starting now must be over: now plus the timeout (a timeout too large to add
-    /// to the clock means none: 30 years, as tokio's `timeout` makes it). On tokio's clock, which
-    /// tests may pause.
-    fn deadline(&self) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        now.checked_add(self.inner.opts.timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+    /// When a call starting now must be over: now plus the timeout; `None` for a timeout too
+    /// large to add to the clock, which means none ([`ClientOptions::timeout`]). On tokio's
+    /// clock, which tests may pause.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        tokio::time::Instant::now().checked_add(self.inner.opts.timeout)
     }
 
     /// Runs `fut` until `deadline` (the call's start plus the timeout), else fails with
-    /// [`Error::Timeout`].
+    /// [`Error::Timeout`]; with no deadline, runs it with no timer at all.
     async fn timed_until<T>(
         &self,
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
+        let Some(deadline) = deadline else {
+            return fut.await;
+        };
         match tokio::time::timeout_at(deadline, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {

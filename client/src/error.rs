@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use std::fmt;
 use std::io;
 use std::time::Duration;
 
@@ -62,8 +63,10 @@ pub enum Error {
     /// client certificate, which TLS 1.3 only reports after the handshake, is caught by the HELLO
     /// exchange, so it fails [`crate::Client::connect`] rather than a later call. Not retryable:
     /// the same settings fail the same way until a certificate or setting changes.
+    /// [`TlsError::kind`] tells the cases apart for programs that react to them (or word them
+    /// for their own users, as the Python client's native core does).
     #[error("{0}")]
-    Tls(String),
+    Tls(TlsError),
 
     /// The connection broke while the request was in flight (the server closed it, a read or
     /// write failed, or the byte stream became undecodable). The next call on the same pooled
@@ -167,6 +170,92 @@ impl Error {
         }
     }
 }
+
+/// What failed about TLS ([`Error::Tls`]): the case, and a message saying what happened and what
+/// to change.
+#[derive(Debug, Clone)]
+pub struct TlsError {
+    kind: TlsFailure,
+    message: String,
+    detail: String,
+}
+
+/// The cases of [`TlsError`]. Which one a failure is, is decided once, where rustls (or the file
+/// reader) reports it, so programs need not parse messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The CA file cannot be read, or holds no usable CA certificate.
+    CaFile,
+    /// The client certificate or key file cannot be read, holds no certificate or key, or the
+    /// key does not go with the certificate.
+    ClientCert,
+    /// Another setting cannot be used (such as a name to verify that is neither a DNS name nor
+    /// an IP address).
+    Settings,
+    /// The proxy's certificate is not signed by a trusted CA.
+    UntrustedServer,
+    /// The proxy's certificate does not name the host connected to (or the name to verify).
+    HostnameMismatch,
+    /// The proxy's certificate has expired.
+    Expired,
+    /// The proxy's certificate is not valid yet.
+    NotYetValid,
+    /// The proxy's certificate failed verification for another reason.
+    Verification,
+    /// The proxy requires a client certificate, and none was given.
+    ClientCertRequired,
+    /// The proxy refused the client certificate given.
+    ClientCertRefused,
+    /// The server does not speak TLS on that port (the proxy's plaintext port, say).
+    NotTls,
+    /// No TLS version in common with the server.
+    Version,
+    /// The server refused the ALPN protocol offered ([`crate::ALPN_PROTOCOL`]).
+    Alpn,
+    /// The server closed the connection during the handshake. Reported inside
+    /// [`Error::Connect`] (whose source holds this [`TlsError`]), since a server restarting
+    /// mid-handshake looks the same and a retry may succeed.
+    Closed,
+    /// Anything else TLS reported (an unexpected alert, a broken record).
+    Other,
+}
+
+impl TlsError {
+    /// A failure of `kind` explained by `message`; `detail` is what the TLS library (or the file
+    /// reader) reported, in its own words, for messages of one's own.
+    pub fn new(kind: TlsFailure, message: impl Into<String>, detail: impl Into<String>) -> Self {
+        TlsError {
+            kind,
+            message: message.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Which case this is.
+    pub fn kind(&self) -> TlsFailure {
+        self.kind
+    }
+
+    /// What happened and what to change (the error's `Display`).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// What the TLS library or the file reader said, e.g. `received fatal alert:
+    /// CertificateRequired` or `No such file or directory (os error 2)`.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TlsError {}
 
 /// What the caller should do about a server error, where the code alone does not make it plain.
 fn advice(code: ErrorCode) -> &'static str {

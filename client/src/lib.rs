@@ -72,7 +72,7 @@ mod tls_tests;
 
 pub use batch::Batch;
 pub use client::{Client, ClientOptions, GetOptions, UnixMillis};
-pub use error::Error;
+pub use error::{Error, TlsError, TlsFailure};
 pub use overload::{RETRY_BUDGET_GETS_PER_RETRY, RETRY_BUDGET_MIN_RETRIES, RETRY_BUDGET_WINDOW};
 pub use schema::{Feature, Schema};
 pub use tls::{TlsConnector, TlsOptions, ALPN_PROTOCOL};

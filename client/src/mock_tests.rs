@@ -33,6 +33,9 @@ pub(crate) struct MockState {
     puts: AtomicUsize,
     /// Keys "shed-once..." already answered OVERLOADED once.
     shed_once: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// While set, connections read nothing more (their sockets fill up); `resumed` wakes them.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
 }
 
 impl MockState {
@@ -48,6 +51,26 @@ impl MockState {
     /// HELLOs answered (or refused) so far.
     pub(crate) fn hellos(&self) -> usize {
         self.hellos.load(Ordering::SeqCst)
+    }
+
+    fn pause_reads(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    fn resume_reads(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    async fn wait_while_paused(&self) {
+        loop {
+            // Made before the check, so a resume between the two is not missed.
+            let resumed = self.resumed.notified();
+            if !self.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
+        }
     }
 }
 
@@ -139,6 +162,7 @@ where
                 Ok(None) => {}
                 Err(_) => return,
             }
+            st.wait_while_paused().await;
             match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
@@ -430,6 +454,27 @@ async fn timeout_removes_the_waiter() {
     let b = client.get("emb", &["abc"]).await.unwrap();
     assert_eq!(b.row(0), expect_row("abc"));
     assert_eq!(client.conns().await.unwrap()[0].waiting(), 0);
+}
+
+/// A timeout too large to add to the clock means none: the calls work, and one that is never
+/// answered is not given up by the client, even after 40 years of (paused) clock; with the
+/// 30-year timer this used to arm, it would have failed with `Error::Timeout` first.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_beyond_the_clock_arms_no_timer() {
+    let mock = Mock::start(None).await;
+    let opts = ClientOptions {
+        timeout: Duration::MAX,
+        pool_size: 1,
+        ..Default::default()
+    };
+    let client = Client::connect(mock.addr, opts).await.unwrap();
+    let b = client.get("emb", &["abc", "de"]).await.unwrap();
+    assert_eq!((b.row(0), b.row(1)), (expect_row("abc"), expect_row("de")));
+    let forty_years = Duration::from_secs(40 * 365 * 86_400);
+    let never = tokio::time::timeout(forty_years, client.get("emb", &["never"])).await;
+    assert!(never.is_err(), "the client gave up by itself: {never:?}");
+    assert_eq!(client.conns().await.unwrap()[0].waiting(), 0);
+    client.ping().await.unwrap();
 }
 
 #[tokio::test]
@@ -874,4 +919,64 @@ async fn an_unknown_error_code_is_malformed_and_names_the_code() {
     assert_eq!(err.code(), None);
     client.get("emb", &["a"]).await.unwrap();
     assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+}
+
+/// A flood of large GETs while the server reads nothing: the socket fills up, so callers' frames
+/// are written in part by the callers themselves and handed on to the writer task, queued behind
+/// it, or wait for room in its queue; and every caller gives up mid-call (its future dropped by a
+/// timeout). When the server reads again, what it gets must be whole frames only (it closes the
+/// connection at the first it cannot decode): the connection is still the first one, and it
+/// answers the next GET.
+async fn cancelled_callers_never_leave_half_a_frame() {
+    let mock = Mock::start(None).await;
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(10),
+        pool_size: 1,
+        ..Default::default()
+    };
+    let client = Client::connect(mock.addr, opts).await.unwrap();
+    client.schema("emb").await.unwrap();
+    mock.state.pause_reads();
+    // Each GET is a frame of about 8 KiB; 3,000 of them are far more than socket buffers and
+    // the writer's queue (1,024 frames) hold.
+    let keys: Vec<Vec<u8>> = (0..MAX_BATCH)
+        .map(|i| vec![b'a' + i as u8; featureproxy_protocol::MAX_KEY_LEN])
+        .collect();
+    let callers = 3000;
+    let mut set = JoinSet::new();
+    for _ in 0..callers {
+        let (c, keys) = (client.clone(), keys.clone());
+        set.spawn(async move {
+            tokio::time::timeout(Duration::from_millis(300), c.get("emb", &keys))
+                .await
+                .is_err()
+        });
+    }
+    let mut gave_up = 0;
+    while let Some(r) = set.join_next().await {
+        gave_up += usize::from(r.unwrap());
+    }
+    assert_eq!(
+        gave_up, callers,
+        "the server read nothing, so nobody had an answer"
+    );
+    mock.state.resume_reads();
+    let b = client.get("emb", &["after"]).await.unwrap();
+    assert_eq!(b.row(0), expect_row("after"));
+    assert_eq!(mock.state.hellos(), 1, "the connection was never broken");
+    let sent = gets(&mock) - 1;
+    // Whatever had left or been queued went out whole; callers that gave up while waiting for
+    // room in the queue sent nothing.
+    assert!(sent >= 1024 && sent < callers, "{sent} GETs arrived");
+    assert_eq!(client.conns().await.unwrap()[0].waiting(), 0);
+}
+
+#[tokio::test]
+async fn cancelled_callers_never_leave_half_a_frame_current_thread() {
+    cancelled_callers_never_leave_half_a_frame().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_callers_never_leave_half_a_frame_multi_thread() {
+    cancelled_callers_never_leave_half_a_frame().await;
 }

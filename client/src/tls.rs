@@ -17,7 +17,7 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::Error;
+use crate::{Error, TlsError, TlsFailure};
 
 /// The ALPN protocol id of featureproxy's wire protocol v1, offered in every handshake so that a
 /// proxy serving more than one protocol on a port can tell this one apart.
@@ -141,11 +141,16 @@ impl TlsOptions {
             Some(n) => n.clone(),
             None => host_of(addr).to_string(),
         };
-        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
-            Error::Tls(format!(
-                "TLS to {addr}: {name:?} is neither a DNS name nor an IP address, so no \
-                 certificate can be verified against it; set TlsOptions::server_name"
-            ))
+        let server_name = ServerName::try_from(name.clone()).map_err(|e| {
+            tls_error(
+                TlsFailure::Settings,
+                format!(
+                    "TLS to {addr}: {name:?} is neither a DNS name nor an IP address, so no \
+                     certificate can be verified against it; set the name to verify to one the \
+                     proxy's certificate holds"
+                ),
+                e.to_string(),
+            )
         })?;
         Ok(TlsConnector {
             inner: Arc::new(Resolved {
@@ -240,8 +245,9 @@ impl TlsConnector {
     }
 
     /// [`TlsConnector::explain`] for the handshake, where a bare end of stream (or a reset) most
-    /// often means a server that dropped the ClientHello it could not read: say so. Still [`Error::Connect`],
-    /// since a server restarting mid-handshake looks the same and a retry may succeed.
+    /// often means a server that dropped the ClientHello it could not read: say so. Still
+    /// [`Error::Connect`], since a server restarting mid-handshake looks the same and a retry may
+    /// succeed; its source holds a [`TlsError`] of kind [`TlsFailure::Closed`].
     fn explain_handshake(&self, e: io::Error, addr: &str) -> Error {
         let kind = e.kind();
         if matches!(
@@ -249,111 +255,194 @@ impl TlsConnector {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
         ) && e.get_ref().is_none_or(|i| !i.is::<rustls::Error>())
         {
+            let closed = TlsError::new(
+                TlsFailure::Closed,
+                format!(
+                    "the server closed the connection during the TLS handshake ({e}): is this \
+                     the proxy's TLS port ([server.tls] listen)?"
+                ),
+                e.to_string(),
+            );
             return Error::Connect {
                 addr: addr.to_string(),
-                source: io::Error::new(
-                    kind,
-                    format!(
-                        "the server closed the connection during the TLS handshake ({e}): is \
-                         this the proxy's TLS port ([server.tls] listen)?"
-                    ),
-                ),
+                source: io::Error::new(kind, closed),
             };
         }
         self.explain(e, addr)
     }
 
-    fn describe(&self, e: &rustls::Error, addr: &str) -> String {
+    /// The [`TlsError`] for what rustls reported: its case, and a message naming the proxy, what
+    /// happened and what to change. (Worded for any program: no API of this crate is named,
+    /// since the Python client's native core and loadgen report them too.)
+    fn describe(&self, e: &rustls::Error, addr: &str) -> TlsError {
         let r = &self.inner;
         let name = &r.name;
-        let what = match e {
+        let (kind, what) = match e {
             rustls::Error::InvalidCertificate(c) => match c {
-                CertificateError::UnknownIssuer => format!(
-                    "the proxy's certificate (for {name}) is not signed by a CA this client \
-                     trusts ({}): give the CA that issued the proxy's certificate \
-                     (TlsOptions::new; loadgen: --tls-ca)",
-                    r.ca
+                CertificateError::UnknownIssuer => (
+                    TlsFailure::UntrustedServer,
+                    format!(
+                        "the proxy's certificate (for {name}) is not signed by a CA this client \
+                         trusts ({}): trust the CA that issued the proxy's certificate (the CA \
+                         file; loadgen: --tls-ca)",
+                        r.ca
+                    ),
                 ),
-                CertificateError::NotValidForName => format!(
-                    "the proxy's certificate is not valid for the name {name}: connect by a \
-                     name the certificate holds, or set the name to verify (server_name)"
+                CertificateError::NotValidForName => (
+                    TlsFailure::HostnameMismatch,
+                    format!(
+                        "the proxy's certificate is not valid for the name {name}: connect by a \
+                         name the certificate holds, or set the name to verify to one it holds"
+                    ),
                 ),
                 CertificateError::NotValidForNameContext {
                     expected,
                     presented,
-                } => format!(
-                    "the proxy's certificate is not valid for the name {}: it holds {}; connect \
-                     by one of those names, or set the name to verify \
-                     (TlsOptions::server_name; loadgen: --tls-server-name)",
-                    expected.to_str(),
-                    if presented.is_empty() {
-                        "no names".to_string()
-                    } else {
-                        presented
-                            .iter()
-                            .map(|p| plain_name(p))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
+                } => (
+                    TlsFailure::HostnameMismatch,
+                    format!(
+                        "the proxy's certificate is not valid for the name {}: it holds {}; \
+                         connect by one of those names, or set the name to verify to one of \
+                         them (loadgen: --tls-server-name)",
+                        expected.to_str(),
+                        if presented.is_empty() {
+                            "no names".to_string()
+                        } else {
+                            presented
+                                .iter()
+                                .map(|p| plain_name(p))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
                 ),
-                CertificateError::Expired => format!(
-                    "the proxy's certificate (for {name}) has expired: the proxy needs a renewed \
-                     certificate"
+                CertificateError::Expired => (
+                    TlsFailure::Expired,
+                    format!(
+                        "the proxy's certificate (for {name}) has expired: the proxy needs a \
+                         renewed certificate"
+                    ),
                 ),
-                CertificateError::ExpiredContext { time, not_after } => format!(
-                    "the proxy's certificate (for {name}) expired at {} (it is now {}): the \
-                     proxy needs a renewed certificate",
-                    utc(*not_after),
-                    utc(*time)
+                CertificateError::ExpiredContext { time, not_after } => (
+                    TlsFailure::Expired,
+                    format!(
+                        "the proxy's certificate (for {name}) expired at {} (it is now {}): the \
+                         proxy needs a renewed certificate",
+                        utc(*not_after),
+                        utc(*time)
+                    ),
                 ),
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => (
+                    TlsFailure::NotYetValid,
                     format!(
                         "the proxy's certificate (for {name}) is not valid yet: check the clocks \
                          of this machine and of the CA"
-                    )
-                }
-                other => format!("the proxy's certificate (for {name}) was refused: {other:?}"),
+                    ),
+                ),
+                other => (
+                    TlsFailure::Verification,
+                    format!("the proxy's certificate (for {name}) was refused: {other:?}"),
+                ),
             },
             rustls::Error::AlertReceived(alert) => self.describe_alert(*alert),
-            rustls::Error::InvalidMessage(_) => format!(
-                "the server at {addr} does not speak TLS here (is this the proxy's plaintext \
-                 port? The TLS port is the proxy's [server.tls] listen)"
+            rustls::Error::InvalidMessage(_) => (
+                TlsFailure::NotTls,
+                format!(
+                    "the server at {addr} does not speak TLS here (is this the proxy's plaintext \
+                     port? The TLS port is the proxy's [server.tls] listen)"
+                ),
             ),
-            rustls::Error::NoApplicationProtocol => format!(
-                "the server at {addr} does not accept the ALPN protocol {}",
-                String::from_utf8_lossy(ALPN_PROTOCOL)
+            rustls::Error::NoApplicationProtocol => (
+                TlsFailure::Alpn,
+                format!(
+                    "the server at {addr} does not accept the ALPN protocol {}",
+                    String::from_utf8_lossy(ALPN_PROTOCOL)
+                ),
             ),
-            other => other.to_string(),
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13
+                | rustls::PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
+                | rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+                | rustls::PeerIncompatible::Tls12NotOffered
+                | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
+            ) => (
+                TlsFailure::Version,
+                format!(
+                    "no TLS version in common with the server at {addr} ({e}); this client \
+                     speaks TLS 1.2 and 1.3"
+                ),
+            ),
+            other => (TlsFailure::Other, other.to_string()),
         };
-        format!("TLS with featureproxy at {addr} failed: {what}")
+        TlsError::new(
+            kind,
+            format!("TLS with featureproxy at {addr} failed: {what}"),
+            detail(e),
+        )
     }
 
-    fn describe_alert(&self, alert: AlertDescription) -> String {
+    fn describe_alert(&self, alert: AlertDescription) -> (TlsFailure, String) {
         let cert = self.inner.client_cert.as_deref();
-        match (alert, cert) {
-            (AlertDescription::CertificateRequired, _)
-            | (AlertDescription::HandshakeFailure, None) => {
-                "the proxy requires a client certificate signed by its CA: pass one with \
-                 TlsOptions::client_cert (loadgen: --tls-cert and --tls-key)"
-                    .to_string()
-            }
-            (AlertDescription::UnknownCA, Some(cert)) => format!(
-                "the proxy does not trust this client certificate ({cert}): unknown CA; it must \
-                 be signed by the CA in the proxy's client_ca_file"
-            ),
-            (
-                AlertDescription::BadCertificate
+        let refusal = matches!(
+            alert,
+            AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
                 | AlertDescription::UnsupportedCertificate
                 | AlertDescription::CertificateRevoked
                 | AlertDescription::CertificateExpired
                 | AlertDescription::CertificateUnknown
-                | AlertDescription::AccessDenied,
-                Some(cert),
-            ) => format!(
-                "the proxy refused this client certificate ({cert}): {alert:?}; it must be a \
-                 valid client certificate signed by the CA in the proxy's client_ca_file"
+                | AlertDescription::AccessDenied
+                | AlertDescription::DecryptError
+        );
+        match (alert, cert) {
+            // Without a certificate, a refusal can only be of its absence.
+            (AlertDescription::CertificateRequired, _)
+            | (AlertDescription::HandshakeFailure, None) => (
+                TlsFailure::ClientCertRequired,
+                "the proxy requires a client certificate signed by its CA: give one, with its \
+                 key (loadgen: --tls-cert and --tls-key)"
+                    .to_string(),
             ),
-            (alert, _) => format!("the proxy sent the alert {alert:?}"),
+            (_, None) if refusal => (
+                TlsFailure::ClientCertRequired,
+                format!(
+                    "the proxy refused the handshake ({alert:?}), as a proxy requiring a client \
+                     certificate does: give one signed by its CA, with its key (loadgen: \
+                     --tls-cert and --tls-key)"
+                ),
+            ),
+            (AlertDescription::UnknownCA, Some(cert)) => (
+                TlsFailure::ClientCertRefused,
+                format!(
+                    "the proxy does not trust this client certificate ({cert}): unknown CA; it \
+                     must be signed by the CA in the proxy's client_ca_file"
+                ),
+            ),
+            (_, Some(cert)) if refusal => (
+                TlsFailure::ClientCertRefused,
+                format!(
+                    "the proxy refused this client certificate ({cert}): {alert:?}; it must be \
+                     a valid client certificate signed by the CA in the proxy's client_ca_file"
+                ),
+            ),
+            (AlertDescription::ProtocolVersion, _) => (
+                TlsFailure::Version,
+                format!(
+                    "the proxy sent the alert {alert:?}: no TLS version in common; this client \
+                     speaks TLS 1.2 and 1.3"
+                ),
+            ),
+            (AlertDescription::NoApplicationProtocol, _) => (
+                TlsFailure::Alpn,
+                format!(
+                    "the proxy does not accept the ALPN protocol {} ({alert:?})",
+                    String::from_utf8_lossy(ALPN_PROTOCOL)
+                ),
+            ),
+            (alert, _) => (
+                TlsFailure::Other,
+                format!("the proxy sent the alert {alert:?}"),
+            ),
         }
     }
 }
@@ -391,44 +480,64 @@ fn load_config(
     client_cert: Option<&(PathBuf, PathBuf)>,
 ) -> Result<ClientConfig, Error> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in read_certs(ca_file, "CA file")?.into_iter().enumerate() {
+    let ca = TlsFailure::CaFile;
+    for (i, cert) in read_certs(ca_file, "CA file", ca)?.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
-            Error::Tls(format!(
-                "TLS settings: certificate {} of the CA file {} cannot be used as a CA: {e}",
-                i + 1,
-                ca_file.display()
-            ))
+            tls_error(
+                ca,
+                format!(
+                    "TLS settings: certificate {} of the CA file {} cannot be used as a CA: {e}",
+                    i + 1,
+                    ca_file.display()
+                ),
+                e.to_string(),
+            )
         })?;
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(format!("TLS settings: {e}")))?
+        .map_err(|e| {
+            tls_error(
+                TlsFailure::Settings,
+                format!("TLS settings: {e}"),
+                e.to_string(),
+            )
+        })?
         .with_root_certificates(roots);
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert_file, key_file)) => {
-            let chain = read_certs(cert_file, "client certificate file")?;
+            let cc = TlsFailure::ClientCert;
+            let chain = read_certs(cert_file, "client certificate file", cc)?;
             let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
-                rustls::pki_types::pem::Error::NoItemsFound => Error::Tls(format!(
-                    "TLS settings: no private key (PEM: PKCS#8, PKCS#1 or SEC1) in the client key \
-                     file {}",
-                    key_file.display()
-                )),
-                e => pem_error("client key file", key_file, e),
+                rustls::pki_types::pem::Error::NoItemsFound => tls_error(
+                    cc,
+                    format!(
+                        "TLS settings: no private key (PEM: PKCS#8, PKCS#1 or SEC1) in the \
+                         client key file {}",
+                        key_file.display()
+                    ),
+                    "no private key found",
+                ),
+                e => pem_error("client key file", key_file, e, cc),
             })?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
-                let why = match e {
+                let why = match &e {
                     rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
                         "it is the key of another certificate".to_string()
                     }
                     e => e.to_string(),
                 };
-                Error::Tls(format!(
-                    "TLS settings: the client key file {} does not go with the client \
-                     certificate file {}: {why}",
-                    key_file.display(),
-                    cert_file.display()
-                ))
+                tls_error(
+                    cc,
+                    format!(
+                        "TLS settings: the client key file {} does not go with the client \
+                         certificate file {}: {why}",
+                        key_file.display(),
+                        cert_file.display()
+                    ),
+                    e.to_string(),
+                )
             })?
         }
     };
@@ -442,29 +551,84 @@ fn load_config(
     Ok(config)
 }
 
-/// Every certificate in a PEM file; an error naming the file if it has none.
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+/// Every certificate in a PEM file; an error (of `kind`) naming the file if it has none.
+fn read_certs(
+    path: &Path,
+    what: &str,
+    kind: TlsFailure,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(what, path, e))?;
+        .map_err(|e| pem_error(what, path, e, kind))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "TLS settings: no certificate (PEM \"BEGIN CERTIFICATE\") in the {what} {}",
-            path.display()
-        )));
+        return Err(tls_error(
+            kind,
+            format!(
+                "TLS settings: no certificate (PEM \"BEGIN CERTIFICATE\") in the {what} {}",
+                path.display()
+            ),
+            "no certificate found",
+        ));
     }
     Ok(certs)
 }
 
-fn pem_error(what: &str, path: &Path, e: rustls::pki_types::pem::Error) -> Error {
+fn pem_error(what: &str, path: &Path, e: rustls::pki_types::pem::Error, kind: TlsFailure) -> Error {
     let e = match e {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
         other => format!("not valid PEM: {other}"),
     };
-    Error::Tls(format!(
-        "TLS settings: cannot read the {what} {}: {e}",
-        path.display()
-    ))
+    tls_error(
+        kind,
+        format!(
+            "TLS settings: cannot read the {what} {}: {e}",
+            path.display()
+        ),
+        e,
+    )
+}
+
+fn tls_error(kind: TlsFailure, message: String, detail: impl Into<String>) -> Error {
+    Error::Tls(TlsError::new(kind, message, detail))
+}
+
+/// What rustls reported, for [`TlsError::detail`]: its own words, but with dates and names as a
+/// person writes them where its words are numbers and type names.
+fn detail(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            format!(
+                "certificate expired at {}, it is now {}",
+                utc(*not_after),
+                utc(*time)
+            )
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            time,
+            not_before,
+        }) => format!(
+            "certificate not valid before {}, it is now {}",
+            utc(*not_before),
+            utc(*time)
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => format!(
+            "certificate not valid for {}: it names {}",
+            expected.to_str(),
+            if presented.is_empty() {
+                "nothing".to_string()
+            } else {
+                presented
+                    .iter()
+                    .map(|p| plain_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// `localhost` for rustls' `DnsName("localhost")`, `127.0.0.1` for `IpAddress(127.0.0.1)`: the

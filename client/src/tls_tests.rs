@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::mock_tests::{expect_row, serve, MockState};
-use crate::{Client, ClientOptions, Error, TlsOptions, Value, ALPN_PROTOCOL};
+use crate::{Client, ClientOptions, Error, TlsError, TlsFailure, TlsOptions, Value, ALPN_PROTOCOL};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,12 +152,16 @@ fn ca() -> TlsOptions {
     TlsOptions::new(fixture("ca.crt"))
 }
 
-/// `Client::connect`'s error, which must be an `Error::Tls`: its message.
-async fn connect_tls_error(addr: &str, o: ClientOptions) -> String {
+/// `Client::connect`'s error, which must be an `Error::Tls` of `kind`: its message.
+async fn connect_tls_error(addr: &str, o: ClientOptions, kind: TlsFailure) -> String {
     match Client::connect(addr, o).await {
         Err(e @ Error::Tls(_)) => {
             assert!(!e.is_retryable(), "{e}");
             assert_eq!(e.code(), None);
+            let Error::Tls(t) = &e else { unreachable!() };
+            assert_eq!(t.kind(), kind, "{e}");
+            assert_eq!(t.message(), e.to_string());
+            assert!(!t.detail().is_empty(), "{e}");
             e.to_string()
         }
         Err(other) => panic!("expected Error::Tls, got {other:?}: {other}"),
@@ -285,6 +289,7 @@ async fn the_name_verified_is_the_host_or_the_one_given() {
     let msg = connect_tls_error(
         &mock.addr.to_string(),
         opts(ca().server_name("proxy.example.test")),
+        TlsFailure::HostnameMismatch,
     )
     .await;
     assert_contains(
@@ -293,9 +298,10 @@ async fn the_name_verified_is_the_host_or_the_one_given() {
             "not valid for the name proxy.example.test",
             "localhost",
             "127.0.0.1",
-            "server_name",
+            "set the name to verify",
         ],
     );
+    assert!(!msg.contains("TlsOptions"), "{msg}");
 }
 
 #[tokio::test]
@@ -305,6 +311,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let msg = connect_tls_error(
         &mock.addr.to_string(),
         opts(TlsOptions::new(fixture("other-ca.crt"))),
+        TlsFailure::UntrustedServer,
     )
     .await;
     assert_contains(
@@ -321,7 +328,12 @@ async fn a_server_certificate_from_another_ca_is_refused() {
         ..Default::default()
     })
     .await;
-    let msg = connect_tls_error(&other.addr.to_string(), opts(ca())).await;
+    let msg = connect_tls_error(
+        &other.addr.to_string(),
+        opts(ca()),
+        TlsFailure::UntrustedServer,
+    )
+    .await;
     assert_contains(&msg, &["not signed by a CA this client trusts", "ca.crt"]);
     assert_eq!(other.state.hellos(), 0);
 }
@@ -333,7 +345,7 @@ async fn an_expired_server_certificate_is_refused() {
         ..Default::default()
     })
     .await;
-    let msg = connect_tls_error(&mock.addr.to_string(), opts(ca())).await;
+    let msg = connect_tls_error(&mock.addr.to_string(), opts(ca()), TlsFailure::Expired).await;
     assert_contains(
         &msg,
         &[
@@ -361,12 +373,17 @@ async fn mtls_without_a_client_certificate_fails_at_connect() {
     // TLS 1.2, where it arrives during the handshake: the same error either way.
     for versions in [TLS13, TLS12] {
         let mock = TlsMock::start(mtls(versions)).await;
-        let msg = connect_tls_error(&mock.addr.to_string(), opts(ca())).await;
+        let msg = connect_tls_error(
+            &mock.addr.to_string(),
+            opts(ca()),
+            TlsFailure::ClientCertRequired,
+        )
+        .await;
         assert_contains(
             &msg,
             &[
                 "requires a client certificate signed by its CA",
-                "TlsOptions::client_cert",
+                "give one, with its key",
             ],
         );
         assert_eq!(mock.state.hellos(), 0, "{versions:?}");
@@ -378,7 +395,12 @@ async fn mtls_with_a_client_certificate_from_another_ca_fails_at_connect() {
     for versions in [TLS13, TLS12] {
         let mock = TlsMock::start(mtls(versions)).await;
         let tls = ca().client_cert(fixture("other-client.crt"), fixture("other-client.key"));
-        let msg = connect_tls_error(&mock.addr.to_string(), opts(tls)).await;
+        let msg = connect_tls_error(
+            &mock.addr.to_string(),
+            opts(tls),
+            TlsFailure::ClientCertRefused,
+        )
+        .await;
         assert_contains(
             &msg,
             &[
@@ -438,7 +460,7 @@ async fn a_plaintext_server_is_not_mistaken_for_tls() {
                 .await;
         }
     });
-    let msg = connect_tls_error(&addr.to_string(), opts(ca())).await;
+    let msg = connect_tls_error(&addr.to_string(), opts(ca()), TlsFailure::NotTls).await;
     assert_contains(&msg, &["does not speak TLS here", "plaintext port"]);
 }
 
@@ -462,6 +484,13 @@ async fn a_server_closing_during_the_handshake_is_a_retryable_connect_error() {
                 &e.to_string(),
                 &["closed the connection during the TLS handshake", "TLS port"],
             );
+            // The case is there for programs that tell it apart (the Python client's native
+            // core reports it as TLSError reason "closed").
+            let Error::Connect { source, .. } = &e else {
+                unreachable!()
+            };
+            let tls = source.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
+            assert_eq!(tls.map(TlsError::kind), Some(TlsFailure::Closed), "{e}");
         }
         other => panic!("expected Error::Connect, got {other:?}"),
     }
@@ -471,31 +500,32 @@ async fn a_server_closing_during_the_handshake_is_a_retryable_connect_error() {
 async fn unusable_certificate_files_are_named() {
     let addr = "127.0.0.1:1"; // never dialled: the files are read first
     let missing = fixture("no-such-ca.crt");
-    let msg = connect_tls_error(addr, opts(TlsOptions::new(&missing))).await;
+    let ca_file = TlsFailure::CaFile;
+    let msg = connect_tls_error(addr, opts(TlsOptions::new(&missing)), ca_file).await;
     assert_contains(
         &msg,
         &["cannot read the CA file", "no-such-ca.crt", "No such file"],
     );
 
     // A key file where the CA file goes: no certificate in it.
-    let msg = connect_tls_error(addr, opts(TlsOptions::new(fixture("ca.key")))).await;
+    let msg = connect_tls_error(addr, opts(TlsOptions::new(fixture("ca.key"))), ca_file).await;
     assert_contains(&msg, &["no certificate", "CA file", "ca.key"]);
 
     // A certificate where the key goes.
     let tls = ca().client_cert(fixture("client.crt"), fixture("client.crt"));
-    let msg = connect_tls_error(addr, opts(tls)).await;
+    let msg = connect_tls_error(addr, opts(tls), TlsFailure::ClientCert).await;
     assert_contains(&msg, &["no private key", "client key file", "client.crt"]);
 
     // A certificate with another certificate's key.
     let tls = ca().client_cert(fixture("client.crt"), fixture("other-client.key"));
-    let msg = connect_tls_error(addr, opts(tls)).await;
+    let msg = connect_tls_error(addr, opts(tls), TlsFailure::ClientCert).await;
     assert_contains(
         &msg,
         &["other-client.key", "does not go with", "client.crt"],
     );
 
     let tls = ca().client_cert(fixture("client.crt"), fixture("no-such.key"));
-    let msg = connect_tls_error(addr, opts(tls)).await;
+    let msg = connect_tls_error(addr, opts(tls), TlsFailure::ClientCert).await;
     assert_contains(&msg, &["cannot read the client key file", "no-such.key"]);
 }
 

@@ -209,16 +209,19 @@ class ProxyProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def metric(self, name: str) -> float:
-        """The sum of every sample of metric ``name`` on the stats endpoint's /metrics."""
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of metric ``name`` on the stats endpoint's /metrics, of those
+        with every label given (``reason="ok"``) when some are."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/metrics", timeout=5) as r:
             text = r.read().decode()
+        want = [f'{k}="{v}"' for k, v in labels.items()]
         total = 0.0
         for line in text.splitlines():
             if line.startswith("#") or not line.strip():
                 continue
             series, value = line.rsplit(" ", 1)
-            if series.split("{", 1)[0] == name:
+            base, _, rest = series.partition("{")
+            if base == name and all(w in rest.rstrip("}").split(",") for w in want):
                 total += float(value)
         return total
 

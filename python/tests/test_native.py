@@ -166,13 +166,20 @@ def test_every_rust_error_maps_to_the_python_class_and_wording():
         (featureproxy.InvalidRequest, "GET 'flat' of 5 keys exceeds the server's max_batch of 4"),
         (featureproxy.InvalidRequest, "GET 'flat' of 5 keys would need a 104-byte reply, over the server's max_frame of 64: split the keys"),
         (featureproxy.InvalidRequest, "row 0: bad"),
-        (featureproxy.TLSError, f"featureproxy {addr}: TLS failed"),
+        (
+            featureproxy.TLSError,
+            f"featureproxy {addr}: TLS: the server's certificate is not signed by a CA in the system's trusted "
+            "roots (ca_file=None) (invalid peer certificate: UnknownIssuer): pass the CA that signed the proxy's "
+            "certificate as ca_file=",
+        ),
     ]
     for i, (cls, start) in enumerate(expect):
         with pytest.raises(featureproxy.FeatureProxyError) as info:
             native._raise_example(i, addr)
         assert type(info.value) is cls, (i, info.value)
         assert str(info.value).startswith(start), (i, str(info.value))
+        if cls is featureproxy.TLSError:  # the Python core's reason tag for the case
+            assert info.value.reason == "untrusted_server"
     with pytest.raises(IndexError):
         native._raise_example(len(expect), addr)
     # The classes keep their builtin bases, as on the Python core.

@@ -116,6 +116,7 @@ def mixed_batch(n: int) -> Batch:
 
 def test_plain_python_without_numpy(monkeypatch):
     monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy now fails
+    monkeypatch.setattr("featureproxy.batch._np", None)  # as in a process that never imported it
     b = mixed_batch(3)
     assert b.to_dicts()[1] == {"a": 1, "b": 1.5, "c": 2.0, "d": -1, "e": False}
     assert b.row(2) == [2, 2.5, 4.0, -2, True]

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
-use featureproxy_client::{Client, ClientOptions, Error, HelloReply};
+use featureproxy_client::{Client, ClientOptions, Error, HelloReply, TlsOptions};
 
 /// The longest stretch a blocked call goes without running its hook (signals) and checking for
 /// `close()`.
@@ -43,8 +43,11 @@ pub const SLICE: Duration = Duration::from_millis(50);
 /// A call that starts after the client has been idle this long lets the runtime read the
 /// connections first (see the module docs and [`Core::call`]).
 pub const IDLE: Duration = Duration::from_millis(1);
-/// The Rust client's own timeout: none to speak of (ten years); [`Core::call`] bounds calls.
-pub const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// The Rust client's own timeout: none ([`Duration::MAX`] arms no timer in the Rust client);
+/// [`Core::call`] bounds calls, so one timer per call is enough.
+pub const NO_TIMEOUT: Duration = Duration::MAX;
+/// Stands in for "never" where a wait has no end ([`bounded`] with a wait too long for the clock).
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static WATCH_FORKS: Once = Once::new();
@@ -83,6 +86,8 @@ pub struct Options {
     pub pool_size: usize,
     pub retry_overloaded: bool,
     pub overload_backoff: Duration,
+    /// TLS, its files already read ([`crate::tls::TlsSettings::options`]); `None`: plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Options {
@@ -94,7 +99,7 @@ impl Options {
             pool_size: self.pool_size.max(1),
             retry_overloaded: self.retry_overloaded,
             overload_backoff: self.overload_backoff,
-            tls: None,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -207,7 +212,7 @@ async fn bounded<T, I>(
     mut hook: impl FnMut() -> Result<(), I>,
 ) -> Outcome<T, I> {
     let start = tokio::time::Instant::now();
-    let end = start.checked_add(wait).unwrap_or(start + NO_TIMEOUT);
+    let end = start.checked_add(wait).unwrap_or(start + FOREVER);
     let mut fut = pin!(fut);
     let mut slice_end = start + SLICE;
     loop {

@@ -7,7 +7,7 @@
 use std::io;
 use std::time::Duration;
 
-use featureproxy_client::Error;
+use featureproxy_client::{Error, TlsError, TlsFailure, ALPN_PROTOCOL};
 
 /// Appended to a plaintext client's HELLO failures (as `featureproxy._tls.PLAINTEXT_HINT`): a TLS
 /// port answers plaintext that way.
@@ -31,9 +31,11 @@ pub enum Kind {
     RequestTimeout,
     InvalidRequest,
     ClientClosed,
-    /// `TLSError(message, "other")` (the native core speaks plaintext only; kept for
-    /// completeness of the mapping).
-    Tls,
+    /// `TLSError(message, reason)`, `reason` one of the tags `featureproxy._tls` gives
+    /// (`untrusted_server`, `client_cert_required`, ...).
+    Tls {
+        reason: &'static str,
+    },
 }
 
 impl Kind {
@@ -47,7 +49,7 @@ impl Kind {
             Kind::RequestTimeout => "RequestTimeout",
             Kind::InvalidRequest => "InvalidRequest",
             Kind::ClientClosed => "ClientClosed",
-            Kind::Tls => "TLSError",
+            Kind::Tls { .. } => "TLSError",
         }
     }
 }
@@ -77,6 +79,39 @@ pub struct Context<'a> {
     /// True while connecting (the constructor, or the first call after a fork): failures of the
     /// HELLO exchange are then `ConnectFailed`.
     pub connecting: bool,
+    /// The TLS arguments, as messages quote them; `None` for a plaintext client.
+    pub tls: Option<&'a TlsShown>,
+}
+
+/// A TLS client's arguments as `featureproxy._tls` quotes them in messages: Python's `repr()` of
+/// each (made by the bindings, so a path with quotes or escapes reads exactly as in Python).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsShown {
+    /// `ca_file`, or `None` when the system's trusted roots are used.
+    pub ca_file: Option<String>,
+    /// `client_cert`, when one is presented.
+    pub client_cert: Option<String>,
+    /// `client_key` (`None` when the key is in the certificate's file).
+    pub client_key: String,
+    /// The name the proxy's certificate is verified against (`server_hostname`, else the host).
+    pub server_hostname: String,
+}
+
+impl TlsShown {
+    /// Appended to a HELLO that failed by a close or a reset right after the handshake (as
+    /// `TLSConfig.closed_hint`): what a refused client certificate looks like when its alert was
+    /// lost to a reset.
+    pub fn closed_hint(&self) -> String {
+        match &self.client_cert {
+            None => " (right after the TLS handshake: a proxy with client_ca_file does this to a \
+                      client without a certificate; then pass client_cert= and client_key=)"
+                .to_string(),
+            Some(cert) => format!(
+                " (right after the TLS handshake: a proxy with client_ca_file does this when it \
+                 refuses client_cert={cert})"
+            ),
+        }
+    }
 }
 
 fn fail(kind: Kind, message: String) -> Failure {
@@ -150,6 +185,136 @@ pub fn closed(cx: &Context, waiting: bool) -> Failure {
     fail(Kind::ClientClosed, message)
 }
 
+/// The hint a HELLO failure ends with: how a TLS port answers plaintext, or, over TLS, how a
+/// refused client certificate looks.
+fn hello_hint(cx: &Context) -> String {
+    match cx.tls {
+        None => PLAINTEXT_HINT.to_string(),
+        Some(t) => t.closed_hint(),
+    }
+}
+
+/// A TLS failure the Rust client reported, as `featureproxy._tls.tls_error` says it: the same
+/// reason tag and message for the same case, with what rustls reported where the Python core
+/// quotes OpenSSL.
+pub fn tls_failure(e: &TlsError, cx: &Context) -> Failure {
+    let addr = cx.addr;
+    let shown = cx.tls.cloned().unwrap_or_default();
+    let detail = e.detail();
+    let at = format!("featureproxy {addr}: TLS");
+    let tls = |reason, message| fail(Kind::Tls { reason }, message);
+    match e.kind() {
+        TlsFailure::CaFile => tls(
+            "ca_file",
+            format!(
+                "featureproxy {addr}: cannot load ca_file={} ({detail}): it must be a PEM file of \
+                 the CA certificates that may sign the proxy's certificate",
+                shown.ca_file.as_deref().unwrap_or("None")
+            ),
+        ),
+        TlsFailure::ClientCert => tls(
+            "client_cert",
+            format!(
+                "featureproxy {addr}: cannot load client_cert={}, client_key={} ({detail}): they \
+                 must be PEM files of a certificate and its private key",
+                shown.client_cert.as_deref().unwrap_or("None"),
+                shown.client_key
+            ),
+        ),
+        TlsFailure::Expired => tls(
+            "expired",
+            format!(
+                "{at}: the server's certificate expired ({detail}): the proxy's cert_file must be \
+                 renewed (or this machine's clock is wrong)"
+            ),
+        ),
+        TlsFailure::NotYetValid => tls(
+            "not_yet_valid",
+            format!(
+                "{at}: the server's certificate is not valid yet ({detail}): check the clocks of \
+                 this machine and the proxy's"
+            ),
+        ),
+        TlsFailure::HostnameMismatch => tls(
+            "hostname_mismatch",
+            format!(
+                "{at}: hostname mismatch: verified against {}, which the server's certificate \
+                 does not name ({detail}): connect by a name the certificate names, or pass \
+                 server_hostname= one it names",
+                shown.server_hostname
+            ),
+        ),
+        TlsFailure::UntrustedServer => {
+            let trusted = match &shown.ca_file {
+                None => "a CA in the system's trusted roots (ca_file=None)".to_string(),
+                Some(ca) => format!("a CA in ca_file={ca}"),
+            };
+            tls(
+                "untrusted_server",
+                format!(
+                    "{at}: the server's certificate is not signed by {trusted} ({detail}): pass \
+                     the CA that signed the proxy's certificate as ca_file="
+                ),
+            )
+        }
+        TlsFailure::Verification => tls(
+            "verification",
+            format!("{at}: the server's certificate failed verification: {detail}"),
+        ),
+        TlsFailure::ClientCertRequired => tls(
+            "client_cert_required",
+            format!(
+                "{at}: the server requires a client certificate signed by its CA: pass \
+                 client_cert= and client_key= ({detail})"
+            ),
+        ),
+        TlsFailure::ClientCertRefused => {
+            let what = match &shown.client_cert {
+                Some(cert) => format!("client_cert={cert}"),
+                None => "the client certificate".to_string(),
+            };
+            tls(
+                "client_cert_refused",
+                format!(
+                    "{at}: the server refused {what} ({detail}): it must be signed by a CA in the \
+                     proxy's client_ca_file, valid now, and usable for client authentication"
+                ),
+            )
+        }
+        TlsFailure::NotTls => tls(
+            "not_tls",
+            format!(
+                "{at}: the server does not speak TLS ({detail}): is {addr} the proxy's TLS port \
+                 ([server.tls] listen) rather than its plaintext listen?"
+            ),
+        ),
+        TlsFailure::Version => tls(
+            "version",
+            format!(
+                "{at}: no TLS version in common with the server ({detail}); this client requires \
+                 TLS 1.2 or newer"
+            ),
+        ),
+        TlsFailure::Alpn => tls(
+            "alpn",
+            format!(
+                "{at}: the server refused the application protocol '{}' offered by ALPN \
+                 ({detail})",
+                String::from_utf8_lossy(ALPN_PROTOCOL)
+            ),
+        ),
+        TlsFailure::Closed => tls(
+            "closed",
+            format!(
+                "{at}: the server closed the connection during the TLS handshake ({detail}): if \
+                 it requires a client certificate, pass client_cert= and client_key="
+            ),
+        ),
+        // Settings and Other, and any case added later.
+        _ => tls("other", format!("{at}: handshake failed ({detail})")),
+    }
+}
+
 /// What the Rust client failed with, as the Python client would have said it.
 pub fn failure(e: &Error, cx: &Context) -> Failure {
     let addr = cx.addr;
@@ -162,23 +327,31 @@ pub fn failure(e: &Error, cx: &Context) -> Failure {
             message.clone(),
         ),
         Error::Timeout { .. } => timed_out(cx),
-        Error::Connect { source, .. } => fail(
-            Kind::ConnectFailed,
-            format!("featureproxy {addr}: cannot connect: {}", strerror(source)),
-        ),
-        Error::Tls(m) => fail(Kind::Tls, format!("featureproxy {addr}: {m}")),
+        Error::Connect { source, .. } => {
+            // A server closing during the TLS handshake: a retryable Connect error for the Rust
+            // client, the TLSError "closed" for Python's.
+            match source.get_ref().and_then(|i| i.downcast_ref::<TlsError>()) {
+                Some(tls) => tls_failure(tls, cx),
+                None => fail(
+                    Kind::ConnectFailed,
+                    format!("featureproxy {addr}: cannot connect: {}", strerror(source)),
+                ),
+            }
+        }
+        Error::Tls(tls) => tls_failure(tls, cx),
         Error::ConnectionClosed { reason, .. } => {
             if reason.contains("before answering HELLO") {
                 fail(
                     Kind::ConnectFailed,
                     format!(
-                        "featureproxy {addr}: connection closed by the server during HELLO{PLAINTEXT_HINT}"
+                        "featureproxy {addr}: connection closed by the server during HELLO{}",
+                        hello_hint(cx)
                     ),
                 )
             } else if cx.connecting {
                 fail(
                     Kind::ConnectFailed,
-                    format!("featureproxy {addr}: HELLO failed: {reason}{PLAINTEXT_HINT}"),
+                    format!("featureproxy {addr}: HELLO failed: {reason}{}", hello_hint(cx)),
                 )
             } else {
                 fail(
@@ -192,8 +365,9 @@ pub fn failure(e: &Error, cx: &Context) -> Failure {
                 fail(
                     Kind::ConnectFailed,
                     format!(
-                        "featureproxy {addr}: HELLO reply is not protocol v1: {}{PLAINTEXT_HINT}",
-                        p.message
+                        "featureproxy {addr}: HELLO reply is not protocol v1: {}{}",
+                        p.message,
+                        if cx.tls.is_none() { PLAINTEXT_HINT } else { "" }
                     ),
                 )
             } else {
@@ -264,6 +438,7 @@ mod tests {
             unit: "keys",
             wait: Duration::from_millis(300),
             connecting,
+            tls: None,
         }
     }
 
@@ -377,9 +552,13 @@ mod tests {
                 "key 3 is 0 bytes; keys must be 1..1024 bytes",
             ),
             (
-                Error::Tls("TLS failed".into()),
+                Error::Tls(TlsError::new(
+                    TlsFailure::Other,
+                    "TLS failed",
+                    "received fatal alert: InternalError",
+                )),
                 "TLSError",
-                "featureproxy 127.0.0.1:7070: TLS failed",
+                "featureproxy 127.0.0.1:7070: TLS: handshake failed (received fatal alert: InternalError)",
             ),
         ];
         for (e, class, message) in cases {
@@ -431,6 +610,158 @@ mod tests {
             &c,
         );
         assert_eq!(f.kind, Kind::ConnectFailed);
+    }
+
+    /// Every TLS case carries the Python core's reason tag and message (`featureproxy._tls`), with
+    /// rustls' words where OpenSSL's would be.
+    #[test]
+    fn tls_failures_say_what_the_python_core_says() {
+        let shown = TlsShown {
+            ca_file: Some("'/etc/fp/ca.crt'".into()),
+            client_cert: Some("'/etc/fp/client.crt'".into()),
+            client_key: "None".into(),
+            server_hostname: "'proxy.example'".into(),
+        };
+        let mut c = cx(true);
+        c.tls = Some(&shown);
+        let at = "featureproxy 127.0.0.1:7070: TLS";
+        let cases = [
+            (
+                TlsFailure::UntrustedServer,
+                "untrusted_server",
+                format!("{at}: the server's certificate is not signed by a CA in ca_file='/etc/fp/ca.crt' (D): pass the CA that signed the proxy's certificate as ca_file="),
+            ),
+            (
+                TlsFailure::HostnameMismatch,
+                "hostname_mismatch",
+                format!("{at}: hostname mismatch: verified against 'proxy.example', which the server's certificate does not name (D): connect by a name the certificate names, or pass server_hostname= one it names"),
+            ),
+            (
+                TlsFailure::Expired,
+                "expired",
+                format!("{at}: the server's certificate expired (D): the proxy's cert_file must be renewed (or this machine's clock is wrong)"),
+            ),
+            (
+                TlsFailure::NotYetValid,
+                "not_yet_valid",
+                format!("{at}: the server's certificate is not valid yet (D): check the clocks of this machine and the proxy's"),
+            ),
+            (
+                TlsFailure::Verification,
+                "verification",
+                format!("{at}: the server's certificate failed verification: D"),
+            ),
+            (
+                TlsFailure::ClientCertRequired,
+                "client_cert_required",
+                format!("{at}: the server requires a client certificate signed by its CA: pass client_cert= and client_key= (D)"),
+            ),
+            (
+                TlsFailure::ClientCertRefused,
+                "client_cert_refused",
+                format!("{at}: the server refused client_cert='/etc/fp/client.crt' (D): it must be signed by a CA in the proxy's client_ca_file, valid now, and usable for client authentication"),
+            ),
+            (
+                TlsFailure::NotTls,
+                "not_tls",
+                format!("{at}: the server does not speak TLS (D): is 127.0.0.1:7070 the proxy's TLS port ([server.tls] listen) rather than its plaintext listen?"),
+            ),
+            (
+                TlsFailure::Version,
+                "version",
+                format!("{at}: no TLS version in common with the server (D); this client requires TLS 1.2 or newer"),
+            ),
+            (
+                TlsFailure::Alpn,
+                "alpn",
+                format!("{at}: the server refused the application protocol 'featureproxy/1' offered by ALPN (D)"),
+            ),
+            (
+                TlsFailure::Closed,
+                "closed",
+                format!("{at}: the server closed the connection during the TLS handshake (D): if it requires a client certificate, pass client_cert= and client_key="),
+            ),
+            (
+                TlsFailure::Other,
+                "other",
+                format!("{at}: handshake failed (D)"),
+            ),
+            (
+                TlsFailure::CaFile,
+                "ca_file",
+                "featureproxy 127.0.0.1:7070: cannot load ca_file='/etc/fp/ca.crt' (D): it must be a PEM file of the CA certificates that may sign the proxy's certificate".to_string(),
+            ),
+            (
+                TlsFailure::ClientCert,
+                "client_cert",
+                "featureproxy 127.0.0.1:7070: cannot load client_cert='/etc/fp/client.crt', client_key=None (D): they must be PEM files of a certificate and its private key".to_string(),
+            ),
+        ];
+        for (kind, reason, message) in cases {
+            let f = failure(&Error::Tls(TlsError::new(kind, "m", "D")), &c);
+            assert_eq!(f, fail(Kind::Tls { reason }, message), "{kind:?}");
+        }
+
+        // The system's roots, and no client certificate.
+        let plain = TlsShown {
+            server_hostname: "'127.0.0.1'".into(),
+            client_key: "None".into(),
+            ..Default::default()
+        };
+        c.tls = Some(&plain);
+        let f = tls_failure(&TlsError::new(TlsFailure::UntrustedServer, "m", "D"), &c);
+        assert!(
+            f.message
+                .contains("not signed by a CA in the system's trusted roots (ca_file=None) (D)"),
+            "{}",
+            f.message
+        );
+        let f = tls_failure(&TlsError::new(TlsFailure::ClientCertRefused, "m", "D"), &c);
+        assert!(
+            f.message.contains("refused the client certificate (D)"),
+            "{}",
+            f.message
+        );
+
+        // A close during the handshake: a Connect error holding the case.
+        let closed = Error::Connect {
+            addr: "x".into(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                TlsError::new(TlsFailure::Closed, "m", "tls handshake eof"),
+            ),
+        };
+        assert_eq!(failure(&closed, &c).kind, Kind::Tls { reason: "closed" });
+
+        // HELLO failing right after the handshake: the hint is about client certificates.
+        let f = failure(
+            &Error::ConnectionClosed {
+                addr: "x".into(),
+                reason: "the server closed the connection before answering HELLO".into(),
+            },
+            &c,
+        );
+        assert_eq!(f.kind, Kind::ConnectFailed);
+        assert_eq!(
+            f.message,
+            "featureproxy 127.0.0.1:7070: connection closed by the server during HELLO (right \
+             after the TLS handshake: a proxy with client_ca_file does this to a client without \
+             a certificate; then pass client_cert= and client_key=)"
+        );
+        c.tls = Some(&shown);
+        let f = failure(
+            &Error::ConnectionClosed {
+                addr: "x".into(),
+                reason: "read failed: Connection reset by peer".into(),
+            },
+            &c,
+        );
+        assert!(
+            f.message
+                .ends_with("when it refuses client_cert='/etc/fp/client.crt')"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

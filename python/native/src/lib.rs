@@ -11,6 +11,8 @@
 //!   handling and idle-connection check the Python API needs. Pure Rust.
 //! - [`failure`]: the one mapping from Rust errors to the Python exceptions and their messages.
 //!   Pure Rust.
+//! - [`tls`]: the Python client's TLS arguments made into the Rust client's rustls
+//!   configuration. Pure Rust.
 //! - `py` (feature `python`): the PyO3 bindings: argument checks worded as the pure-Python
 //!   client words them, the reply buffer, the codec functions the parity tests and the asyncio
 //!   client use.
@@ -20,6 +22,7 @@
 
 pub mod core;
 pub mod failure;
+pub mod tls;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,9 +1,9 @@
 //! The PyO3 bindings: `featureproxy_native.Core` (one per `featureproxy.Client`), `Reply` (a
 //! GET's answer, exporting its rows through the buffer protocol) and the codec functions.
 //!
-//! Every call holds the GIL only to read its arguments and to build its result: keys are checked
-//! and pinned (`PyBackedStr`/`PyBackedBytes`: a reference on each key object and a pointer to
-//! its UTF-8 or bytes, no copy), then one `detach` covers encoding, the round trip and decoding.
+//! Every call holds the GIL only to read its arguments and to build its result: a GET's keys are
+//! checked and copied into one buffer ([`Keys`]), then one `detach` covers encoding, the round
+//! trip and decoding.
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyModule, PyString
 use pyo3::{ffi, IntoPyObjectExt};
 
 use crate::core::{self as blocking, Live, Options, Outcome};
-use crate::failure::{self, Context, Failure, Kind};
+use crate::failure::{self, Context, Failure, Kind, TlsShown};
+use crate::tls::TlsSettings;
 
 // ---- errors
 
@@ -46,7 +47,7 @@ fn raise(py: Python<'_>, f: Failure, addr: &str) -> PyErr {
                 m.getattr("server_error")?.call1((code, message, addr))?
             }
             Kind::Protocol { code } => m.getattr("ProtocolError")?.call1((code, f.message))?,
-            Kind::Tls => m.getattr("TLSError")?.call1((f.message, "other"))?,
+            Kind::Tls { reason } => m.getattr("TLSError")?.call1((f.message, reason))?,
             other => m.getattr(other.class_name())?.call1((f.message,))?,
         };
         Ok(PyErr::from_value(obj))
@@ -67,7 +68,8 @@ fn invalid(py: Python<'_>, message: String) -> PyErr {
 
 // ---- keys
 
-/// One key, pinned: its Python object stays referenced while the call runs without the GIL.
+/// One key, pinned: its Python object stays referenced while its bytes are read (PUT rows, and
+/// keys given as another bytes-like type).
 enum Key {
     Str(PyBackedStr),
     Bytes(PyBackedBytes),
@@ -80,6 +82,11 @@ impl AsRef<[u8]> for Key {
             Key::Bytes(b) => b,
         }
     }
+}
+
+/// Python's `repr()` of a str, as messages quote arguments (`'path'`).
+fn py_repr(py: Python<'_>, s: &str) -> String {
+    repr(PyString::new(py, s).as_any())
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
@@ -123,7 +130,12 @@ fn key_of(py: Python<'_>, item: Bound<'_, PyAny>) -> PyResult<Key> {
 
 /// `key` if its length is 1..=1024 bytes, else InvalidRequest as the Python client words it.
 fn checked(py: Python<'_>, key: Key) -> PyResult<Key> {
-    let b = key.as_ref();
+    check_len(py, key.as_ref())?;
+    Ok(key)
+}
+
+/// Ok if `b` is 1..=1024 bytes long, else InvalidRequest as the Python client words it.
+fn check_len(py: Python<'_>, b: &[u8]) -> PyResult<()> {
     if b.is_empty() || b.len() > MAX_KEY_LEN {
         let mut shown = b[..b.len().min(40)].to_vec();
         if b.len() > 40 {
@@ -138,13 +150,69 @@ fn checked(py: Python<'_>, key: Key) -> PyResult<Key> {
             ),
         ));
     }
-    Ok(key)
+    Ok(())
 }
 
-fn keys_of(py: Python<'_>, keys: &Bound<'_, PyList>) -> PyResult<Vec<Key>> {
-    let mut out = Vec::with_capacity(keys.len());
+/// A call's keys, copied into one buffer while the GIL is held.
+///
+/// Copying a key's few bytes costs less than pinning its object (a reference taken, checked and
+/// released again per key, through the stable ABI's calls), and the call then runs on plain
+/// Rust memory with no Python object to keep alive. Plain `str` and `bytes` take the short way
+/// here; anything else goes through [`key_of`], with its checks and messages.
+struct Keys {
+    bytes: Vec<u8>,
+    /// Where each key ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    fn with_capacity(n: usize) -> Keys {
+        Keys {
+            // Room for typical keys of up to 24 bytes without a regrowth.
+            bytes: Vec::with_capacity(n * 24),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, py: Python<'_>, key: &[u8]) -> PyResult<()> {
+        check_len(py, key)?;
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The keys, as the Rust client takes them.
+    fn slices(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let key = &self.bytes[start..end];
+                start = end;
+                key
+            })
+            .collect()
+    }
+}
+
+fn keys_of(py: Python<'_>, keys: &Bound<'_, PyList>) -> PyResult<Keys> {
+    let mut out = Keys::with_capacity(keys.len());
     for item in keys.iter() {
-        out.push(key_of(py, item)?);
+        if item.is_exact_instance_of::<PyString>() {
+            // SAFETY: checked just above.
+            let s = unsafe { item.cast_unchecked::<PyString>() }.to_str()?;
+            out.push(py, s.as_bytes())?;
+        } else if item.is_exact_instance_of::<PyBytes>() {
+            // SAFETY: checked just above.
+            out.push(py, unsafe { item.cast_unchecked::<PyBytes>() }.as_bytes())?;
+        } else {
+            let key = key_of(py, item)?;
+            out.push(py, key.as_ref())?;
+        }
     }
     Ok(out)
 }
@@ -206,10 +274,13 @@ fn on_main_thread() -> bool {
 /// What a blocked call runs between two slices: on the main thread, Python's signal handlers
 /// (Ctrl-C raises KeyboardInterrupt there, and the call ends with it); elsewhere nothing (no
 /// handler would run, and a thread of a finalizing interpreter must not take the GIL).
+///
+/// Which thread it is, is asked only when a slice ends: asking costs two system calls, and most
+/// calls end long before their first slice does.
 fn signal_hook() -> impl FnMut() -> Result<(), PyErr> + Send {
-    let main = on_main_thread();
+    let mut main = None;
     move || {
-        if main {
+        if *main.get_or_insert_with(on_main_thread) {
             Python::attach(|py| py.check_signals())
         } else {
             Ok(())
@@ -225,6 +296,8 @@ pub struct Core {
     core: blocking::Core,
     /// `host:port`, as messages name the proxy.
     addr: String,
+    /// A TLS client's arguments; `None` for plaintext.
+    tls: Option<TlsSettings>,
 }
 
 fn plural(n: usize, one: &str) -> String {
@@ -248,6 +321,7 @@ impl Core {
             unit,
             wait,
             connecting: false,
+            tls: self.tls.as_ref().map(|t| &t.shown),
         }
     }
 
@@ -299,8 +373,15 @@ impl Core {
 #[pymethods]
 impl Core {
     /// Connects at once (every pooled connection says HELLO), so a wrong address fails here.
+    ///
+    /// TLS when `tls` is true: `ca_file` (else the system's roots), `client_cert` and
+    /// `client_key` (paths; the key may be in the certificate's file) and `server_hostname` (else
+    /// `host`), as `featureproxy._tls.config` took them.
     #[new]
-    #[pyo3(signature = (host, port, token, client_name, timeout, pool_size, retry_overloaded, overload_backoff))]
+    #[pyo3(signature = (
+        host, port, token, client_name, timeout, pool_size, retry_overloaded, overload_backoff,
+        tls=false, ca_file=None, client_cert=None, client_key=None, server_hostname=None,
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -312,6 +393,11 @@ impl Core {
         pool_size: usize,
         retry_overloaded: bool,
         overload_backoff: f64,
+        tls: bool,
+        ca_file: Option<String>,
+        client_cert: Option<String>,
+        client_key: Option<String>,
+        server_hostname: Option<String>,
     ) -> PyResult<Self> {
         let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
             PyValueError::new_err(format!(
@@ -329,6 +415,39 @@ impl Core {
         } else {
             format!("{host}:{port}")
         };
+        let addr = format!("{host}:{port}");
+        let settings = tls.then(|| {
+            let shown = |v: &Option<String>| v.as_deref().map(|v| py_repr(py, v));
+            let server_hostname = server_hostname.unwrap_or_else(|| host.to_string());
+            TlsSettings {
+                shown: TlsShown {
+                    ca_file: shown(&ca_file),
+                    client_cert: shown(&client_cert),
+                    client_key: shown(&client_key).unwrap_or_else(|| "None".into()),
+                    server_hostname: py_repr(py, &server_hostname),
+                },
+                ca_file: ca_file.map(Into::into),
+                client_cert: client_cert.map(Into::into),
+                client_key: client_key.map(Into::into),
+                server_hostname,
+            }
+        });
+        let tls_options = match &settings {
+            None => None,
+            Some(t) => Some(t.options().map_err(|e| {
+                let cx = Context {
+                    addr: &addr,
+                    what: "HELLO",
+                    op_view: "HELLO",
+                    n: 0,
+                    unit: "",
+                    wait: timeout,
+                    connecting: true,
+                    tls: Some(&t.shown),
+                };
+                raise(py, failure::tls_failure(&e, &cx), &addr)
+            })?),
+        };
         let core = Core {
             core: blocking::Core::new(Options {
                 connect_to,
@@ -338,11 +457,20 @@ impl Core {
                 pool_size: pool_size.max(1),
                 retry_overloaded,
                 overload_backoff,
+                tls: tls_options,
             }),
-            addr: format!("{host}:{port}"),
+            addr,
+            tls: settings,
         };
         core.connect(py)?;
         Ok(core)
+    }
+
+    /// `None` for a plaintext client; over TLS, the name the proxy's certificate is verified
+    /// against (and sent as SNI). For tests and `repr`.
+    #[getter]
+    fn tls_server_hostname(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.server_hostname.clone())
     }
 
     /// GET: a [`Reply`] whose buffer is the rows. `keys` is a list of str or bytes.
@@ -355,7 +483,7 @@ impl Core {
         deadline: Option<&Bound<'_, PyAny>>,
         bypass_cache: bool,
     ) -> PyResult<Reply> {
-        let pinned = keys_of(py, keys)?;
+        let copied = keys_of(py, keys)?;
         let deadline_us = deadline_of(py, deadline)?;
         let opts = GetOptions {
             bypass_cache,
@@ -366,6 +494,7 @@ impl Core {
             .deadline
             .map_or(self.timeout(), |d| d.max(self.timeout()));
         let live = self.live(py, "GET")?;
+        let slices = copied.slices();
         let out = py.detach(|| {
             let client = live.client();
             // Python's policy: a schema cached before the call may predate a reload that removed
@@ -375,7 +504,7 @@ impl Core {
             let first = self.core.call(
                 &live,
                 wait,
-                |c| c.get_with(view, &pinned, opts),
+                |c| c.get_with(view, &slices, opts),
                 signal_hook(),
             );
             match first {
@@ -383,7 +512,7 @@ impl Core {
                     self.core.call(
                         &live,
                         wait,
-                        |c| c.get_with(view, &pinned, opts),
+                        |c| c.get_with(view, &slices, opts),
                         signal_hook(),
                     )
                 }
@@ -394,7 +523,7 @@ impl Core {
             Outcome::Done(Ok(batch)) => Ok(Reply { batch }),
             other => {
                 let v = Self::view_repr(py, view);
-                let n = pinned.len();
+                let n = copied.len();
                 let what = format!("GET {v} ({})", plural(n, "key"));
                 let op_view = format!("GET {v}");
                 let cx = self.cx(&what, &op_view, n, "keys", wait);
@@ -841,8 +970,7 @@ fn encode_get<'py>(
     keys: &Bound<'py, PyList>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let keys = keys_of(py, keys)?;
-    let mut out =
-        BytesMut::with_capacity(28 + keys.iter().map(|k| 2 + k.as_ref().len()).sum::<usize>());
+    let mut out = BytesMut::with_capacity(28 + 2 * keys.len() + keys.bytes.len());
     Request::encode_get(
         &mut out,
         request_id,
@@ -850,7 +978,7 @@ fn encode_get<'py>(
         flags,
         schema_id,
         deadline_us,
-        &keys,
+        &keys.slices(),
     );
     Ok(PyBytes::new(py, &out))
 }
@@ -868,9 +996,16 @@ fn encode_get_body<'py>(
     keys: &Bound<'py, PyList>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let keys = keys_of(py, keys)?;
-    let mut out =
-        BytesMut::with_capacity(28 + keys.iter().map(|k| 2 + k.as_ref().len()).sum::<usize>());
-    Request::encode_get(&mut out, 0, view_id, flags, schema_id, deadline_us, &keys);
+    let mut out = BytesMut::with_capacity(28 + 2 * keys.len() + keys.bytes.len());
+    Request::encode_get(
+        &mut out,
+        0,
+        view_id,
+        flags,
+        schema_id,
+        deadline_us,
+        &keys.slices(),
+    );
     Ok(PyBytes::new(py, &out[featureproxy_protocol::HEADER_LEN..]))
 }
 
@@ -910,7 +1045,11 @@ fn _raise_example(py: Python<'_>, i: usize, addr: &str) -> PyResult<()> {
             max_frame: 64,
         },
         Error::BadRow("row 0: bad".into()),
-        Error::Tls("TLS failed".into()),
+        Error::Tls(featureproxy_client::TlsError::new(
+            featureproxy_client::TlsFailure::UntrustedServer,
+            "TLS with featureproxy failed",
+            "invalid peer certificate: UnknownIssuer",
+        )),
     ];
     let Some(e) = examples.get(i) else {
         return Err(pyo3::exceptions::PyIndexError::new_err(i));
@@ -923,6 +1062,7 @@ fn _raise_example(py: Python<'_>, i: usize, addr: &str) -> PyResult<()> {
         unit: "keys",
         wait: Duration::from_millis(250),
         connecting: false,
+        tls: None,
     };
     Err(raise(py, failure::failure(e, &cx), addr))
 }

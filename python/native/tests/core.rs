@@ -52,6 +52,7 @@ impl Server {
             pool_size: 1,
             retry_overloaded: true,
             overload_backoff: Duration::from_millis(20),
+            tls: None,
         }
     }
 }
@@ -140,6 +141,7 @@ fn a_refused_connect_is_a_connect_error() {
         pool_size: 1,
         retry_overloaded: true,
         overload_backoff: Duration::from_millis(20),
+        tls: None,
     });
     let out = core.open(no_hook());
     assert!(

@@ -87,6 +87,7 @@ fn a_forked_child_connects_anew_and_the_parent_keeps_its_connection() {
         pool_size: 1,
         retry_overloaded: true,
         overload_backoff: Duration::from_millis(20),
+        tls: None,
     });
     assert!(ping(&core), "the parent connects");
     let before = fork_generation();

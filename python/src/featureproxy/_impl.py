@@ -9,8 +9,9 @@ PyO3) when it is installed, else the pure-Python one.
 - ``native``: native, or ImportError saying why not (as psycopg's ``PSYCOPG_IMPL`` does).
 - ``python``: the pure-Python core, even when the native one is installed.
 
-``featureproxy.__impl__`` is ``"native"`` or ``"python"``: what ``Client`` runs on. TLS clients
-always run on the Python core (OpenSSL; see ``Client``); ``Client.impl`` says per client.
+``featureproxy.__impl__`` is ``"native"`` or ``"python"``: what ``Client`` runs on. A client given
+a ready ``ssl.SSLContext`` (``tls=ctx``) runs on the Python core (OpenSSL; see ``Client``);
+``Client.impl`` says per client.
 """
 
 from __future__ import annotations

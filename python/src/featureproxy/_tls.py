@@ -21,14 +21,17 @@ class TLSConfig:
     """What a client needs to open TLS connections: the context, the name the server's
     certificate is verified against, and what the error messages quote."""
 
-    __slots__ = ("context", "server_hostname", "ca_file", "client_cert", "custom")
+    __slots__ = ("context", "server_hostname", "ca_file", "client_cert", "client_key", "custom")
 
-    def __init__(self, context: ssl.SSLContext, server_hostname: str, ca_file, client_cert, custom: bool):
+    def __init__(
+        self, context: ssl.SSLContext, server_hostname: str, ca_file, client_cert, custom: bool, client_key=None
+    ):
         self.context = context
         self.server_hostname = server_hostname
         self.ca_file = ca_file
         self.client_cert = client_cert
-        self.custom = custom  # the caller's own SSLContext: we do not know its files
+        self.client_key = client_key
+        self.custom = custom  # the caller's own SSLContext: we do not know its files (nor can the native core use it)
 
     def error(self, e: BaseException, address: str) -> TLSError:
         return tls_error(e, self, address)
@@ -97,7 +100,7 @@ def config(
                 f"({why}): they must be PEM files of a certificate and its private key",
                 "client_cert",
             ) from e
-    return TLSConfig(ctx, server_hostname or host, ca_file, client_cert, custom=False)
+    return TLSConfig(ctx, server_hostname or host, ca_file, client_cert, custom=False, client_key=client_key)
 
 
 # ---- the one mapping from what OpenSSL reports to what the caller should know

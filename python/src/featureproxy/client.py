@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import select
 import socket
 import ssl
@@ -382,6 +383,12 @@ class _Conn:
         return len(self._pending)
 
 
+def _path(p) -> str | None:
+    """A file argument as the native core takes it (a str path; ``os.PathLike`` allowed, as
+    OpenSSL takes it)."""
+    return None if p is None else os.fsdecode(p)
+
+
 class Client:
     """Thread-safe client of one featureproxy.
 
@@ -426,9 +433,13 @@ class Client:
     GIL once, for encoding, the round trip and decoding; threads share its pool as they share
     this one; after ``os.fork`` a child's first call connects anew without touching the
     parent's sockets. There ``timeout`` also bounds a reconnect within a call, and all
-    ``pool_size`` connections are opened by the constructor. A TLS client runs on the
-    pure-Python core (OpenSSL, as documented above) either way. ``impl`` says which core serves
-    this client. A blocked call returns within ``timeout`` (or a GET's longer ``deadline``); on
+    ``pool_size`` connections are opened by the constructor. TLS on the native core is rustls,
+    configured from the same arguments (``ca_file`` or the system's roots, ``client_cert``,
+    ``client_key``, ``server_hostname``; TLS 1.2 or newer, ALPN ``featureproxy/1``), and its
+    failures raise the same :class:`TLSError` reasons, quoting rustls where the Python core
+    quotes OpenSSL (no ``__cause__``). A client given a ready ``ssl.SSLContext`` as ``tls=``
+    runs on the pure-Python core (OpenSSL) either way: its settings cannot be carried over to
+    rustls. ``impl`` says which core serves this client. A blocked call returns within ``timeout`` (or a GET's longer ``deadline``); on
     the main thread Ctrl-C ends it within about 50 ms with KeyboardInterrupt.
     """
 
@@ -468,7 +479,10 @@ class Client:
         self.max_frame = p.DEFAULT_MAX_FRAME
         self.max_batch = p.DEFAULT_MAX_BATCH
         self.server = None
-        if _impl.native is not None and self._tls is None:
+        tls = self._tls
+        # The native core speaks TLS from the same arguments (rustls); a ready SSLContext lives
+        # inside OpenSSL and cannot be carried over, so that client stays on the Python core.
+        if _impl.native is not None and (tls is None or not tls.custom):
             self._core = _impl.native.Core(
                 host,
                 port,
@@ -478,6 +492,11 @@ class Client:
                 pool_size,
                 self.retry_overloaded,
                 self._overload.backoff,
+                tls is not None,
+                None if tls is None else _path(tls.ca_file),
+                None if tls is None else _path(tls.client_cert),
+                None if tls is None else _path(tls.client_key),
+                None if tls is None else tls.server_hostname,
             )
             return
         self._connection(0)
