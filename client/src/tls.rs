@@ -305,15 +305,7 @@ impl TlsConnector {
                          connect by one of those names, or set the name to verify to one of \
                          them (loadgen: --tls-server-name)",
                         expected.to_str(),
-                        if presented.is_empty() {
-                            "no names".to_string()
-                        } else {
-                            presented
-                                .iter()
-                                .map(|p| plain_name(p))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
+                        names(presented, "no names")
                     ),
                 ),
                 CertificateError::Expired => (
@@ -617,18 +609,22 @@ fn detail(e: &rustls::Error) -> String {
         }) => format!(
             "certificate not valid for {}: it names {}",
             expected.to_str(),
-            if presented.is_empty() {
-                "nothing".to_string()
-            } else {
-                presented
-                    .iter()
-                    .map(|p| plain_name(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
+            names(presented, "nothing")
         ),
         other => other.to_string(),
     }
+}
+
+/// The names a certificate presents, as a person reads them, or `none` when it holds none.
+fn names(presented: &[String], none: &str) -> String {
+    if presented.is_empty() {
+        return none.to_string();
+    }
+    presented
+        .iter()
+        .map(|p| plain_name(p))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `localhost` for rustls' `DnsName("localhost")`, `127.0.0.1` for `IpAddress(127.0.0.1)`: the

@@ -74,7 +74,7 @@ pub struct Watch {
     /// the store (rows of views without float features are never scanned).
     pub floats: Vec<usize>,
     /// Byte ranges of a packed row holding runs of adjacent f32 (and f64) features: the first
-    /// pass of that check tests their bits alone, a run at a time ([`crate::reading::finite`]).
+    /// pass of that check (in the reading stage's `finite`) tests their bits alone, a run at a time.
     pub f32_runs: Box<[Range<usize>]>,
     pub f64_runs: Box<[Range<usize>]>,
     pub baseline: Option<Arc<Baseline>>,
