@@ -145,7 +145,13 @@ impl<T: UnixMillis + ?Sized> UnixMillis for &T {
 /// at once, on a current-thread or multi-thread tokio runtime. Calls are spread over the pooled
 /// connections round-robin. A connection that breaks fails the calls in flight on it with
 /// [`Error::ConnectionClosed`] and is reopened (with a new HELLO) by the next call that lands on
-/// it. Connections close when the last clone of the client is dropped.
+/// it. Two kinds of call are sent once more instead, on the reopened connection and within the
+/// call's timeout (once per call in all): one whose request provably never left, and a read-only
+/// one (GET, PING, SCHEMA) whose connection the server closed (EOF or a reset) before any byte
+/// of a reply arrived after the request was written: the race of a request sent just as the
+/// server closed an idle connection, which HTTP clients settle the same way. A PUT in that case
+/// is not sent again (the server may have written it before closing): it fails with
+/// [`Error::ConnectionClosed`]. Connections close when the last clone of the client is dropped.
 ///
 /// A GET the server sheds (`OVERLOADED`) is retried once, within the call's timeout and a retry
 /// budget ([`ClientOptions::retry_overloaded`]); [`Client::overload_retries`] counts the retries.
@@ -257,6 +263,7 @@ impl Client {
             let start = Instant::now();
             self.request(
                 self.pick(),
+                true,
                 |_| Ok(()),
                 |out, id| Request::Ping.encode(out, id),
                 |frame, limits| match Response::decode(&frame, limits)? {
@@ -564,13 +571,16 @@ impl Client {
     /// Sends one request on slot `slot` and decodes its reply with `decode`. `check` vets the
     /// request against the connection's limits before it is sent.
     ///
-    /// A request that provably never left (the connection broke first) is sent once more on a
-    /// reopened connection; one that may have reached the server is not. A reply that does not
-    /// decode closes the connection (protocol spec 6.4: the stream can no longer be trusted), so
-    /// the next call starts afresh.
+    /// Sent once more on a reopened connection (one resend in all): a request that provably never
+    /// left (the connection broke first), and, when `idempotent` (it only reads: sending it twice
+    /// does no harm), one whose connection the server closed before any reply to it began
+    /// ([`CallError::Unanswered`]). Any other request that may have reached the server is not
+    /// sent again. A reply that does not decode closes the connection (protocol spec 6.4: the
+    /// stream can no longer be trusted), so the next call starts afresh.
     async fn request<T>(
         &self,
         slot: usize,
+        idempotent: bool,
         check: impl Fn(&Limits) -> Result<(), Error>,
         encode: impl Fn(&mut BytesMut, u32),
         decode: impl FnOnce(Frame, &Limits) -> Result<T, Error>,
@@ -583,13 +593,14 @@ impl Client {
             match conn.call(&encode).await {
                 Ok(frame) => break (frame, conn),
                 Err(CallError::NotSent) if attempt < 2 => continue,
+                Err(CallError::Unanswered(_)) if idempotent && attempt < 2 => continue,
                 Err(CallError::NotSent) => {
                     return Err(Error::ConnectionClosed {
                         addr: self.inner.addr.to_string(),
                         reason: "the connection broke before the request could be sent".into(),
                     })
                 }
-                Err(CallError::Failed(e)) => return Err(e),
+                Err(CallError::Unanswered(e) | CallError::Failed(e)) => return Err(e),
             }
         };
         let result = decode(frame, conn.limits());
@@ -617,6 +628,7 @@ impl Client {
         let reply = self
             .request(
                 slot,
+                true,
                 |_| Ok(()),
                 |out, id| req.encode(out, id),
                 |frame, limits| match Response::decode(&frame, limits)? {
@@ -659,6 +671,7 @@ impl Client {
         let (view_id, schema_id) = (schema.view_id(), schema.schema_id());
         self.request(
             slot,
+            true,
             check,
             |out, id| Request::encode_get(out, id, view_id, flags, schema_id, deadline_us, keys),
             |frame, limits| Batch::from_frame(schema.clone(), frame, n, limits),
@@ -688,8 +701,10 @@ impl Client {
             schema.schema_id(),
             entries,
         ));
+        // Not idempotent: a PUT the server may have written is not sent again.
         self.request(
             slot,
+            false,
             check,
             |out, id| req.encode(out, id),
             |frame, limits| match Response::decode(&frame, limits)? {

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -47,10 +47,25 @@ const READ_CHUNK: usize = 16 * 1024;
 
 type Reply = Result<Frame, Error>;
 
-/// Why a request failed to go out. `NotSent` means the server cannot have seen it, so the caller
-/// may safely retry on a fresh connection.
+/// Why a request got no reply frame; tells the caller whether it may send it again.
 pub(crate) enum CallError {
+    /// The request never left: the connection was closed before its frame was handed on, or the
+    /// caller's own write of it failed before any byte went out. The server cannot have seen it,
+    /// so any request may be sent again on a fresh connection.
     NotSent,
+    /// The server closed the connection under the request (the reader task met EOF, a TLS
+    /// close_notify included, or a read error such as a reset) and no byte of any reply had
+    /// arrived on the connection since the request was registered, just before its frame was
+    /// written: so no reply to it had begun, not even a partial frame. The connection had carried
+    /// a complete reply before (every connection has, its HELLO reply). With several requests in
+    /// flight, only those written after the last bytes the reader received qualify: bytes that
+    /// arrived later may have been the start of their reply. This is the race of a request sent
+    /// just as the server closed an idle connection. The server may still have received the
+    /// request, and acted on it: only an idempotent request (GET, PING, SCHEMA) may be sent again.
+    /// A connection closed any other way (a write failure, an undecodable reply, the client's own
+    /// close) fails its requests with `Failed`.
+    Unanswered(Error),
+    /// Anything else: the request may have been answered, or served, in part.
     Failed(Error),
 }
 
@@ -58,6 +73,11 @@ pub(crate) enum CallError {
 struct Shared {
     addr: Arc<str>,
     pending: Mutex<Pending>,
+    /// Bytes read off the connection since HELLO's reply (any left over from HELLO's read
+    /// included). Only the reader task stores it, after each read; a caller notes it when it
+    /// registers its request, to tell whether a reply had begun when the connection closed
+    /// ([`CallError::Unanswered`]).
+    received: AtomicU64,
     /// Mirrors `Pending::closed` for lock-free checks.
     closed: AtomicBool,
     /// Set to true once, on close: tells both tasks to stop.
@@ -99,6 +119,9 @@ struct Pending {
     /// An ERROR frame no caller was waiting for (the server sends one, e.g. with request id 0,
     /// just before closing a connection it cannot trust): quoted in the close reason.
     last_stray_error: Option<String>,
+    /// Set when the server closed the connection (EOF or a read error met by the reader task):
+    /// [`Shared::received`] then. `None` while open, and after a close for any other reason.
+    peer_closed_at: Option<u64>,
 }
 
 impl Shared {
@@ -135,12 +158,20 @@ impl Shared {
     /// Marks the connection closed and fails every waiting caller with `ConnectionClosed`.
     /// Idempotent: the first reason wins.
     fn close(&self, reason: &str) {
+        self.close_as(reason, None);
+    }
+
+    /// [`Shared::close`]; `peer_closed_at` is `Some(bytes received in all)` when the server
+    /// closed the connection (the reader task met EOF or a read error), for
+    /// [`CallError::Unanswered`].
+    fn close_as(&self, reason: &str, peer_closed_at: Option<u64>) {
         let (waiters, stray) = {
             let mut p = self.lock();
             if p.closed {
                 return;
             }
             p.closed = true;
+            p.peer_closed_at = peer_closed_at;
             self.closed.store(true, Ordering::Release);
             (std::mem::take(&mut p.waiters), p.last_stray_error.take())
         };
@@ -309,6 +340,7 @@ impl Conn {
         let shared = Arc::new(Shared {
             addr: addr.clone(),
             pending: Mutex::new(Pending::default()),
+            received: AtomicU64::new(buf.len() as u64),
             closed: AtomicBool::new(false),
             shutdown,
             outgoing: Mutex::new(Outgoing {
@@ -352,11 +384,13 @@ impl Conn {
         encode: impl FnOnce(&mut BytesMut, u32),
     ) -> Result<Frame, CallError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let (id, alone) = {
+        let (id, alone, received) = {
             let mut p = self.shared.lock();
             if p.closed {
                 return Err(CallError::NotSent);
             }
+            // Noted before the frame is written: a reply to it can only arrive after this.
+            let received = self.shared.received.load(Ordering::Relaxed);
             // Ids wrap after 2^32 requests; skip any still waiting (a caller cannot wait that
             // long in practice, but a reply must never reach the wrong caller).
             let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +398,7 @@ impl Conn {
                 id = self.next_id.fetch_add(1, Ordering::Relaxed);
             }
             p.waiters.insert(id, reply_tx);
-            (id, p.waiters.len() == 1)
+            (id, p.waiters.len() == 1, received)
         };
         let _guard = WaiterGuard {
             shared: &self.shared,
@@ -375,7 +409,14 @@ impl Conn {
         self.send(out.freeze(), alone).await?;
         match reply_rx.await {
             Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(e)) => Err(CallError::Failed(e)),
+            Ok(Err(e)) => {
+                // The closer set `peer_closed_at` before failing this caller.
+                if self.shared.lock().peer_closed_at == Some(received) {
+                    Err(CallError::Unanswered(e))
+                } else {
+                    Err(CallError::Failed(e))
+                }
+            }
             // The sender went away without an answer: the tasks were torn down (runtime shutdown).
             Err(_) => Err(CallError::Failed(Error::ConnectionClosed {
                 addr: self.shared.addr.to_string(),
@@ -553,12 +594,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let _guard = TaskGuard(shared.clone());
     let mut stop = shared.shutdown.subscribe();
-    let reason = 'outer: loop {
+    // Mirrored in `shared.received` (this task alone stores it).
+    let mut received = shared.received.load(Ordering::Relaxed);
+    let (reason, by_peer) = 'outer: loop {
         loop {
             match decode_frame(&mut buf, max_frame) {
                 Ok(Some(frame)) => shared.deliver(frame),
                 Ok(None) => break,
-                Err((_, e)) => break 'outer format!("undecodable frame from the server: {e}"),
+                Err((_, e)) => {
+                    break 'outer (format!("undecodable frame from the server: {e}"), false)
+                }
             }
         }
         // Room for the rest of a frame whose header is in (its length was checked against
@@ -577,13 +622,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break "the server closed the connection".to_string(),
-                Ok(_) => {}
-                Err(e) => break format!("read failed: {e}"),
+                Ok(0) => break ("the server closed the connection".to_string(), true),
+                Ok(n) => {
+                    received += n as u64;
+                    shared.received.store(received, Ordering::Relaxed);
+                }
+                Err(e) => break (format!("read failed: {e}"), true),
             },
         }
     };
-    shared.close(&reason);
+    shared.close_as(&reason, by_peer.then_some(received));
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: Sink<W>, shared: Arc<Shared>) {

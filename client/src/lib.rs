@@ -8,7 +8,9 @@
 //! * [`Client`] keeps a small pool of connections ([`ClientOptions::pool_size`]). Each one is
 //!   multiplexed: many requests are in flight at once and replies are matched to callers by
 //!   request id, so one connection carries any number of concurrent tasks. A broken connection
-//!   fails its in-flight calls with [`Error::ConnectionClosed`] and is reopened by the next call.
+//!   fails its in-flight calls with [`Error::ConnectionClosed`] and is reopened by the next call;
+//!   a read-only call (GET, PING, SCHEMA) the server closed the connection under before any reply
+//!   to it began is sent once more on the reopened one instead (see [`Client`]).
 //! * Every call is bounded by [`ClientOptions::timeout`] (default 2 s, beyond the proxy's 1 s
 //!   `write_timeout`, so a PUT hears the proxy's own answer) and fails with [`Error::Timeout`]
 //!   rather than hanging.

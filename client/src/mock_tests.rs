@@ -2,7 +2,7 @@
 //! binary): multiplexing with out-of-order replies, timeouts, reconnects, schema refresh, limits.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -494,6 +494,9 @@ async fn dropped_connection_fails_in_flight_and_reconnects() {
     let c = client.clone();
     let slow = tokio::spawn(async move { c.get("emb", &["sleep200"]).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // A reply arrives after the slow GET was sent: for all the client knows it could have been
+    // the start of the slow GET's, so that one is not sent again when the connection drops.
+    client.ping().await.unwrap();
     let err = client.get("emb", &["drop"]).await.unwrap_err();
     assert!(
         matches!(&err, Error::ConnectionClosed { addr, .. } if *addr == mock.addr.to_string()),
@@ -501,10 +504,14 @@ async fn dropped_connection_fails_in_flight_and_reconnects() {
     );
     let slow = slow.await.unwrap().unwrap_err();
     assert!(matches!(slow, Error::ConnectionClosed { .. }), "{slow}");
+    // "drop" had no reply begun after it was sent: it was sent once more, on a new connection,
+    // which the server dropped as well; the slow GET was sent once.
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+    assert_eq!(gets(&mock), 4);
     // The next call reconnects, with a new HELLO.
     let b = client.get("emb", &["abc"]).await.unwrap();
     assert_eq!(b.row(0), expect_row("abc"));
-    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 2);
+    assert_eq!(mock.state.hellos.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -979,4 +986,279 @@ async fn cancelled_callers_never_leave_half_a_frame_current_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_callers_never_leave_half_a_frame_multi_thread() {
     cancelled_callers_never_leave_half_a_frame().await;
+}
+
+// ---- a server that closes a connection under a request
+
+/// What [`ThreadServer`] received: the connection (numbered from 1), the request ("HELLO",
+/// "SCHEMA emb", "GET <first key>", "PUT <first key>", "PING") and whether it came after the
+/// server's FIN on that connection.
+type Seen = (usize, String, bool);
+
+/// A scripted server on threads of its own (blocking sockets, no tokio), answering as [`serve`]
+/// does (view "emb" at schema id 100). Closing a connection ([`ThreadServer::fin_first`]) then
+/// runs nothing on the test's runtime: on a current-thread runtime the client's reader task
+/// cannot notice the FIN before the test's next call has written its request on the closed
+/// connection, which is the race of a request sent as the server closes an idle connection,
+/// made deterministic. After its FIN, connection 1 goes on reading (its write half alone is shut
+/// down) and records what still arrives. A GET whose first key is "half", on connection 1, is
+/// answered with the first half of its reply frame, then FIN.
+struct ThreadServer {
+    addr: SocketAddr,
+    shared: Arc<ThreadShared>,
+}
+
+#[derive(Default)]
+struct ThreadShared {
+    accepted: AtomicUsize,
+    seen: std::sync::Mutex<Vec<Seen>>,
+    /// Connection 1's socket, for [`ThreadServer::fin_first`].
+    first: std::sync::Mutex<Option<std::net::TcpStream>>,
+    /// Connection 1 sent its FIN.
+    fin: AtomicBool,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl ThreadServer {
+    fn start() -> ThreadServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(ThreadShared::default());
+        let sh = shared.clone();
+        // Blocked in accept until the test binary exits.
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { return };
+                let n = sh.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == 1 {
+                    *sh.first.lock().unwrap() = Some(sock.try_clone().unwrap());
+                }
+                let conn = sh.clone();
+                let t = std::thread::spawn(move || serve_blocking(sock, n, &conn));
+                sh.threads.lock().unwrap().push(t);
+            }
+        });
+        ThreadServer { addr, shared }
+    }
+
+    fn opts(&self) -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            pool_size: 1,
+            ..Default::default()
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Sends FIN on connection 1 (its write half shut down; it goes on reading), and returns
+    /// when it has gone out, without running anything on the caller's runtime.
+    fn fin_first(&self) {
+        self.shared.fin.store(true, Ordering::SeqCst);
+        let first = self.shared.first.lock().unwrap();
+        let first = first.as_ref().expect("connection 1 is open");
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+
+    /// Everything received, per connection, once every connection has ended: drop the client
+    /// first. Waits off the runtime, so the client's tasks can close their sockets meanwhile.
+    async fn seen(&self) -> Vec<Vec<(String, bool)>> {
+        let sh = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let threads = std::mem::take(&mut *sh.threads.lock().unwrap());
+            for t in threads {
+                t.join().unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        let seen = self.shared.seen.lock().unwrap();
+        (1..=self.accepted())
+            .map(|n| {
+                seen.iter()
+                    .filter(|s| s.0 == n)
+                    .map(|s| (s.1.clone(), s.2))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// One connection of [`ThreadServer`], numbered `n` from 1.
+fn serve_blocking(mut sock: std::net::TcpStream, n: usize, sh: &ThreadShared) {
+    use std::io::{Read, Write};
+    let limits = Limits {
+        max_frame: 1 << 20,
+        max_batch: MAX_BATCH,
+    };
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let frame = loop {
+            match decode_frame(&mut buf, limits.max_frame) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let id = frame.request_id;
+        let req = Request::decode(&frame, &limits).unwrap();
+        let key = |k: Option<&[u8]>| String::from_utf8_lossy(k.unwrap_or_default()).into_owned();
+        let name = match &req {
+            Request::Hello(_) => "HELLO".to_string(),
+            Request::Ping => "PING".to_string(),
+            Request::Schema { view } => format!("SCHEMA {view}"),
+            Request::Get(g) => format!("GET {}", key(g.keys.iter().next())),
+            Request::Put(p) => {
+                let entries = p.entries("emb", 8).unwrap();
+                format!("PUT {}", key(entries.first().map(|e| &e.key[..])))
+            }
+        };
+        let after_fin = n == 1 && sh.fin.load(Ordering::SeqCst);
+        sh.seen.lock().unwrap().push((n, name.clone(), after_fin));
+        if after_fin {
+            continue; // its write half is shut: nothing more is answered
+        }
+        let mut out = BytesMut::new();
+        match req {
+            Request::Hello(_) => Response::Hello(HelloReply {
+                version: 1,
+                shard: 0,
+                max_frame: limits.max_frame,
+                max_batch: limits.max_batch,
+                server: "threads".into(),
+            })
+            .encode(&mut out, id),
+            Request::Ping => Response::Pong.encode(&mut out, id),
+            Request::Schema { .. } => Response::Schema(emb_schema(100)).encode(&mut out, id),
+            Request::Get(g) => {
+                let n = g.keys.len();
+                let statuses: Vec<EntityStatus> = (0..n)
+                    .map(|_| EntityStatus::new(Status::Fresh, false))
+                    .collect();
+                let ages: Vec<u32> = (0..n as u32).collect();
+                let rows: Vec<Vec<u8>> = g.keys.iter().map(row_of).collect();
+                encode_get_response(
+                    &mut out,
+                    id,
+                    1,
+                    100,
+                    8,
+                    &statuses,
+                    &ages,
+                    rows.iter().map(|r| r.as_slice()),
+                );
+            }
+            Request::Put(p) => Response::Put {
+                written: p.entries("emb", 8).unwrap().len() as u32,
+            }
+            .encode(&mut out, id),
+        }
+        if n == 1 && name == "GET half" {
+            sh.fin.store(true, Ordering::SeqCst);
+            let _ = sock.write_all(&out[..out.len() / 2]);
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            continue;
+        }
+        let _ = sock.write_all(&out);
+    }
+}
+
+fn seen(entries: &[(&str, bool)]) -> Vec<(String, bool)> {
+    entries.iter().map(|(s, f)| (s.to_string(), *f)).collect()
+}
+
+/// A GET written on a connection the server had just closed (after answering a GET), before the
+/// client read the FIN, is sent once more on a new connection, and answered there.
+#[tokio::test]
+async fn a_get_the_server_closed_the_connection_under_is_sent_again() {
+    let srv = ThreadServer::start();
+    let client = Client::connect(srv.addr, srv.opts()).await.unwrap();
+    assert_eq!(
+        client.get("emb", &["a"]).await.unwrap().row(0),
+        expect_row("a")
+    );
+    srv.fin_first();
+    // No pause: the client's reader task has not run since the FIN.
+    let b = client.get("emb", &["bb", "c"]).await.unwrap();
+    assert_eq!((b.row(0), b.row(1)), (expect_row("bb"), expect_row("c")));
+    assert_eq!(srv.accepted(), 2);
+    drop(client);
+    assert_eq!(
+        srv.seen().await,
+        [
+            // The GET went out on the closed connection first...
+            seen(&[
+                ("HELLO", false),
+                ("SCHEMA emb", false),
+                ("GET a", false),
+                ("GET bb", true),
+            ]),
+            // ... then once more on a new one.
+            seen(&[("HELLO", false), ("GET bb", false)]),
+        ]
+    );
+}
+
+/// A PUT in the same race is not sent again (the server may have written it before closing):
+/// it fails with ConnectionClosed, and the server received it once.
+#[tokio::test]
+async fn a_put_the_server_closed_the_connection_under_is_not_sent_again() {
+    let srv = ThreadServer::start();
+    let client = Client::connect(srv.addr, srv.opts()).await.unwrap();
+    client.get("emb", &["a"]).await.unwrap();
+    srv.fin_first();
+    let row = [Value::F32(1.0), Value::F32(2.0)];
+    let err = client.put("emb", &[("p", 1u64, row)]).await.unwrap_err();
+    match &err {
+        Error::ConnectionClosed { reason, .. } => {
+            assert_eq!(reason, "the server closed the connection")
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+    assert_eq!(srv.accepted(), 1);
+    drop(client);
+    let seen_all = srv.seen().await;
+    assert_eq!(
+        seen_all,
+        [seen(&[
+            ("HELLO", false),
+            ("SCHEMA emb", false),
+            ("GET a", false),
+            ("PUT p", true),
+        ])]
+    );
+}
+
+/// A GET whose reply had begun (half a frame in) when the server closed the connection is not
+/// sent again: it fails with ConnectionClosed. (A new connection would answer it in full.)
+#[tokio::test]
+async fn a_get_whose_reply_had_begun_is_not_sent_again() {
+    let srv = ThreadServer::start();
+    let client = Client::connect(srv.addr, srv.opts()).await.unwrap();
+    client.get("emb", &["a"]).await.unwrap();
+    let err = client.get("emb", &["half"]).await.unwrap_err();
+    match &err {
+        Error::ConnectionClosed { reason, .. } => {
+            assert_eq!(reason, "the server closed the connection")
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+    assert_eq!(srv.accepted(), 1);
+    drop(client);
+    assert_eq!(
+        srv.seen().await,
+        [seen(&[
+            ("HELLO", false),
+            ("SCHEMA emb", false),
+            ("GET a", false),
+            ("GET half", false),
+        ])]
+    );
 }

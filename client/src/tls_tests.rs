@@ -253,16 +253,18 @@ async fn many_concurrent_calls_on_one_tls_connection() {
 async fn a_closed_tls_connection_is_reopened() {
     let mock = TlsMock::start(Server::default()).await;
     let client = Client::connect(mock.addr, opts(ca())).await.unwrap();
-    // "drop": the server closes the connection (close_notify) instead of answering.
+    // "drop": the server closes the connection (close_notify) instead of answering. No reply
+    // had begun, so the GET is sent once more, on a new connection, which the server closes too.
     match client.get("emb", &["drop"]).await {
         Err(Error::ConnectionClosed { reason, .. }) => {
             assert_contains(&reason, &["the server closed the connection"])
         }
         other => panic!("expected ConnectionClosed, got {other:?}"),
     }
+    assert_eq!(mock.state.hellos(), 2);
     let b = client.get("emb", &["again"]).await.unwrap();
     assert_eq!(b.row(0), expect_row("again"));
-    assert_eq!(mock.state.hellos(), 2);
+    assert_eq!(mock.state.hellos(), 3);
 }
 
 #[tokio::test]

@@ -27,7 +27,12 @@
 //! - **Idle connections.** A connection is read only while some caller drives the runtime, so a
 //!   server that closed an idle connection is noticed at the next call. After an idle spell that
 //!   call first lets the runtime read what came in ([`IDLE`]), so a closed connection is replaced
-//!   before the request is sent on it rather than failing it.
+//!   before the request is sent on it rather than failing it. A call sooner than that (or one
+//!   racing the server's close) may still send its request on the closed connection: the Rust
+//!   client then sends a GET, PING or SCHEMA once more on a new connection, as no reply to it had
+//!   begun (see [`Client`]), so the call does not fail. A PUT so caught fails with
+//!   `ConnectionLost`, as the server may have written it. The settle stays: it spares the common
+//!   case the failed send and the second connection's round trips.
 
 use std::future::Future;
 use std::pin::pin;
