@@ -349,10 +349,14 @@ impl Client {
                     let Some(pause) = pause else {
                         return Err(e);
                     };
-                    tokio::time::sleep(pause).await;
-                    // On the next pooled connection: perhaps another shard, and not the
-                    // connection that was behind.
-                    self.get_on(self.pick(), view, keys, opts).await
+                    // Boxed, as the rare steps are (see `conn`): the GET's future stays small.
+                    Box::pin(async {
+                        tokio::time::sleep(pause).await;
+                        // On the next pooled connection: perhaps another shard, and not the
+                        // connection that was behind.
+                        self.get_on(self.pick(), view, keys, opts).await
+                    })
+                    .await
                 }
                 result => result,
             }
@@ -375,7 +379,7 @@ impl Client {
                 Err(e) if is_schema_mismatch(&e) && !retried => {
                     retried = true;
                     self.forget_if(view, schema.schema_id());
-                    schema = self.fetch_schema(slot, view).await?;
+                    schema = Box::pin(self.fetch_schema(slot, view)).await?;
                 }
                 Err(e) => {
                     if is_schema_mismatch(&e) || e.code() == Some(ErrorCode::UnknownView) {
@@ -555,13 +559,17 @@ impl Client {
             return Ok(c);
         }
         let opts = &self.inner.opts;
+        // Boxed: opening a connection (TCP, TLS, HELLO) is a rare step with a large future
+        // (about 5 KB). Inline, it made every call's future that large, and a blocking caller
+        // (the native Python core's `block_on`) moved it twice per call: half the native core's
+        // user-space instructions per GET were that copy (callgrind).
         let conn = Arc::new(
-            Conn::open(
+            Box::pin(Conn::open(
                 &self.inner.addr,
                 opts.token.as_deref().unwrap_or(""),
                 &opts.client_name,
                 self.inner.tls.as_ref(),
-            )
+            ))
             .await?,
         );
         *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
@@ -618,7 +626,8 @@ impl Client {
         if let Some(s) = self.cached_schema(view) {
             return Ok(s);
         }
-        self.fetch_schema(slot, view).await
+        // Boxed, as the rare steps are (see `conn`): the GET's future stays small.
+        Box::pin(self.fetch_schema(slot, view)).await
     }
 
     async fn fetch_schema(&self, slot: usize, view: &str) -> Result<Arc<Schema>, Error> {

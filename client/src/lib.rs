@@ -90,3 +90,28 @@ pub use featureproxy_protocol::{
     Dtype, EntityStatus, ErrorCode, FeatureSpec, HelloReply, ProtocolError, PutEntry, SchemaReply,
     Status,
 };
+
+/// The size of a call's future: every caller stores it, and a blocking one (`block_on`) may move
+/// it; rare steps (connecting, fetching a schema, the overload retry) are boxed to keep it small.
+#[cfg(test)]
+mod future_size {
+    /// The size of what `make` returns, without calling it (no client needed).
+    fn returned<A, R>(_: &impl Fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_call_s_future_stays_small() {
+        let get = |c: crate::Client| async move { c.get("v", &[b"k".as_slice()]).await };
+        let ping = |c: crate::Client| async move { c.ping().await };
+        let schema = |c: crate::Client| async move { c.schema("v").await };
+        // 4.9, 5.1 and 5.5 KB while connecting was inline; 2.3, 1.3 and 0.4 KB boxed (rustc 1.95).
+        for (what, size) in [
+            ("get", returned(&get)),
+            ("ping", returned(&ping)),
+            ("schema", returned(&schema)),
+        ] {
+            assert!(size < 3 * 1024, "{what}'s future is {size} bytes");
+        }
+    }
+}
