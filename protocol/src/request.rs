@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::reader::Reader;
-use crate::{ErrorCode, Frame, FrameWriter, Keys, Limits, Op, ProtocolError};
+use crate::{ErrorCode, Frame, FrameWriter, Keys, Limits, Op, ProtocolError, HEADER_LEN};
 
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +263,10 @@ impl Request {
         deadline_us: u32,
         keys: &[K],
     ) {
+        // All the room at once: grown put by put from an empty buffer (the client's case), the
+        // frame cost several reallocations and copies.
+        let key_bytes: usize = keys.iter().map(|k| 2 + k.as_ref().len()).sum();
+        out.reserve(HEADER_LEN + 16 + key_bytes);
         let w = FrameWriter::start(out, Op::Get as u8, request_id);
         out.put_u16_le(view_id);
         out.put_u16_le(flags);

@@ -192,8 +192,10 @@ class Batch:
         shape = (n, len(schema.features)) if schema.homogeneous else (n,)
         if n == 0 or schema.row_bytes == 0:
             return np.zeros(shape, dtype=dt)
-        # One call straight to the right shape (frombuffer + reshape costs about 0.6 µs more).
-        arr = np.ndarray(shape, dtype=dt, buffer=reply.data, offset=reply.rows_offset)
+        # One call straight to the right shape (frombuffer + reshape costs about 0.6 µs more), its
+        # arguments positional: numpy parses keywords by looking each name up in a dict (0.68
+        # against 0.30 µs by timeit; half of a native GET 1's instructions in numpy, callgrind).
+        arr = np.ndarray(shape, dt, reply.data, reply.rows_offset)
         if copy:
             return arr.copy()
         if arr.flags.writeable:  # a bytearray frame (large replies); bytes and native replies are read-only
