@@ -116,11 +116,38 @@ fn emb_schema(schema_id: u32) -> SchemaReply {
     }
 }
 
+/// The limits the scripted servers read requests with.
+const SERVER_LIMITS: Limits = Limits {
+    max_frame: 1 << 20,
+    max_batch: MAX_BATCH,
+};
+
 fn row_of(key: &[u8]) -> Vec<u8> {
     let sum: u32 = key.iter().map(|b| *b as u32).sum();
     let mut r = (sum as f32).to_le_bytes().to_vec();
     r.extend_from_slice(&(key.len() as f32).to_le_bytes());
     r
+}
+
+/// A GET reply of view 1 under `schema_id`: every key FRESH, key i aged i ms, its row
+/// [`row_of`] (8 bytes).
+fn fresh_reply(out: &mut BytesMut, id: u32, schema_id: u32, keys: &featureproxy_protocol::Keys) {
+    let n = keys.len();
+    let statuses: Vec<EntityStatus> = (0..n)
+        .map(|_| EntityStatus::new(Status::Fresh, false))
+        .collect();
+    let ages: Vec<u32> = (0..n as u32).collect();
+    let rows: Vec<Vec<u8>> = keys.iter().map(row_of).collect();
+    encode_get_response(
+        out,
+        id,
+        1,
+        schema_id,
+        8,
+        &statuses,
+        &ages,
+        rows.iter().map(|r| r.as_slice()),
+    );
 }
 
 pub(crate) fn expect_row(key: &str) -> Vec<Value> {
@@ -150,10 +177,7 @@ where
 {
     let (mut rd, wr) = tokio::io::split(sock);
     let wr = Arc::new(AsyncMutex::new(wr));
-    let limits = Limits {
-        max_frame: 1 << 20,
-        max_batch: MAX_BATCH,
-    };
+    let limits = SERVER_LIMITS;
     let mut buf = BytesMut::new();
     loop {
         let frame = loop {
@@ -267,22 +291,7 @@ where
                     .and_then(|s| s.strip_prefix("sleep"))
                     .and_then(|s| s.split(':').next())
                     .and_then(|s| s.parse::<u64>().ok());
-                let n = g.keys.len();
-                let statuses: Vec<EntityStatus> = (0..n)
-                    .map(|_| EntityStatus::new(Status::Fresh, false))
-                    .collect();
-                let ages: Vec<u32> = (0..n as u32).collect();
-                let rows: Vec<Vec<u8>> = g.keys.iter().map(row_of).collect();
-                encode_get_response(
-                    &mut out,
-                    id,
-                    1,
-                    current,
-                    8,
-                    &statuses,
-                    &ages,
-                    rows.iter().map(|r| r.as_slice()),
-                );
+                fresh_reply(&mut out, id, current, &g.keys);
                 let wr = wr.clone();
                 tokio::spawn(async move {
                     if let Some(ms) = delay {
@@ -1089,10 +1098,7 @@ impl ThreadServer {
 /// One connection of [`ThreadServer`], numbered `n` from 1.
 fn serve_blocking(mut sock: std::net::TcpStream, n: usize, sh: &ThreadShared) {
     use std::io::{Read, Write};
-    let limits = Limits {
-        max_frame: 1 << 20,
-        max_batch: MAX_BATCH,
-    };
+    let limits = SERVER_LIMITS;
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -1138,22 +1144,7 @@ fn serve_blocking(mut sock: std::net::TcpStream, n: usize, sh: &ThreadShared) {
             Request::Ping => Response::Pong.encode(&mut out, id),
             Request::Schema { .. } => Response::Schema(emb_schema(100)).encode(&mut out, id),
             Request::Get(g) => {
-                let n = g.keys.len();
-                let statuses: Vec<EntityStatus> = (0..n)
-                    .map(|_| EntityStatus::new(Status::Fresh, false))
-                    .collect();
-                let ages: Vec<u32> = (0..n as u32).collect();
-                let rows: Vec<Vec<u8>> = g.keys.iter().map(row_of).collect();
-                encode_get_response(
-                    &mut out,
-                    id,
-                    1,
-                    100,
-                    8,
-                    &statuses,
-                    &ages,
-                    rows.iter().map(|r| r.as_slice()),
-                );
+                fresh_reply(&mut out, id, 100, &g.keys);
             }
             Request::Put(p) => Response::Put {
                 written: p.entries("emb", 8).unwrap().len() as u32,
@@ -1206,6 +1197,16 @@ async fn a_get_the_server_closed_the_connection_under_is_sent_again() {
     );
 }
 
+/// `err` is the ConnectionClosed of a connection the server closed (not sent again).
+fn assert_closed_by_the_server(err: &Error) {
+    match err {
+        Error::ConnectionClosed { reason, .. } => {
+            assert_eq!(reason, "the server closed the connection")
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+}
+
 /// A PUT in the same race is not sent again (the server may have written it before closing):
 /// it fails with ConnectionClosed, and the server received it once.
 #[tokio::test]
@@ -1216,12 +1217,7 @@ async fn a_put_the_server_closed_the_connection_under_is_not_sent_again() {
     srv.fin_first();
     let row = [Value::F32(1.0), Value::F32(2.0)];
     let err = client.put("emb", &[("p", 1u64, row)]).await.unwrap_err();
-    match &err {
-        Error::ConnectionClosed { reason, .. } => {
-            assert_eq!(reason, "the server closed the connection")
-        }
-        other => panic!("expected ConnectionClosed, got {other:?}"),
-    }
+    assert_closed_by_the_server(&err);
     assert_eq!(srv.accepted(), 1);
     drop(client);
     let seen_all = srv.seen().await;
@@ -1244,12 +1240,7 @@ async fn a_get_whose_reply_had_begun_is_not_sent_again() {
     let client = Client::connect(srv.addr, srv.opts()).await.unwrap();
     client.get("emb", &["a"]).await.unwrap();
     let err = client.get("emb", &["half"]).await.unwrap_err();
-    match &err {
-        Error::ConnectionClosed { reason, .. } => {
-            assert_eq!(reason, "the server closed the connection")
-        }
-        other => panic!("expected ConnectionClosed, got {other:?}"),
-    }
+    assert_closed_by_the_server(&err);
     assert_eq!(srv.accepted(), 1);
     drop(client);
     assert_eq!(
