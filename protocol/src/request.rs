@@ -273,10 +273,18 @@ impl Request {
         out.put_u32_le(schema_id);
         out.put_u32_le(deadline_us);
         out.put_u32_le(keys.len() as u32);
+        // The keys written into their sized room: a `put` per length and per key checked the
+        // room and called memcpy twice per key (about 100 instructions a key; callgrind).
+        let start = out.len();
+        out.resize(start + key_bytes, 0);
+        let mut at = &mut out[start..];
         for k in keys {
             let k = k.as_ref();
-            out.put_u16_le(k.len() as u16);
-            out.put_slice(k);
+            let (len, rest) = at.split_at_mut(2);
+            len.copy_from_slice(&(k.len() as u16).to_le_bytes());
+            let (key, rest) = rest.split_at_mut(k.len());
+            key.copy_from_slice(k);
+            at = rest;
         }
         w.finish(out);
     }
