@@ -38,7 +38,8 @@ included: it runs on the calling threads), p50 / p99 and calls per second: the m
 rounds with the range in brackets. The targets of issue 27 are checked against the baselines of
 the same run, each as the median of its per-round ratios (the rows of a round run seconds apart,
 so a round's ratio cancels the VM's speed changes between rounds), and printed as met or not,
-with each round's VM speed (ns per iteration of a plain Python loop).
+with each round's floor CPU per call (the VM's state: a plain Python loop runs at the same speed
+in both of its states; what changes is the cost of a thread's sleep and wake-up).
 
     python benches/python_client.py --cores [--rounds 7] [--shards 1]
 """
@@ -471,17 +472,6 @@ def beside_a_busy_thread(fn, seconds: float) -> tuple[float, float, float, float
     return float("nan"), pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6, len(lat) / wall
 
 
-def loop_ns(iterations: int = 200_000) -> float:
-    """The VM's speed at this moment: ns per iteration of a plain Python loop. On this project's
-    shared VM it switches between about 37 ns (fast) and 50-130 ns (slow) within seconds, and
-    every row's CPU per call moves with it; printed per round so a reader can tell the states."""
-    t0 = time.perf_counter()
-    x = 0
-    for _ in range(iterations):
-        x += 1
-    return (time.perf_counter() - t0) / iterations * 1e9
-
-
 def med(xs: list[float]) -> float:
     s = sorted(xs)
     return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
@@ -549,9 +539,7 @@ def cores(args, pport: int, rport: int) -> None:
     ]
     calls = max(200, args.calls // (10 if args.quick else 1))
     results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    speed: list[float] = []  # loop_ns() at the start of each round
     for rnd in range(args.rounds):
-        speed.append(loop_ns())
         order = sync_rows[:] if rnd % 2 == 0 else sync_rows[::-1]  # interleaved, both directions
         for mode, name, fn in order:
             for _ in range(50):
@@ -615,8 +603,9 @@ def cores(args, pport: int, rport: int) -> None:
     ]
     print()
     print(
-        "VM speed per round (ns per iteration of a plain Python loop; about 37 fast, 50-130 slow): "
-        + ", ".join(f"{x:.0f}" for x in speed)
+        "The VM's state per round, read off the floor's CPU per call (µs; on the 2-core VM about 5-9 "
+        "in its fast state, 18-40 in its slow one, where every row's CPU rises with it): "
+        + ", ".join(f"{x:.1f}" for x in floor_cpu)
     )
     print()
     print("| target | ratio: median of the rounds' [min-max] | figures (medians) | met (median) |")
