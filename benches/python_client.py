@@ -224,46 +224,62 @@ def main() -> None:
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH")
 
-    tmp = tempfile.mkdtemp(prefix="fp-pybench-")
-    rport, pport, sport = free_port(), free_port(), free_port()
-    rproc = subprocess.Popen(
-        ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pproc = None
+    servers = Servers(args.proxy_bin, args.shards)
     try:
-        wait_port(rport, rproc, "redis-server")
-        pproc = subprocess.Popen(
-            [
-                args.proxy_bin,
-                "serve",
-                "--config",
-                str(ROOT / "examples" / "features.toml"),
-                "--listen",
-                f"127.0.0.1:{pport}",
-                "--stats-listen",
-                f"127.0.0.1:{sport}",
-                "--redis",
-                f"redis://127.0.0.1:{rport}",
-                "--shards",
-                str(args.shards),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(tmp, "proxy.log"), "wb"),
-        )
-        wait_port(pport, pproc, "featureproxy")
         if args.cores:
-            cores(args, pport, rport)
+            cores(args, servers.pport, servers.rport)
         else:
-            run(args, pport, rport, calls_1, calls_100)
+            run(args, servers.pport, servers.rport, calls_1, calls_100)
     finally:
-        if pproc is not None:
-            pproc.send_signal(signal.SIGTERM)
-            pproc.wait()
-        rproc.kill()
-        rproc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        servers.stop()
+
+
+class Servers:
+    """A redis-server and the proxy (examples/features.toml, `shards` shards) on free loopback
+    ports, started at once; `stop()` ends both. benches/python_instructions.py uses it too."""
+
+    def __init__(self, proxy_bin: str, shards: int):
+        self.tmp = tempfile.mkdtemp(prefix="fp-pybench-")
+        self.rport, self.pport, sport = free_port(), free_port(), free_port()
+        self.rproc = subprocess.Popen(
+            ["redis-server", "--port", str(self.rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.pproc = None
+        try:
+            wait_port(self.rport, self.rproc, "redis-server")
+            self.pproc = subprocess.Popen(
+                [
+                    proxy_bin,
+                    "serve",
+                    "--config",
+                    str(ROOT / "examples" / "features.toml"),
+                    "--listen",
+                    f"127.0.0.1:{self.pport}",
+                    "--stats-listen",
+                    f"127.0.0.1:{sport}",
+                    "--redis",
+                    f"redis://127.0.0.1:{self.rport}",
+                    "--shards",
+                    str(shards),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(self.tmp, "proxy.log"), "wb"),
+            )
+            wait_port(self.pport, self.pproc, "featureproxy")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.pproc is not None:
+            self.pproc.send_signal(signal.SIGTERM)
+            self.pproc.wait()
+        self.rproc.kill()
+        self.rproc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def run(args, pport: int, rport: int, calls_1: int, calls_100: int) -> None:
@@ -458,7 +474,7 @@ def beside_a_busy_thread(fn, seconds: float) -> tuple[float, float, float, float
     busy = threading.Thread(target=spin)
     busy.start()
     lat = []
-    c0, t_start = time.process_time(), time.perf_counter()
+    t_start = time.perf_counter()
     try:
         while time.perf_counter() - t_start < seconds:
             t0 = time.perf_counter()
@@ -487,7 +503,6 @@ def cores(args, pport: int, rport: int) -> None:
     py = client_on("python", pport, timeout=5, pool_size=2)
     nat = client_on("native", pport, timeout=5, pool_size=2)
     py.put(VIEW, {k: (now, [rng.random() for _ in range(16)]) for k in keys})
-    schema = py.schema(VIEW)
     r = redis.Redis(host="127.0.0.1", port=rport)
     floor = RawPing(pport)
 

@@ -20,7 +20,6 @@ import argparse
 import functools
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,30 +33,15 @@ sys.path.insert(0, str(HERE))
 
 
 def servers(proxy_bin: str):
-    """redis-server and the proxy (--shards 1) on free ports, with the 100 keys written; outside
-    valgrind, started once for every row."""
+    """redis-server and the proxy (--shards 1) with the 100 keys written; outside valgrind,
+    started once for every row."""
     import python_client as pc
 
-    tmp = tempfile.mkdtemp(prefix="fp-pyinstr-")
-    rport, pport, sport = pc.free_port(), pc.free_port(), pc.free_port()
-    r = subprocess.Popen(
-        ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pc.wait_port(rport, r, "redis-server")
-    p = subprocess.Popen(
-        [proxy_bin, "serve", "--config", str(HERE.parent / "examples" / "features.toml"), "--listen",
-         f"127.0.0.1:{pport}", "--stats-listen", f"127.0.0.1:{sport}", "--redis", f"redis://127.0.0.1:{rport}",
-         "--shards", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pc.wait_port(pport, p, "featureproxy")
-    c = pc.client_on("python", pport, timeout=5)
+    srv = pc.Servers(proxy_bin, 1)
+    c = pc.client_on("python", srv.pport, timeout=5)
     c.put(pc.VIEW, {k: (int(time.time() * 1000), [0.25] * 16) for k in KEYS})
     c.close()
-    return r, p, rport, pport
+    return srv
 
 
 def one_process(row: str, calls: int, rport: int, pport: int) -> None:
@@ -120,7 +104,7 @@ def main() -> None:
         rport, pport = map(int, args.ports.split(","))
         one_process(args.inside, args.calls, rport, pport)
         return
-    r, p, rport, pport = servers(args.proxy_bin)
+    srv = servers(args.proxy_bin)
     print(f"client instructions per call (callgrind, user space, the calling loop only): {args.calls} calls per figure")
     print()
     print("| row | instructions per call (one figure per --repeat) |")
@@ -129,13 +113,10 @@ def main() -> None:
         for row in args.rows.split(","):
             per = []
             for _ in range(args.repeat):
-                per.append(counted(row, args.calls, rport, pport) / args.calls)
+                per.append(counted(row, args.calls, srv.rport, srv.pport) / args.calls)
             print(f"| {row} | {' / '.join(f'{x:,.0f}' for x in per)} |", flush=True)
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait()
-        r.kill()
-        r.wait()
+        srv.stop()
 
 
 if __name__ == "__main__":
